@@ -1,0 +1,48 @@
+# Set-up and entry points. `make test` and `make demo` each work alone on a fresh
+# machine with Python 3.11: they create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
+TORCH_PIP_ARGS ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo lint bench clean
+
+venv: $(STAMP)
+
+# torch goes in first and explicitly: without CUDA we want the CPU build of the pinned
+# version, never the multi-GB CUDA build a bare `torch` requirement would pull.
+# DeepSpeed ships as an sdist whose setup.py imports torch, so it is built against the
+# torch already in the venv (--no-build-isolation).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS); \
+	else \
+		$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)+cpu $(TORCH_PIP_ARGS) \
+		|| $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS); \
+	fi
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests -m "not slow and not multiprocess"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+demo: $(STAMP)
+	$(BIN)/python tools/bench.py operator --quick
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py operator --json bench/operator.json
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""Modules of the ITNet model."""
+
+from itnet_scale.nn.integral_transform import IntegralTransform
+
+__all__ = ["IntegralTransform"]

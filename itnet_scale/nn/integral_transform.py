@@ -1,0 +1,278 @@
+"""``IntegralTransform``: the ITNet layer — projections around the functional core.
+
+Per head ``h`` (DESIGN §1)::
+
+    q_i = Wq x_i    k_j = Wk x_j    v_j = Wv x_j
+    a_i = Wa x_i + Ua p_i + c       b_j = Wb x_j − Ua p_j      (so a_i + b_j sees p_i − p_j)
+    τ_i = Σ_{t≤i} softplus(λ(x_t))·exp(ρ)                       (learned decay, optional)
+    y_i = Wo concat_h Σ_j K_h(i,j) v_j
+
+The score, support and normalization live in :mod:`itnet_scale.ops`; this module owns the
+parameters and the tensor layout (``[batch, N, channels]`` in and out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from itnet_scale.ops import BACKENDS, KernelInputs, KernelSpec, integral_transform, kernel_matrix
+
+INTEGRATORS = ("exact",)
+DECAY_ACTIVATIONS = ("softplus", "identity")
+
+
+class IntegralTransform(nn.Module):
+    """One learnable integral transform over positions and features.
+
+    Args:
+        dim: channels of the query features ``x``.
+        heads: number of heads ``H``.
+        head_dim: bilinear feature size ``d`` per head (default ``dim // heads``).
+        value_dim: value size ``e`` per head (default ``head_dim``).
+        source_dim: channels of the source features (default ``dim``).
+        out_dim: output channels (default ``dim``).
+        pos_dim: position dimension ``P`` (1 text, 2 image grids, 3 points).
+        kernel_width: kernel-MLP width ``r``; 0 turns the MLP off.
+        kernel_depth: layers of the kernel MLP (1 = ``w2ᵀσ(a_i + b_j)``).
+        kernel_activation: ``σ`` (see :data:`itnet_scale.ops.ACTIVATIONS`).
+        mode: ``"softmax"`` or ``"linear"``.
+        support: ``all`` | ``causal`` | ``window`` | ``radius`` | ``causal_window``.
+        support_size: window half-width / radius for the windowed supports.
+        bilinear: include the ``β q·k/√d`` term.
+        offset_range: per position dim, the offset table covers ``−R…R`` (None: no table).
+        decay: learn the decay ``τ`` (needs a causal support; self-transforms only).
+        decay_activation: ``softplus`` (increments always > 0) or ``identity`` (the caller
+            guarantees non-negative increments; used by exact special cases).
+        bias: biases on the projections.
+        integrator: how ``Σ_j`` is computed (``exact``).
+        backend: ``auto`` | ``reference`` | ``tiled`` for the exact integrator.
+        block_size: ``(queries, sources)`` per tile of the tiled backend.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        head_dim: int | None = None,
+        value_dim: int | None = None,
+        source_dim: int | None = None,
+        out_dim: int | None = None,
+        pos_dim: int = 1,
+        kernel_width: int = 16,
+        kernel_depth: int = 1,
+        kernel_activation: str = "gelu",
+        mode: str = "softmax",
+        support: str = "all",
+        support_size: float = math.inf,
+        bilinear: bool = True,
+        offset_range: int | tuple[int, ...] | None = None,
+        decay: bool = False,
+        decay_activation: str = "softplus",
+        bias: bool = True,
+        integrator: str = "exact",
+        backend: str = "auto",
+        block_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim <= 0 or heads <= 0:
+            raise ValueError(f"dim and heads must be positive, got dim={dim}, heads={heads}")
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim")
+            head_dim = dim // heads
+        if kernel_width < 0 or kernel_depth < 1:
+            raise ValueError(f"kernel_width must be >= 0 and kernel_depth >= 1, got {kernel_width}, {kernel_depth}")
+        if decay_activation not in DECAY_ACTIVATIONS:
+            raise ValueError(f"decay_activation must be one of {DECAY_ACTIVATIONS}, got {decay_activation!r}")
+        if isinstance(offset_range, int):
+            offset_range = (offset_range,) * pos_dim
+        if offset_range is not None and len(offset_range) != pos_dim:
+            raise ValueError(f"offset_range needs one entry per position dim ({pos_dim}), got {offset_range}")
+        self.spec = KernelSpec(mode, support, support_size, kernel_activation,
+                               tuple(offset_range) if offset_range is not None else None)
+        if decay and not self.spec.causal:
+            raise ValueError(f"decay=True needs a causal support ('causal' or 'causal_window'), got {support!r}")
+
+        self.dim, self.heads, self.head_dim = dim, heads, head_dim
+        self.value_dim = value_dim or head_dim
+        self.source_dim = source_dim or dim
+        self.out_dim = out_dim or dim
+        self.pos_dim = pos_dim
+        self.kernel_width, self.kernel_depth = kernel_width, kernel_depth
+        self.decay_activation = decay_activation
+        self.block_size = block_size
+        self.backend = backend
+        self.integrator = integrator
+        H, d, e, r = heads, head_dim, self.value_dim, kernel_width
+
+        self.q_proj = nn.Linear(dim, H * d, bias=bias) if bilinear else None
+        self.k_proj = nn.Linear(self.source_dim, H * d, bias=bias) if bilinear else None
+        self.beta = nn.Parameter(torch.ones(H)) if bilinear else None
+        self.v_proj = nn.Linear(self.source_dim, H * e, bias=bias)
+        self.o_proj = nn.Linear(H * e, self.out_dim, bias=bias)
+        if r > 0:
+            self.a_proj = nn.Linear(dim, H * r, bias=True)  # its bias is the c of σ(a_i + b_j + c)
+            self.b_proj = nn.Linear(self.source_dim, H * r, bias=False)
+            self.pos_proj = nn.Linear(pos_dim, H * r, bias=False)  # Ua, shared with opposite signs
+            self.mlp_w = nn.Parameter(torch.randn(kernel_depth - 1, H, r, r) / math.sqrt(r))
+            self.mlp_c = nn.Parameter(torch.zeros(kernel_depth - 1, H, r))
+            self.w2 = nn.Parameter(torch.randn(H, r) / math.sqrt(r))
+        else:
+            self.a_proj = self.b_proj = self.pos_proj = None
+            self.mlp_w = self.mlp_c = self.w2 = None
+        self.table = nn.Parameter(torch.zeros(H, self.spec.table_size)) if offset_range is not None else None
+        if decay:
+            self.decay_proj = nn.Linear(dim, H)
+            self.decay_log_rate = nn.Parameter(torch.zeros(H))
+        else:
+            self.decay_proj = self.decay_log_rate = None
+
+    # -- configuration ---------------------------------------------------------------
+
+    @property
+    def integrator(self) -> str:
+        return self._integrator
+
+    @integrator.setter
+    def integrator(self, value: str) -> None:
+        if value not in INTEGRATORS:
+            raise ValueError(f"integrator must be one of {INTEGRATORS}, got {value!r}")
+        self._integrator = value
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, value_dim={self.value_dim}, "
+                f"pos_dim={self.pos_dim}, kernel_width={self.kernel_width}, mode={s.mode!r}, "
+                f"support={s.support!r}, integrator={self.integrator!r}, backend={self.backend!r}")
+
+    # -- forward ---------------------------------------------------------------------
+
+    def kernel_inputs(
+        self,
+        x: Tensor,
+        pos: Tensor | None = None,
+        source: Tensor | None = None,
+        source_pos: Tensor | None = None,
+        weights: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> KernelInputs:
+        """Project the layer inputs to the per-head tensors of the functional core."""
+        B, Nq = self._check_features("x", x, self.dim)
+        pos = self._positions("pos", pos, B, Nq, x)
+        if source is None:
+            if source_pos is not None:
+                raise ValueError("source_pos was given without source")
+            source, source_pos = x, pos
+            if self.source_dim != self.dim:
+                raise ValueError(f"source is required: source_dim={self.source_dim} differs from dim={self.dim}")
+        elif self.decay_proj is not None:
+            raise ValueError("decay is defined for self-transforms only (source must be None)")
+        Bs, Ns = self._check_features("source", source, self.source_dim)
+        if Bs != B:
+            raise ValueError(f"source has batch {Bs} but x has batch {B}")
+        source_pos = self._positions("source_pos", source_pos, B, Ns, source)
+        H = self.heads
+
+        def heads(t: Tensor) -> Tensor:  # [B, N, H*c] -> [B, H, N, c]
+            return t.unflatten(-1, (H, -1)).transpose(1, 2)
+
+        inp = KernelInputs(v=heads(self.v_proj(source)), pos_q=pos, pos_s=source_pos)
+        if self.q_proj is not None:
+            inp.q, inp.k, inp.beta = heads(self.q_proj(x)), heads(self.k_proj(source)), self.beta
+        if self.a_proj is not None:
+            inp.a = heads(self.a_proj(x) + self.pos_proj(pos))
+            inp.b = heads(self.b_proj(source) - self.pos_proj(source_pos))
+            inp.w2 = self.w2
+            if self.kernel_depth > 1:
+                inp.mlp_w, inp.mlp_c = self.mlp_w, self.mlp_c
+        inp.table = self.table
+        if self.decay_proj is not None:
+            rate = self.decay_proj(x)
+            rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
+            tau = torch.cumsum(rate * self.decay_log_rate.exp(), dim=1).transpose(1, 2)  # [B, H, N]
+            inp.tau_q = inp.tau_s = tau
+        if weights is not None:
+            if tuple(weights.shape) == (B, Ns, H) and weights.dim() == 3:
+                weights = weights.transpose(1, 2)
+            elif tuple(weights.shape) != (B, Ns):
+                raise ValueError(f"weights must be [batch={B}, sources={Ns}] or [batch, sources, heads={H}], "
+                                 f"got {tuple(weights.shape)}")
+            inp.weights = weights.to(inp.v.dtype)
+        if padding_mask is not None:
+            if padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (B, Ns):
+                raise ValueError(f"padding_mask must be bool [batch={B}, sources={Ns}] (True = padding), got "
+                                 f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
+            inp.padding = padding_mask
+        inp.attn_mask = attn_mask
+        return inp
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor | None = None,
+        source: Tensor | None = None,
+        source_pos: Tensor | None = None,
+        weights: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Transform ``x`` ``[B, Nq, dim]`` at ``pos`` ``[B, Nq, P]`` (or ``[Nq, P]``).
+
+        Args:
+            source, source_pos: the sources ``[B, Ns, source_dim]`` and their positions
+                (default: ``x`` and ``pos`` — a self-transform).
+            weights: source weights ``w_j``, ``[B, Ns]`` or per head ``[B, Ns, H]``.
+            padding_mask: ``[B, Ns]`` bool, True marks padding (ignored sources).
+            attn_mask: ``[Nq, Ns]`` or ``[B, H, Nq, Ns]``; bool True = may interact, or float
+                added to the score (softmax mode).
+
+        Returns ``[B, Nq, out_dim]``. In softmax mode a query that sees no source gets zeros
+        from the transform (the output projection's bias remains).
+        """
+        inp = self.kernel_inputs(x, pos, source, source_pos, weights, padding_mask, attn_mask)
+        out = integral_transform(inp, self.spec, backend=self.backend, block_size=self.block_size)
+        return self.o_proj(out.transpose(1, 2).flatten(2))
+
+    def kernel_matrix(self, x: Tensor, pos: Tensor | None = None, **kwargs: Tensor | None) -> Tensor:
+        """The kernel ``K_h(i,j)`` of every pair, ``[B, H, Nq, Ns]`` (materialized; for inspection)."""
+        inp = self.kernel_inputs(x, pos, **kwargs)
+        return kernel_matrix(inp, self.spec)
+
+    # -- argument checks -------------------------------------------------------------
+
+    @staticmethod
+    def _check_features(name: str, t: Tensor, channels: int) -> tuple[int, int]:
+        if t.dim() != 3 or t.shape[-1] != channels:
+            raise ValueError(f"{name} must be [batch, N, {channels}], got shape {tuple(t.shape)}")
+        return t.shape[0], t.shape[1]
+
+    def _positions(self, name: str, pos: Tensor | None, B: int, N: int, like: Tensor) -> Tensor:
+        """Positions as ``[B, N, P]`` in ``like``'s dtype; None means indices 0…N−1 (P = 1)."""
+        if pos is None:
+            if self.pos_dim != 1:
+                raise ValueError(f"{name} is required when pos_dim={self.pos_dim}")
+            pos = torch.arange(N, device=like.device, dtype=like.dtype)[:, None]
+        if pos.dim() == 2:
+            pos = pos.expand(B, *pos.shape)
+        if pos.dim() != 3 or tuple(pos.shape) != (B, N, self.pos_dim):
+            raise ValueError(f"{name} must be [batch={B}, N={N}, pos_dim={self.pos_dim}] or [N, pos_dim], "
+                             f"got shape {tuple(pos.shape)}")
+        if torch.isnan(pos).any():
+            raise ValueError(f"{name} contains NaN")
+        return pos.to(like.dtype)
