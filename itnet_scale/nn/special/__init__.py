@@ -1,0 +1,1 @@
+"""Exact special cases of the integral transform (DESIGN §1 table)."""
