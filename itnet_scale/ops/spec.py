@@ -64,8 +64,8 @@ class KernelSpec:
             raise ValueError(f"support must be one of {SUPPORTS}, got {self.support!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
-        if self.support in ("window", "radius", "causal_window") and not self.support_size >= 0:
-            raise ValueError(f"support={self.support!r} needs support_size >= 0, got {self.support_size}")
+        if self.support in ("window", "radius", "causal_window") and not 0 <= self.support_size < math.inf:
+            raise ValueError(f"support={self.support!r} needs a finite support_size >= 0, got {self.support_size}")
 
     @property
     def causal(self) -> bool:

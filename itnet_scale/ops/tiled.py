@@ -43,6 +43,8 @@ _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows nev
 _SCORE_QUERY = ("q", "a")
 _SCORE_SOURCE = ("k", "b")
 _SCORE_PARAMS = ("beta", "mlp_w", "mlp_c", "w2", "table")
+# Positions and masks enter only through comparisons and rounding: no gradient.
+_NOT_DIFFERENTIABLE = ("pos_q", "pos_s", "padding", "attn_mask")
 
 
 def _blocks(n: int, size: int) -> list[slice]:
@@ -242,7 +244,8 @@ class _TiledIntegralTransform(torch.autograd.Function):
         out, lse = saved[-2], saved[-1]
         it = iter(saved[:-2])
         tensors = [next(it) if p else None for p in ctx.present]
-        need = {n for n, t, g in zip(ctx.names, tensors, ctx.needs_input_grad[3:]) if g and t is not None}
+        need = {n for n, t, g in zip(ctx.names, tensors, ctx.needs_input_grad[3:])
+                if g and t is not None and n not in _NOT_DIFFERENTIABLE}
         inp = KernelInputs(**dict(zip(ctx.names, tensors)))
         grads = _backward(inp, ctx.spec, ctx.block, out, lse, dout.contiguous(), need)
         return (None, None, None, *[grads.get(n) for n in ctx.names])
