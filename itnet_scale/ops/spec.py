@@ -136,10 +136,10 @@ def offsets(pos_q: Tensor, pos_s: Tensor) -> Tensor:
     return pos_q[:, :, None, :] - pos_s[:, None, :, :]
 
 
-def table_lookup(table: Tensor, delta: Tensor, offset_range: tuple[int, ...]) -> Tensor:
-    """``t(δ)`` per head: table ``[H, T]``, offsets ``[B, Nq, Ns, P]`` → ``[B, H, Nq, Ns]``.
+def table_index(delta: Tensor, offset_range: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Flat table index of each offset and whether it lies inside the table: ``[B, Nq, Ns]`` each.
 
-    Offsets are rounded to integers; an offset outside ``±R_k`` in any dim gives 0.
+    Offsets are rounded to integers; the index is row-major over ``δ_k + R_k``.
     """
     idx = torch.zeros(delta.shape[:-1], dtype=torch.long, device=delta.device)
     inside = torch.ones(delta.shape[:-1], dtype=torch.bool, device=delta.device)
@@ -147,6 +147,15 @@ def table_lookup(table: Tensor, delta: Tensor, offset_range: tuple[int, ...]) ->
         dk = torch.round(delta[..., k]).long()
         inside &= dk.abs() <= r
         idx = idx * (2 * r + 1) + (dk.clamp(-r, r) + r)
+    return idx, inside
+
+
+def table_lookup(table: Tensor, delta: Tensor, offset_range: tuple[int, ...]) -> Tensor:
+    """``t(δ)`` per head: table ``[H, T]``, offsets ``[B, Nq, Ns, P]`` → ``[B, H, Nq, Ns]``.
+
+    An offset outside ``±R_k`` in any dim gives 0.
+    """
+    idx, inside = table_index(delta, offset_range)
     H = table.shape[0]
     vals = table[:, idx.reshape(-1)].reshape(H, *idx.shape).movedim(0, 1)  # [B, H, Nq, Ns]
     return vals * inside[:, None].to(vals.dtype)
@@ -165,8 +174,7 @@ def kernel_mlp(z: Tensor, inp: KernelInputs, activation: str) -> Tensor:
 def pair_scores(inp: KernelInputs, spec: KernelSpec, qs: slice = slice(None), ss: slice = slice(None)) -> Tensor:
     """``s(i,j)`` for queries ``qs`` × sources ``ss``: ``[B, H, nq, ns]``.
 
-    Materializes ``[B, H, nq, ns, r]`` for the kernel MLP: call it on blocks (tiled) or on
-    everything at once (reference).
+    Materializes ``[B, H, nq, ns, r]`` for the kernel MLP; the reference calls it on all pairs.
     """
     B, H, _, _, _ = inp.shape
     nq = len(range(*qs.indices(inp.pos_q.shape[1])))
@@ -180,11 +188,11 @@ def pair_scores(inp: KernelInputs, spec: KernelSpec, qs: slice = slice(None), ss
     if inp.table is not None:
         s = s + table_lookup(inp.table, offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
     if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
-        s = s + _mask_block(inp.attn_mask, qs, ss)
+        s = s + mask_block(inp.attn_mask, qs, ss)
     return s
 
 
-def _mask_block(mask: Tensor, qs: slice, ss: slice) -> Tensor:
+def mask_block(mask: Tensor, qs: slice, ss: slice) -> Tensor:
     """A block of an ``[Nq, Ns]`` or ``[B, H, Nq, Ns]`` mask, broadcastable to ``[B, H, nq, ns]``."""
     return mask[..., qs, ss] if mask.dim() == 4 else mask[None, None, qs, ss]
 
@@ -213,7 +221,7 @@ def support_mask(
     if inp.padding is not None:
         m = both(~inp.padding[:, None, None, ss])
     if inp.attn_mask is not None and inp.attn_mask.dtype == torch.bool:
-        m = both(_mask_block(inp.attn_mask, qs, ss))
+        m = both(mask_block(inp.attn_mask, qs, ss))
     return m
 
 

@@ -3,21 +3,25 @@
 Forward walks source blocks for each query block, keeping a running max ``M``, normalizer
 ``L`` and accumulator (as FlashAttention does), so no more than one ``[B, H, bq, bs, r]``
 tile of the kernel MLP is alive at a time. It saves only the output and the log-normalizer
-``lse = M + log L``; backward recomputes each tile's score ``s`` and pushes the score
-gradient through :func:`pair_scores` with autograd, tile by tile. Memory is
-``O(N·(d + r))`` plus one tile, never ``O(N²·r)``.
+``lse = M + log L``; backward recomputes each tile's score and applies closed-form
+gradients. Memory is ``O(N·(d + r))`` plus one tile, never ``O(N²·r)``.
 
-Tiles that no pair of the support can reach (causal, windows, radius) are skipped using the
-bounding boxes of the block positions.
-
-Gradients of the score (softmax mode, ``P = K``)::
+Gradients of one tile, softmax mode (``P = K``)::
 
     dP_ij = do_i·v_j        Δ_i = do_i·o_i        ds_ij = P_ij (dP_ij − Δ_i)
     dv_j = Σ_i P_ij do_i    dw_j = Σ_i (P_ij / w_j)(dP_ij − Δ_i)    dτ_j = Σ_i ds_ij
 
-and in linear mode (``K_ij = w_j m s_ij D_ij``)::
+linear mode (``K_ij = w_j m s_ij D_ij``)::
 
     dK_ij = do_i·v_j        ds_ij = dK_ij w_j m D_ij     dlog D_ij = dK_ij K_ij
+
+and from ``ds``: ``dq = β/√d · ds k``, ``dk = β/√d · dsᵀ q``, the kernel MLP by hand-written
+backprop (:func:`itnet_scale.ops.kernel_mlp.mlp_backward`), the offset table by scatter-add.
+
+The two per-tile functions are plain torch; on 16/32-bit floats they run through
+``torch.compile`` (C++ loops on CPU, Triton on GPU), which fuses the ``r``-wide kernel-MLP
+loops instead of materializing them. Tiles that no pair of the support can reach (causal,
+windows, radius) are skipped using the bounding boxes of the block positions.
 """
 
 from __future__ import annotations
@@ -27,24 +31,29 @@ import math
 import torch
 from torch import Tensor
 
+from itnet_scale.ops.kernel_mlp import compile_wanted, mlp_backward, mlp_forward, run_maybe_compiled
 from itnet_scale.ops.spec import (
     KernelInputs,
     KernelSpec,
     decay_log,
-    pair_scores,
+    mask_block,
+    offsets,
     source_weights,
     support_mask,
+    table_index,
+    table_lookup,
 )
 
 DEFAULT_BLOCK = (256, 256)
 _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows never make NaN
 
-# Inputs whose gradient comes from the score s(i,j), and how they are sliced per tile.
-_SCORE_QUERY = ("q", "a")
-_SCORE_SOURCE = ("k", "b")
-_SCORE_PARAMS = ("beta", "mlp_w", "mlp_c", "w2", "table")
 # Positions and masks enter only through comparisons and rounding: no gradient.
 _NOT_DIFFERENTIABLE = ("pos_q", "pos_s", "padding", "attn_mask")
+
+
+# --------------------------------------------------------------------------------------
+# Which tiles to visit
+# --------------------------------------------------------------------------------------
 
 
 def _blocks(n: int, size: int) -> list[slice]:
@@ -81,9 +90,21 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
     return out
 
 
-def _tile(inp: KernelInputs, spec: KernelSpec, qs: slice, ss: slice) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(s, m, log D)`` of one tile."""
-    return pair_scores(inp, spec, qs, ss), support_mask(inp, spec, qs, ss), decay_log(inp, qs, ss)
+# --------------------------------------------------------------------------------------
+# One tile, forward and backward (plain torch; compiled when worthwhile)
+# --------------------------------------------------------------------------------------
+
+
+def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str) -> tuple[Tensor, Tensor | None]:
+    """``(s, q·kᵀ)`` of a tile: ``s = β q·k/√d + MLP + bias`` (``bias``: table, float mask, or zeros)."""
+    s = bias
+    qk = None
+    if q is not None:
+        qk = q @ k.transpose(-1, -2)
+        s = s + qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1]))
+    if a is not None:
+        s = s + mlp_forward(a, b, w2, mlp_w, mlp_c, activation)
+    return s, qk
 
 
 def _softmax_logits(s: Tensor, m: Tensor | None, log_d: Tensor | None) -> Tensor:
@@ -91,9 +112,9 @@ def _softmax_logits(s: Tensor, m: Tensor | None, log_d: Tensor | None) -> Tensor
     return logits if m is None else logits.masked_fill(~m, float("-inf"))
 
 
-def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None, like: Tensor) -> Tensor:
+def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None) -> Tensor | float:
     """``w_j m(i,j) D(i,j)``, the factor that turns ``s`` into ``K`` in linear mode."""
-    f = like.new_ones(())
+    f: Tensor | float = 1.0
     if log_d is not None:
         f = f * (log_d.masked_fill(~m, 0.0).exp() if m is not None else log_d.exp())
     if w is not None:
@@ -103,34 +124,100 @@ def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None, lik
     return f
 
 
+def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, top, total, acc):
+    """Fold one source block into a query block's running ``(max, normalizer, accumulator)``."""
+    s, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    if mode == "linear":
+        return top, total, acc + (s * _linear_factor(m, log_d, w)) @ v
+    logits = _softmax_logits(s, m, log_d)
+    new_top = torch.maximum(top, logits.amax(-1, keepdim=True))
+    p = (logits - new_top).exp()
+    if w is not None:
+        p = p * w
+    scale = (top - new_top).exp()
+    return new_top, total * scale + p.sum(-1, keepdim=True), acc * scale + p @ v
+
+
+def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse, delta):
+    """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded)."""
+    s, qk = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
+    if mode == "softmax":
+        p_unweighted = (_softmax_logits(s, m, log_d) - lse[..., None]).exp()
+        p = p_unweighted if w is None else p_unweighted * w
+        ds = p * (dpk - delta)
+        dv = p.transpose(-1, -2) @ do if "v" in need else None
+        dw = (p_unweighted * (dpk - delta)).sum(-2) if "weights" in need else None
+        dlog_d = ds
+    else:
+        factor = _linear_factor(m, log_d, w)
+        kmat = s * factor
+        ds = dpk * factor
+        dv = kmat.transpose(-1, -2) @ do if "v" in need else None
+        dw = (dpk * s * _linear_factor(m, log_d, None)).sum(-2) if "weights" in need else None
+        dlog_d = dpk * kmat
+    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = None
+    if q is not None:
+        scale = beta[None, :, None, None] / math.sqrt(q.shape[-1])
+        dq = (ds * scale) @ k if "q" in need else None
+        dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
+        dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
+    if a is not None:
+        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(a, b, w2, mlp_w, mlp_c, ds, activation)
+    dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
+    dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
+    ds_out = ds if "table" in need else None
+    return dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dv, dw, dtau_q, dtau_s, ds_out
+
+
+_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "table")
+_QUERY_INDEXED = ("q", "a", "tau_q")
+_SOURCE_INDEXED = ("k", "b", "v", "tau_s")
+
+
+class _Tile:
+    """The per-tile arguments of one (query block, source block) pair."""
+
+    def __init__(self, inp: KernelInputs, spec: KernelSpec, qs: slice, ss: slice) -> None:
+        def cut(t: Tensor | None, sl: slice) -> Tensor | None:
+            return None if t is None else t[:, :, sl]
+
+        self.q, self.k, self.a, self.b = cut(inp.q, qs), cut(inp.k, ss), cut(inp.a, qs), cut(inp.b, ss)
+        self.v = inp.v[:, :, ss]
+        self.beta, self.w2, self.mlp_w, self.mlp_c = inp.beta, inp.w2, inp.mlp_w, inp.mlp_c
+        B, H = inp.v.shape[:2]
+        nq, ns = qs.stop - qs.start, ss.stop - ss.start
+        bias = None
+        if inp.table is not None:
+            bias = table_lookup(inp.table, offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
+        if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
+            extra = mask_block(inp.attn_mask, qs, ss)
+            bias = extra.expand(B, H, nq, ns) if bias is None else bias + extra
+        self.bias = inp.v.new_zeros(B, H, nq, ns) if bias is None else bias
+        self.m = support_mask(inp, spec, qs, ss)
+        self.log_d = decay_log(inp, qs, ss)
+        self.w = source_weights(inp, ss)
+
+    def score_args(self) -> tuple:
+        return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.bias,
+                self.m, self.log_d, self.w, self.v)
+
+
 def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
     B, H, Nq, Ns, e = inp.shape
     qb, sb = _blocks(Nq, block[0]), _blocks(Ns, block[1])
-    visible = _visible_pairs(inp, spec, qb, sb)
+    use_compile = compile_wanted(inp.v, block)
     out = inp.v.new_zeros(B, H, Nq, e)
     lse = inp.v.new_full((B, H, Nq), float("inf")) if spec.mode == "softmax" else None
-    for qs, keep in zip(qb, visible):
+    for qs, keep in zip(qb, _visible_pairs(inp, spec, qb, sb)):
         nq = qs.stop - qs.start
-        if spec.mode == "softmax":
-            top = inp.v.new_full((B, H, nq, 1), _NEG)
-            total = inp.v.new_zeros(B, H, nq, 1)
+        top = inp.v.new_full((B, H, nq, 1), _NEG)
+        total = inp.v.new_zeros(B, H, nq, 1)
         acc = inp.v.new_zeros(B, H, nq, e)
         for j in keep:
-            ss = sb[j]
-            s, m, log_d = _tile(inp, spec, qs, ss)
-            w = source_weights(inp, ss)
-            if spec.mode == "softmax":
-                logits = _softmax_logits(s, m, log_d)
-                new_top = torch.maximum(top, logits.amax(-1, keepdim=True))
-                p = (logits - new_top).exp()
-                if w is not None:
-                    p = p * w
-                scale = (top - new_top).exp()
-                total = total * scale + p.sum(-1, keepdim=True)
-                acc = acc * scale + p @ inp.v[:, :, ss]
-                top = new_top
-            else:
-                acc = acc + (s * _linear_factor(m, log_d, w, s)) @ inp.v[:, :, ss]
+            tile = _Tile(inp, spec, qs, sb[j])
+            top, total, acc = run_maybe_compiled(
+                _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc)
         if spec.mode == "softmax":
             seen = total > 0
             out[:, :, qs] = torch.where(seen, acc / total.masked_fill(~seen, 1.0), 0.0)
@@ -152,80 +239,43 @@ def _backward(
     """Gradients of the inputs named in ``need``, recomputing each tile's score."""
     _, _, Nq, Ns, _ = inp.shape
     qb, sb = _blocks(Nq, block[0]), _blocks(Ns, block[1])
-    visible = _visible_pairs(inp, spec, qb, sb)
+    use_compile = compile_wanted(inp.v, block)
     grads = {n: torch.zeros_like(getattr(inp, n)) for n in need}
-    # Parameters shared by all tiles: one detached leaf each, gradients accumulate on it.
-    params = {n: getattr(inp, n).detach().requires_grad_(n in need) for n in _SCORE_PARAMS
-              if getattr(inp, n) is not None}
     delta = (dout * out).sum(-1, keepdim=True) if spec.mode == "softmax" else None
-
-    for qs, keep in zip(qb, visible):
+    need_key = tuple(sorted(need))
+    for qs, keep in zip(qb, _visible_pairs(inp, spec, qb, sb)):
         do = dout[:, :, qs]
-        qleaf = {n: getattr(inp, n)[:, :, qs].detach().requires_grad_(n in need) for n in _SCORE_QUERY
-                 if getattr(inp, n) is not None}
+        lse_q = None if lse is None else lse[:, :, qs]
+        delta_q = None if delta is None else delta[:, :, qs]
         for j in keep:
             ss = sb[j]
-            sleaf = {n: getattr(inp, n)[:, :, ss].detach().requires_grad_(n in need) for n in _SCORE_SOURCE
-                     if getattr(inp, n) is not None}
-            leaves = {**params, **qleaf, **sleaf}
-            # The tile's own inputs, with block-sized leaves that autograd differentiates s through.
-            tile = KernelInputs(
-                v=inp.v[:, :, ss], pos_q=inp.pos_q[:, qs], pos_s=inp.pos_s[:, ss],
-                attn_mask=None if inp.attn_mask is None else inp.attn_mask[..., qs, ss], **leaves,
-            )
-            with torch.enable_grad():
-                s = pair_scores(tile, spec)
-            m, log_d = support_mask(inp, spec, qs, ss), decay_log(inp, qs, ss)
-            w = source_weights(inp, ss)
-            v = inp.v[:, :, ss]
-            dk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
-            sd = s.detach()
-            if spec.mode == "softmax":
-                p_unweighted = (_softmax_logits(sd, m, log_d) - lse[:, :, qs, None]).exp()
-                p = p_unweighted if w is None else p_unweighted * w
-                ds = p * (dk - delta[:, :, qs])
-                if "v" in need:
-                    grads["v"][:, :, ss] += p.transpose(-1, -2) @ do
-                if "weights" in need:
-                    _add_weight_grad(grads["weights"], p_unweighted * (dk - delta[:, :, qs]), ss)
-                dlog_d = ds
-            else:
-                factor = _linear_factor(m, log_d, w, sd)
-                kmat = sd * factor
-                ds = dk * factor
-                if "v" in need:
-                    grads["v"][:, :, ss] += kmat.transpose(-1, -2) @ do
-                if "weights" in need:
-                    _add_weight_grad(grads["weights"], dk * sd * _linear_factor(m, log_d, None, sd), ss)
-                dlog_d = dk * kmat
-            if log_d is not None:
-                if "tau_s" in need:
-                    grads["tau_s"][:, :, ss] += dlog_d.sum(-2)
-                if "tau_q" in need:
-                    grads["tau_q"][:, :, qs] -= dlog_d.sum(-1)
-            wanted = [(n, t) for n, t in leaves.items() if n in need]
-            if wanted and s.requires_grad:
-                got = torch.autograd.grad(s, [t for _, t in wanted], ds, allow_unused=True)
-                for (n, _), g in zip(wanted, got):
-                    if g is None:
-                        continue
-                    if n in _SCORE_QUERY:
-                        grads[n][:, :, qs] += g
-                    elif n in _SCORE_SOURCE:
-                        grads[n][:, :, ss] += g
+            tile = _Tile(inp, spec, qs, ss)
+            got = run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
+                                     *tile.score_args(), do, lse_q, delta_q)
+            for name, g in zip(_TILE_GRADS, got):
+                if g is None or name not in need:
+                    continue
+                if name in _QUERY_INDEXED:
+                    grads[name][:, :, qs] += g
+                elif name in _SOURCE_INDEXED:
+                    grads[name][:, :, ss] += g
+                elif name == "weights":
+                    if grads[name].dim() == 2:
+                        grads[name][:, ss] += g.sum(1)
                     else:
-                        grads[n] += g
+                        grads[name][:, :, ss] += g
+                elif name == "table":
+                    _scatter_table_grad(grads[name], g, inp, spec, qs, ss)
+                else:
+                    grads[name] += g
     return grads
 
 
-def _add_weight_grad(gw: Tensor, per_pair: Tensor, ss: slice) -> None:
-    """Accumulate ``Σ_i`` of a ``[B, H, nq, ns]`` tile into ``[B, Ns]`` or ``[B, H, Ns]``."""
-    g = per_pair.sum(-2)
-    if gw.dim() == 2:
-        g = g.sum(1)
-        gw[:, ss] += g
-    else:
-        gw[:, :, ss] += g
+def _scatter_table_grad(dtable: Tensor, ds: Tensor, inp: KernelInputs, spec: KernelSpec, qs: slice, ss: slice):
+    """``dt[h, idx(δ_ij)] += ds_ij`` over the tile's pairs whose offset lies inside the table."""
+    idx, inside = table_index(offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
+    contrib = (ds * inside[:, None].to(ds.dtype)).transpose(0, 1).reshape(dtable.shape[0], -1)  # [H, B·nq·ns]
+    dtable.index_add_(1, idx.reshape(-1), contrib)
 
 
 class _TiledIntegralTransform(torch.autograd.Function):

@@ -1,0 +1,137 @@
+"""The kernel MLP ``w2ᵀσ(a_i + b_j)`` on a block of pairs, fused forward and backward.
+
+This is the one term of the score that costs ``O(Nq·Ns·r)``; everything else is a matmul or
+``O(Nq·Ns)``. Plain autograd would save (or rebuild) the ``[B, H, nq, ns, r]`` tensor ``z``
+and walk several kernels over it. Here a custom ``autograd.Function`` saves only ``a``, ``b``,
+``w2`` and recomputes ``z`` in backward with the closed-form derivative of ``σ``::
+
+    g_ijr = ds_ij · w2_r · σ'(a_ir + b_jr)
+    da_ir = Σ_j g_ijr      db_jr = Σ_i g_ijr      dw2_r = Σ_ij ds_ij · σ(a_ir + b_jr)
+
+Both directions are single loop nests over ``(i, j, r)``, which ``torch.compile`` turns into
+vectorized C++ on CPU (Triton on GPU) without materializing ``z``. Without a compiler, or in
+float64 (tests), the same functions run eagerly.
+
+Only the single-layer kernel MLP (``kernel_depth = 1``) takes this path; deeper MLPs use
+plain autograd in :func:`itnet_scale.ops.spec.kernel_mlp`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def activation_and_derivative(name: str, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(σ(z), σ'(z))`` for each activation of :data:`itnet_scale.ops.spec.ACTIVATIONS`."""
+    if name == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(z * _SQRT_HALF))
+        return z * cdf, cdf + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    if name == "gelu_tanh":
+        t = torch.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
+        du = _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
+        return 0.5 * z * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return z * s, s * (1.0 + z * (1.0 - s))
+    if name == "relu":
+        return torch.relu(z), (z > 0).to(z.dtype)
+    if name == "sigmoid":
+        s = torch.sigmoid(z)
+        return s, s * (1.0 - s)
+    if name == "softplus":
+        return F.softplus(z), torch.sigmoid(z)
+    if name == "tanh":
+        t = torch.tanh(z)
+        return t, 1.0 - t * t
+    raise ValueError(f"no closed-form derivative for activation {name!r}")
+
+
+def _hidden_layers(mlp_w: Tensor | None, mlp_c: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+    return [] if mlp_w is None else list(zip(mlp_w, mlp_c))
+
+
+def _hidden(h: Tensor, W: Tensor, c: Tensor) -> Tensor:
+    """Pre-activation of a hidden layer: ``W h + c`` per head, ``[B, H, nq, ns, r]``."""
+    return torch.einsum("bhqsr,hor->bhqso", h, W) + c[None, :, None, None]
+
+
+def mlp_forward(
+    a: Tensor, b: Tensor, w2: Tensor, mlp_w: Tensor | None, mlp_c: Tensor | None, activation: str
+) -> Tensor:
+    """``w2ᵀ σ(W_L … σ(a_i + b_j))``: ``a`` ``[B, H, nq, r]``, ``b`` ``[B, H, ns, r]`` → ``[B, H, nq, ns]``."""
+    h, _ = activation_and_derivative(activation, a[:, :, :, None, :] + b[:, :, None, :, :])
+    for W, c in _hidden_layers(mlp_w, mlp_c):  # [H, r, r], [H, r]
+        h, _ = activation_and_derivative(activation, _hidden(h, W, c))
+    return (h * w2[None, :, None, None, :]).sum(-1)
+
+
+def mlp_backward(
+    a: Tensor, b: Tensor, w2: Tensor, mlp_w: Tensor | None, mlp_c: Tensor | None, ds: Tensor, activation: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(da, db, dw2, dmlp_w, dmlp_c)`` of ``Σ_ij ds_ij · mlp_forward(...)_ij``, by hand-written backprop."""
+    layers = _hidden_layers(mlp_w, mlp_c)
+    h, dh_dpre = activation_and_derivative(activation, a[:, :, :, None, :] + b[:, :, None, :, :])
+    inputs, slopes = [h], [dh_dpre]
+    for W, c in layers:
+        h, dh_dpre = activation_and_derivative(activation, _hidden(h, W, c))
+        inputs.append(h)
+        slopes.append(dh_dpre)
+    dsr = ds[..., None]
+    dw2 = (dsr * inputs[-1]).sum((0, 2, 3))
+    grad_h = dsr * w2[None, :, None, None, :]
+    dWs, dcs = [], []
+    for (W, _), h_in, slope in zip(reversed(layers), reversed(inputs[:-1]), reversed(slopes[1:])):
+        grad_pre = grad_h * slope
+        dWs.append(torch.einsum("bhqso,bhqsr->hor", grad_pre, h_in))
+        dcs.append(grad_pre.sum((0, 2, 3)))
+        grad_h = torch.einsum("bhqso,hor->bhqsr", grad_pre, W)
+    grad_z = grad_h * slopes[0]
+    if not layers:
+        return grad_z.sum(3), grad_z.sum(2), dw2, None, None
+    return grad_z.sum(3), grad_z.sum(2), dw2, torch.stack(dWs[::-1]), torch.stack(dcs[::-1])
+
+
+# -- compilation -------------------------------------------------------------------------
+
+_compiled: dict[Callable, Callable] = {}
+_compile_failed = False
+
+
+def compile_wanted(t: Tensor, tile: tuple[int, int]) -> bool:
+    """Whether to use the compiled loop nests for this dtype and tile.
+
+    ``ITNET_COMPILE=0`` turns compilation off, ``=1`` forces it; by default it is on for
+    16/32-bit floats on tiles of at least 64×64 (where it pays for itself; float64 is the
+    tests' exactness check and stays eager).
+    """
+    setting = os.environ.get("ITNET_COMPILE", "auto")
+    if setting == "0" or _compile_failed or torch.compiler.is_compiling():
+        return False
+    if setting == "1":
+        return True
+    return t.dtype in (torch.float32, torch.bfloat16, torch.float16) and min(tile) >= 64
+
+
+def run_maybe_compiled(fn: Callable, use_compile: bool, *args, **kwargs):
+    """Call ``fn`` compiled (once per function; shapes that vary become dynamic) or eagerly."""
+    global _compile_failed
+    if use_compile:
+        if fn not in _compiled:
+            _compiled[fn] = torch.compile(fn, fullgraph=True)
+        try:
+            return _compiled[fn](*args, **kwargs)
+        except Exception as err:  # no C++ compiler, unsupported platform: fall back, once, loudly
+            _compile_failed = True
+            warnings.warn(f"torch.compile of {fn.__name__} failed ({err!r}); running it eagerly", stacklevel=2)
+    return fn(*args, **kwargs)
