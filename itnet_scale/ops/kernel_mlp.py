@@ -1,19 +1,16 @@
-"""The kernel MLP ``w2ᵀσ(a_i + b_j)`` on a block of pairs, fused forward and backward.
+"""The kernel MLP ``w2ᵀσ(… σ(a_i + b_j))`` on a tile of pairs: forward and hand-written backward.
 
 This is the one term of the score that costs ``O(Nq·Ns·r)``; everything else is a matmul or
-``O(Nq·Ns)``. Plain autograd would save (or rebuild) the ``[B, H, nq, ns, r]`` tensor ``z``
-and walk several kernels over it. Here a custom ``autograd.Function`` saves only ``a``, ``b``,
-``w2`` and recomputes ``z`` in backward with the closed-form derivative of ``σ``::
+``O(Nq·Ns)``. The tiled backend recomputes it in backward and applies the closed-form
+derivative of ``σ`` instead of taping autograd over ``[B, H, nq, ns, r]`` tensors::
 
-    g_ijr = ds_ij · w2_r · σ'(a_ir + b_jr)
+    g_ijr = ds_ij · w2_r · σ'(a_ir + b_jr)                      (single layer)
     da_ir = Σ_j g_ijr      db_jr = Σ_i g_ijr      dw2_r = Σ_ij ds_ij · σ(a_ir + b_jr)
 
-Both directions are single loop nests over ``(i, j, r)``, which ``torch.compile`` turns into
-vectorized C++ on CPU (Triton on GPU) without materializing ``z``. Without a compiler, or in
-float64 (tests), the same functions run eagerly.
-
-Only the single-layer kernel MLP (``kernel_depth = 1``) takes this path; deeper MLPs use
-plain autograd in :func:`itnet_scale.ops.spec.kernel_mlp`.
+These are loop nests over ``(i, j, r)`` that ``torch.compile`` fuses into vectorized C++ on
+CPU (Triton on GPU) without materializing ``z``; in float64 (the tests' exactness checks) or
+without a compiler they run eagerly. :func:`itnet_scale.ops.spec.kernel_mlp` is the plain
+autograd definition they are tested against.
 """
 
 from __future__ import annotations
