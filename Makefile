@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <your CPU wheel index>".
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <CPU wheel index>". Without CUDA we
+# install the +cpu build and stop with a clear error rather than fall back to a CUDA build.
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
@@ -22,8 +23,9 @@ $(STAMP): pyproject.toml
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS); \
 	else \
-		$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)+cpu $(TORCH_PIP_ARGS) \
-		|| $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS); \
+		$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)+cpu" $(TORCH_PIP_ARGS) || { \
+		echo "error: pip found no CPU build of torch $(TORCH_VERSION). Point it at one, e.g." \
+		     "make test TORCH_PIP_ARGS='--index-url <CPU wheel index>' (or '--find-links <dir>')"; exit 1; }; \
 	fi
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
