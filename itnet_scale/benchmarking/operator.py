@@ -380,8 +380,12 @@ def results_table(results: OperatorResults) -> Table:
     return table
 
 
-def build_report(results: OperatorResults, argv: list[str] | None = None) -> SuiteReport:
-    """Table, target verdicts, agreement notes and every figure (JSON) of a run."""
+def build_report(results: OperatorResults, environment: dict[str, Any] | None = None) -> SuiteReport:
+    """Table, target verdicts, agreement notes and every figure (JSON) of a run.
+
+    ``environment`` is :func:`~itnet_scale.benchmarking.measure.describe_environment` taken when
+    the run started (described now if None).
+    """
     cfg = results.config
     notes = []
     for n, diff in results.max_abs_diff.items():
@@ -394,7 +398,7 @@ def build_report(results: OperatorResults, argv: list[str] | None = None) -> Sui
     config["block_size"] = "backend default" if cfg.block_size is None else list(cfg.block_size)
     data = {
         "config": config,
-        "environment": describe_environment(cfg.device, argv),
+        "environment": environment or describe_environment(cfg.device),
         "rows": [c.to_dict() for c in results.cases],
         "ratios": results.ratios(),
         "reference_estimates": [
@@ -498,4 +502,5 @@ class OperatorSuite(BenchmarkSuite):
         config = self.config_from_args(args)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
-        return build_report(run_operator_benchmark(config), getattr(args, "argv", None))
+        environment = describe_environment(config.device, getattr(args, "argv", None))
+        return build_report(run_operator_benchmark(config), environment)

@@ -63,38 +63,47 @@ def _hidden(h: Tensor, W: Tensor, c: Tensor) -> Tensor:
     return torch.einsum("bhqsr,hor->bhqso", h, W) + c[None, :, None, None]
 
 
-def mlp_forward(
-    a: Tensor, b: Tensor, w2: Tensor, mlp_w: Tensor | None, mlp_c: Tensor | None, activation: str
-) -> Tensor:
-    """``w2ᵀ σ(W_L … σ(a_i + b_j))``: ``a`` ``[B, H, nq, r]``, ``b`` ``[B, H, ns, r]`` → ``[B, H, nq, ns]``."""
-    h, _ = activation_and_derivative(activation, a[:, :, :, None, :] + b[:, :, None, :, :])
-    for W, c in _hidden_layers(mlp_w, mlp_c):  # [H, r, r], [H, r]
-        h, _ = activation_and_derivative(activation, _hidden(h, W, c))
-    return (h * w2[None, :, None, None, :]).sum(-1)
+def mlp_layers(
+    a: Tensor, b: Tensor, mlp_w: Tensor | None, mlp_c: Tensor | None, activation: str
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Each layer's activations ``σ(pre)`` and slopes ``σ'(pre)``, ``[B, H, nq, ns, r]`` each.
+
+    The first layer's pre-activation is ``z = a_i + b_j`` (``a`` ``[B, H, nq, r]``, ``b``
+    ``[B, H, ns, r]``); hidden layers follow (``mlp_w`` ``[L, H, r, r]``, ``mlp_c`` ``[L, H, r]``).
+    """
+    h, slope = activation_and_derivative(activation, a[:, :, :, None, :] + b[:, :, None, :, :])
+    acts, slopes = [h], [slope]
+    for W, c in _hidden_layers(mlp_w, mlp_c):
+        h, slope = activation_and_derivative(activation, _hidden(h, W, c))
+        acts.append(h)
+        slopes.append(slope)
+    return acts, slopes
+
+
+def mlp_scores(acts: list[Tensor], w2: Tensor) -> Tensor:
+    """The read-out ``w2ᵀ h_L``: ``[B, H, nq, ns]``."""
+    return (acts[-1] * w2[None, :, None, None, :]).sum(-1)
 
 
 def mlp_backward(
-    a: Tensor, b: Tensor, w2: Tensor, mlp_w: Tensor | None, mlp_c: Tensor | None, ds: Tensor, activation: str
+    acts: list[Tensor], slopes: list[Tensor], w2: Tensor, mlp_w: Tensor | None, ds: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-    """``(da, db, dw2, dmlp_w, dmlp_c)`` of ``Σ_ij ds_ij · mlp_forward(...)_ij``, by hand-written backprop."""
-    layers = _hidden_layers(mlp_w, mlp_c)
-    h, dh_dpre = activation_and_derivative(activation, a[:, :, :, None, :] + b[:, :, None, :, :])
-    inputs, slopes = [h], [dh_dpre]
-    for W, c in layers:
-        h, dh_dpre = activation_and_derivative(activation, _hidden(h, W, c))
-        inputs.append(h)
-        slopes.append(dh_dpre)
+    """``(da, db, dw2, dmlp_w, dmlp_c)`` of ``Σ_ij ds_ij · mlp_scores(acts, w2)_ij``, by hand-written backprop.
+
+    ``acts``/``slopes`` come from :func:`mlp_layers` (the forward's recomputation, reused).
+    """
     dsr = ds[..., None]
-    dw2 = (dsr * inputs[-1]).sum((0, 2, 3))
+    dw2 = (dsr * acts[-1]).sum((0, 2, 3))
     grad_h = dsr * w2[None, :, None, None, :]
     dWs, dcs = [], []
-    for (W, _), h_in, slope in zip(reversed(layers), reversed(inputs[:-1]), reversed(slopes[1:])):
+    Ws = [] if mlp_w is None else list(mlp_w)
+    for W, h_in, slope in zip(reversed(Ws), reversed(acts[:-1]), reversed(slopes[1:])):
         grad_pre = grad_h * slope
         dWs.append(torch.einsum("bhqso,bhqsr->hor", grad_pre, h_in))
         dcs.append(grad_pre.sum((0, 2, 3)))
         grad_h = torch.einsum("bhqso,hor->bhqsr", grad_pre, W)
     grad_z = grad_h * slopes[0]
-    if not layers:
+    if not Ws:
         return grad_z.sum(3), grad_z.sum(2), dw2, None, None
     return grad_z.sum(3), grad_z.sum(2), dw2, torch.stack(dWs[::-1]), torch.stack(dcs[::-1])
 

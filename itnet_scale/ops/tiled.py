@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from itnet_scale.ops.kernel_mlp import compile_wanted, mlp_backward, mlp_forward, run_maybe_compiled
+from itnet_scale.ops.kernel_mlp import compile_wanted, mlp_backward, mlp_layers, mlp_scores, run_maybe_compiled
 from itnet_scale.ops.spec import (
     KernelInputs,
     KernelSpec,
@@ -95,16 +95,19 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
 # --------------------------------------------------------------------------------------
 
 
-def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str) -> tuple[Tensor, Tensor | None]:
-    """``(s, q·kᵀ)`` of a tile: ``s = β q·k/√d + MLP + bias`` (``bias``: table, float mask, or zeros)."""
-    s = bias
-    qk = None
+def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str):
+    """``(s, q·kᵀ, kernel-MLP layers)`` of a tile: ``s = β q·k/√d + w2ᵀσ(…) + bias``.
+
+    ``bias`` holds the table term and a float mask (or zeros).
+    """
+    s, qk, layers = bias, None, None
     if q is not None:
         qk = q @ k.transpose(-1, -2)
         s = s + qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1]))
     if a is not None:
-        s = s + mlp_forward(a, b, w2, mlp_w, mlp_c, activation)
-    return s, qk
+        layers = mlp_layers(a, b, mlp_w, mlp_c, activation)
+        s = s + mlp_scores(layers[0], w2)
+    return s, qk, layers
 
 
 def _softmax_logits(s: Tensor, m: Tensor | None, log_d: Tensor | None) -> Tensor:
@@ -126,7 +129,7 @@ def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None) -> 
 
 def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, top, total, acc):
     """Fold one source block into a query block's running ``(max, normalizer, accumulator)``."""
-    s, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    s, _, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     if mode == "linear":
         return top, total, acc + (s * _linear_factor(m, log_d, w)) @ v
     logits = _softmax_logits(s, m, log_d)
@@ -140,7 +143,7 @@ def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m,
 
 def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse, delta):
     """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded)."""
-    s, qk = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
     if mode == "softmax":
         p_unweighted = (_softmax_logits(s, m, log_d) - lse[..., None]).exp()
@@ -163,7 +166,7 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
     if a is not None:
-        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(a, b, w2, mlp_w, mlp_c, ds, activation)
+        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
     ds_out = ds if "table" in need else None

@@ -256,7 +256,7 @@ class ITNetMultiheadAttention(nn.Module):
                 mask = mask.expand(B, H, L, S)
             return padding, F.pad(mask, (0, n), value=0.0)
         if allowed is not None:
-            allowed = F.pad(allowed, (0, n), value=True)
+            allowed = F.pad(allowed, (0, n), value=False)
         return padding, allowed
 
 
