@@ -1,4 +1,4 @@
-"""Test-wide settings: fp32/fp64 on CPU, deterministic seeds, Triton's CPU interpreter."""
+"""Test-wide settings: one intra-op thread, deterministic seeds, Triton's CPU interpreter."""
 
 import os
 
@@ -7,6 +7,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+
+# The tests' tensors are small: intra-op threads only add synchronization, which stalls badly
+# on a loaded machine. Benchmarks (tools/bench.py) keep torch's default.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

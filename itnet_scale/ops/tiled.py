@@ -47,8 +47,9 @@ from itnet_scale.ops.spec import (
 DEFAULT_BLOCK = (256, 256)
 _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows never make NaN
 
-# Positions and masks enter only through comparisons and rounding: no gradient.
-_NOT_DIFFERENTIABLE = ("pos_q", "pos_s", "padding", "attn_mask")
+# Positions and bool masks enter only through comparisons and rounding: no gradient.
+# (A float attn_mask is a score bias and gets one: d attn_mask = ds.)
+_NOT_DIFFERENTIABLE = ("pos_q", "pos_s", "padding")
 
 
 # --------------------------------------------------------------------------------------
@@ -169,11 +170,11 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
-    ds_out = ds if "table" in need else None
+    ds_out = ds if "table" in need or "attn_mask" in need else None
     return dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dv, dw, dtau_q, dtau_s, ds_out
 
 
-_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "table")
+_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
 _QUERY_INDEXED = ("q", "a", "tau_q")
 _SOURCE_INDEXED = ("k", "b", "v", "tau_s")
 
@@ -256,9 +257,20 @@ def _backward(
             got = run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
                                      *tile.score_args(), do, lse_q, delta_q)
             for name, g in zip(_TILE_GRADS, got):
-                if g is None or name not in need:
+                if g is None:
                     continue
-                if name in _QUERY_INDEXED:
+                if name == "ds":  # the score gradient feeds the table and a float mask
+                    if "table" in need:
+                        _scatter_table_grad(grads["table"], g, inp, spec, qs, ss)
+                    if "attn_mask" in need:
+                        mask_grad = grads["attn_mask"]
+                        if mask_grad.dim() == 4:
+                            mask_grad[:, :, qs, ss] += g
+                        else:
+                            mask_grad[qs, ss] += g.sum((0, 1))
+                elif name not in need:
+                    continue
+                elif name in _QUERY_INDEXED:
                     grads[name][:, :, qs] += g
                 elif name in _SOURCE_INDEXED:
                     grads[name][:, :, ss] += g
@@ -267,8 +279,6 @@ def _backward(
                         grads[name][:, ss] += g.sum(1)
                     else:
                         grads[name][:, :, ss] += g
-                elif name == "table":
-                    _scatter_table_grad(grads[name], g, inp, spec, qs, ss)
                 else:
                     grads[name] += g
     return grads

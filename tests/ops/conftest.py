@@ -74,7 +74,7 @@ def random_inputs(
     if attn_mask == "bool":
         inp.attn_mask = torch.rand(Nq, Ns, generator=g) > 0.3
     elif attn_mask == "float":
-        inp.attn_mask = torch.randn(B, H, Nq, Ns, generator=g, dtype=dtype)
+        inp.attn_mask = rnd(B, H, Nq, Ns)
     return inp
 
 
