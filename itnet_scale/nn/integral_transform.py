@@ -196,16 +196,17 @@ class IntegralTransform(nn.Module):
         if self.q_proj is not None:
             inp.q, inp.k, inp.beta = heads(self.q_proj(x)), heads(self.k_proj(source)), self.beta
         if self.a_proj is not None:
-            inp.a = heads(self.a_proj(x) + self.pos_proj(pos))
-            inp.b = heads(self.b_proj(source) - self.pos_proj(source_pos))
-            inp.w2 = self.w2
+            inp.a, inp.b, inp.w2 = heads(self.a_proj(x)), heads(self.b_proj(source)), self.w2
+            inp.pos_weight = self.pos_proj.weight.view(H, self.kernel_width, self.pos_dim)  # Ua, applied to p_i − p_j
             if self.kernel_depth > 1:
                 inp.mlp_w, inp.mlp_c = self.mlp_w, self.mlp_c
         inp.table = self.table
         if self.decay_proj is not None:
             rate = self.decay_proj(x)
             rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
-            tau = torch.cumsum(rate * self.decay_log_rate.exp(), dim=1).transpose(1, 2)  # [B, H, N]
+            # τ is a running sum that grows with N; kept in float64 so that τ_i − τ_j stays exact
+            # for long sequences (the kernel casts the difference back to the compute dtype).
+            tau = torch.cumsum((rate * self.decay_log_rate.exp()).double(), dim=1).transpose(1, 2)  # [B, H, N]
             inp.tau_q = inp.tau_s = tau
         if weights is not None:
             if tuple(weights.shape) == (B, Ns, H) and weights.dim() == 3:

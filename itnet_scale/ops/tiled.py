@@ -47,9 +47,10 @@ from itnet_scale.ops.spec import (
 DEFAULT_BLOCK = (256, 256)
 _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows never make NaN
 
-# Positions and bool masks enter only through comparisons and rounding: no gradient.
-# (A float attn_mask is a score bias and gets one: d attn_mask = ds.)
-_NOT_DIFFERENTIABLE = ("pos_q", "pos_s", "padding")
+# Bool masks get no gradient. Positions get one only through the kernel MLP's ``Ua (p_i − p_j)``
+# (the table and the supports read them through rounding and comparisons); a float attn_mask
+# is a score bias and gets ``ds``.
+_NOT_DIFFERENTIABLE = ("padding",)
 
 
 # --------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
 # --------------------------------------------------------------------------------------
 
 
-def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str):
+def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation: str):
     """``(s, q·kᵀ, kernel-MLP layers)`` of a tile: ``s = β q·k/√d + w2ᵀσ(…) + bias``.
 
     ``bias`` holds the table term and a float mask (or zeros).
@@ -106,7 +107,7 @@ def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str):
         qk = q @ k.transpose(-1, -2)
         s = s + qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1]))
     if a is not None:
-        layers = mlp_layers(a, b, mlp_w, mlp_c, activation)
+        layers = mlp_layers(a, b, mlp_w, mlp_c, activation, pos_weight, delta)
         s = s + mlp_scores(layers[0], w2)
     return s, qk, layers
 
@@ -128,9 +129,10 @@ def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None) -> 
     return f
 
 
-def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, top, total, acc):
+def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, m, log_d, w, v,
+                  top, total, acc):
     """Fold one source block into a query block's running ``(max, normalizer, accumulator)``."""
-    s, _, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    s, _, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation)
     if mode == "linear":
         return top, total, acc + (s * _linear_factor(m, log_d, w)) @ v
     logits = _softmax_logits(s, m, log_d)
@@ -142,16 +144,20 @@ def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m,
     return new_top, total * scale + p.sum(-1, keepdim=True), acc * scale + p @ v
 
 
-def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse, delta):
-    """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded)."""
-    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, m, log_d, w,
+                   v, do, lse, row_dot):
+    """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded).
+
+    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode); ``delta`` the tile's offsets ``p_i − p_j``.
+    """
+    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation)
     dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
     if mode == "softmax":
         p_unweighted = (_softmax_logits(s, m, log_d) - lse[..., None]).exp()
         p = p_unweighted if w is None else p_unweighted * w
-        ds = p * (dpk - delta)
+        ds = p * (dpk - row_dot)
         dv = p.transpose(-1, -2) @ do if "v" in need else None
-        dw = (p_unweighted * (dpk - delta)).sum(-2) if "weights" in need else None
+        dw = (p_unweighted * (dpk - row_dot)).sum(-2) if "weights" in need else None
         dlog_d = ds
     else:
         factor = _linear_factor(m, log_d, w)
@@ -160,21 +166,24 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         dv = kmat.transpose(-1, -2) @ do if "v" in need else None
         dw = (dpk * s * _linear_factor(m, log_d, None)).sum(-2) if "weights" in need else None
         dlog_d = dpk * kmat
-    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = None
+    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = dpos_weight = dpos_q = dpos_s = None
     if q is not None:
         scale = beta[None, :, None, None] / math.sqrt(q.shape[-1])
         dq = (ds * scale) @ k if "q" in need else None
         dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
     if a is not None:
-        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
+        da, db, dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s = mlp_backward(*layers, w2, mlp_w, ds, pos_weight,
+                                                                              delta)
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
     ds_out = ds if "table" in need or "attn_mask" in need else None
-    return dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dv, dw, dtau_q, dtau_s, ds_out
+    return (dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s, dv, dw, dtau_q, dtau_s,
+            ds_out)
 
 
-_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
+_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "pos_weight", "pos_q", "pos_s", "v", "weights",
+               "tau_q", "tau_s", "ds")
 _QUERY_INDEXED = ("q", "a", "tau_q")
 _SOURCE_INDEXED = ("k", "b", "v", "tau_s")
 
@@ -189,11 +198,15 @@ class _Tile:
         self.q, self.k, self.a, self.b = cut(inp.q, qs), cut(inp.k, ss), cut(inp.a, qs), cut(inp.b, ss)
         self.v = inp.v[:, :, ss]
         self.beta, self.w2, self.mlp_w, self.mlp_c = inp.beta, inp.w2, inp.mlp_w, inp.mlp_c
+        self.pos_weight = inp.pos_weight
         B, H = inp.v.shape[:2]
         nq, ns = qs.stop - qs.start, ss.stop - ss.start
+        self.delta = None
+        if inp.pos_weight is not None or inp.table is not None:
+            self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss])  # [B, nq, ns, P]
         bias = None
         if inp.table is not None:
-            bias = table_lookup(inp.table, offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
+            bias = table_lookup(inp.table, self.delta, spec.offset_range)
         if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
             extra = mask_block(inp.attn_mask, qs, ss)
             bias = extra.expand(B, H, nq, ns) if bias is None else bias + extra
@@ -203,8 +216,8 @@ class _Tile:
         self.w = source_weights(inp, ss)
 
     def score_args(self) -> tuple:
-        return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.bias,
-                self.m, self.log_d, self.w, self.v)
+        return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.pos_weight,
+                self.delta if self.pos_weight is not None else None, self.bias, self.m, self.log_d, self.w, self.v)
 
 
 def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
@@ -245,17 +258,17 @@ def _backward(
     qb, sb = _blocks(Nq, block[0]), _blocks(Ns, block[1])
     use_compile = compile_wanted(inp.v, block)
     grads = {n: torch.zeros_like(getattr(inp, n)) for n in need}
-    delta = (dout * out).sum(-1, keepdim=True) if spec.mode == "softmax" else None
+    row_dot = (dout * out).sum(-1, keepdim=True) if spec.mode == "softmax" else None
     need_key = tuple(sorted(need))
     for qs, keep in zip(qb, _visible_pairs(inp, spec, qb, sb)):
         do = dout[:, :, qs]
         lse_q = None if lse is None else lse[:, :, qs]
-        delta_q = None if delta is None else delta[:, :, qs]
+        row_dot_q = None if row_dot is None else row_dot[:, :, qs]
         for j in keep:
             ss = sb[j]
             tile = _Tile(inp, spec, qs, ss)
             got = run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
-                                     *tile.score_args(), do, lse_q, delta_q)
+                                     *tile.score_args(), do, lse_q, row_dot_q)
             for name, g in zip(_TILE_GRADS, got):
                 if g is None:
                     continue
@@ -270,6 +283,10 @@ def _backward(
                             mask_grad[qs, ss] += g.sum((0, 1))
                 elif name not in need:
                     continue
+                elif name == "pos_q":
+                    grads[name][:, qs] += g
+                elif name == "pos_s":
+                    grads[name][:, ss] += g
                 elif name in _QUERY_INDEXED:
                     grads[name][:, :, qs] += g
                 elif name in _SOURCE_INDEXED:
@@ -307,9 +324,11 @@ class _TiledIntegralTransform(torch.autograd.Function):
         out, lse = saved[-2], saved[-1]
         it = iter(saved[:-2])
         tensors = [next(it) if p else None for p in ctx.present]
+        inp = KernelInputs(**dict(zip(ctx.names, tensors)))
         need = {n for n, t, g in zip(ctx.names, tensors, ctx.needs_input_grad[3:])
                 if g and t is not None and n not in _NOT_DIFFERENTIABLE}
-        inp = KernelInputs(**dict(zip(ctx.names, tensors)))
+        if inp.pos_weight is None:
+            need -= {"pos_q", "pos_s"}
         grads = _backward(inp, ctx.spec, ctx.block, out, lse, dout.contiguous(), need)
         return (None, None, None, *[grads.get(n) for n in ctx.names])
 

@@ -177,3 +177,16 @@ def test_linear_mode_refuses_float_masks():
     m = layer(mode="linear")
     with pytest.raises(ValueError, match="float attn_mask"):
         m(torch.randn(1, 3, 24, dtype=torch.float64), attn_mask=torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_decay_stays_exact_in_fp32_when_tau_grows_large():
+    """Long sequences in fp32: τ (a running sum, ~10³ here) and the positions (up to 2000) enter
+    only through differences, which are formed exactly (fp64 τ, in-kernel p_i − p_j)."""
+    m = IntegralTransform(8, 2, mode="linear", support="causal", decay=True, kernel_width=4).double()
+    with torch.no_grad():
+        m.decay_proj.bias.fill_(0.5)  # increments ~ softplus(0.5 + noise) ≈ 1: neighbours still matter
+    x = torch.randn(1, 2000, 8, dtype=torch.float64) * 0.1
+    ref = m(x)
+    assert m.kernel_inputs(x).tau_s.max() > 1e3
+    out = m.float()(x.float())
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) < 1e-6

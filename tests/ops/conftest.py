@@ -50,11 +50,13 @@ def random_inputs(
         pos_s = grid[:Ns].to(dtype)[None].expand(B, Ns, 2)
         perm = torch.randperm(side * side, generator=g)[:Nq]
         pos_q = grid[perm].to(dtype)[None].expand(B, Nq, 2)
-    inp = KernelInputs(v=rnd(B, H, Ns, e), pos_q=pos_q.contiguous(), pos_s=pos_s.contiguous())
+    pos_q, pos_s = (p.contiguous().requires_grad_(requires_grad) for p in (pos_q, pos_s))
+    inp = KernelInputs(v=rnd(B, H, Ns, e), pos_q=pos_q, pos_s=pos_s)
     if bilinear:
         inp.q, inp.k, inp.beta = rnd(B, H, Nq, d), rnd(B, H, Ns, d), rnd(H)
     if r:
         inp.a, inp.b, inp.w2 = rnd(B, H, Nq, r), rnd(B, H, Ns, r), rnd(H, r)
+        inp.pos_weight = rnd(H, r, pos_dim, scale=0.3)
         if depth > 1:
             inp.mlp_w, inp.mlp_c = rnd(depth - 1, H, r, r, scale=0.5), rnd(depth - 1, H, r)
     if table:

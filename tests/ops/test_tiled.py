@@ -141,7 +141,23 @@ def test_gradcheck_fp64(make_inputs, backend, mode):
         return integral_transform(inp, spec, backend=backend, block_size=(4, 4))
 
     names.remove("tau_q")
+    for n in ("pos_q", "pos_s"):  # the causal mask and the table are steps in the positions: see below
+        names.remove(n)
     assert torch.autograd.gradcheck(f, [getattr(inp, n) for n in names], eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["reference", "tiled"])
+def test_gradcheck_positions_fp64(make_inputs, backend):
+    """Positions reach the score smoothly only through the kernel MLP's ``Ua (p_i − p_j)``."""
+    spec = KernelSpec(mode="softmax")
+    inp = make_inputs(5, 7, spec=spec, B=1, H=2, d=2, e=2, r=3, pos_dim=2)
+
+    def f(pos_q, pos_s):
+        inp.pos_q, inp.pos_s = pos_q, pos_s
+        return integral_transform(inp, spec, backend=backend, block_size=(2, 3))
+
+    pos = [(inp.pos_q + 0.25).detach().requires_grad_(), inp.pos_s.detach().requires_grad_()]
+    assert torch.autograd.gradcheck(f, pos, eps=1e-6, atol=1e-7)
 
 
 def test_softmax_with_bilinear_only_is_attention(make_inputs):

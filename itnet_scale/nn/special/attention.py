@@ -42,7 +42,8 @@ class ITNetMultiheadAttention(nn.Module):
 
     Build it with :func:`from_multihead_attention` (which copies a trained MHA's weights); a
     direct construction keeps :class:`IntegralTransform`'s default initialisation, with the
-    key/value cross blocks and the extra-token columns zeroed.
+    key/value cross blocks zeroed, the bias token starting at the projection biases and the
+    zero token at zero.
 
     Args:
         embed_dim: ``E``, the width of queries and outputs.
@@ -104,11 +105,15 @@ class ITNetMultiheadAttention(nn.Module):
             backend=backend,
             block_size=block_size,
         )
+        t = self.transform
         with torch.no_grad():
-            self.transform.beta.fill_(1.0)
-            self.transform.k_proj.weight[:, self.kdim:].zero_()
-            self.transform.v_proj.weight[:, : self.kdim].zero_()
-            self.transform.v_proj.weight[:, self.kdim + self.vdim:].zero_()
+            t.beta.fill_(1.0)
+            t.k_proj.weight[:, self.kdim:].zero_()
+            t.v_proj.weight[:, : self.kdim].zero_()
+            t.v_proj.weight[:, self.kdim + self.vdim:].zero_()
+            if add_zero_attn and bias:  # the zero token's key and value: column + bias = 0
+                t.k_proj.weight[:, -1].copy_(-t.k_proj.bias)
+                t.v_proj.weight[:, -1].copy_(-t.v_proj.bias)
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, kdim={self.kdim}, vdim={self.vdim}, "
@@ -256,7 +261,7 @@ class ITNetMultiheadAttention(nn.Module):
                 mask = mask.expand(B, H, L, S)
             return padding, F.pad(mask, (0, n), value=0.0)
         if allowed is not None:
-            allowed = F.pad(allowed, (0, n), value=False)
+            allowed = F.pad(allowed, (0, n), value=True)
         return padding, allowed
 
 

@@ -48,7 +48,7 @@ class ITNetConv(nn.Module):
     Args:
         in_channels, out_channels: ``C_in``, ``C_out``.
         kernel_size, stride, dilation: per spatial dim.
-        padding: per spatial dim, the zero padding before the input (the left/top side);
+        padding: per spatial dim, the zero padding before the input (the left/top side).
         padding_total: per spatial dim, the padding on both sides together (differs from
             ``2·padding`` only for ``padding="same"`` with an odd total).
         groups: channel groups (``C_in`` and ``C_out`` divisible by it).

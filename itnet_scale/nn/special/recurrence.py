@@ -35,11 +35,10 @@ cannot be exact. A stack of layers with pointwise MLPs can approximate them;
 
 Exactness notes:
 
-- The decay is a difference of cumulative sums, ``τ_i − τ_j``, whose rounding error grows with
-  the ulp of ``τ_i``; so fp32 drifts from a sequential scan as the total decay ``τ_N`` grows.
-  Measured on Mamba-1 (fp32 against an fp64 scan): ~2e-7 relative at ``τ_N ≈ 35`` and
-  ~2.4e-6 at ``τ_N ≈ 1600`` (L = 512), where an fp32 sequential scan stays at ~2e-7. fp64
-  stays at ~1e-15.
+- The decay is a difference of cumulative sums, ``τ_i − τ_j``. The layer keeps ``τ`` in
+  float64 so the difference stays exact however large ``τ_N`` grows: measured on Mamba-1 in
+  fp32 against an fp64 scan, ~2e-7 relative at ``τ_N ≈ 2000`` (L = 1500), the same as an fp32
+  sequential scan. fp64 stays at ~1e-15.
 - A sequential scan multiplies ``exp(Δ·A)`` step by step and needs ``A < 0`` only for
   stability. Here ``−A`` becomes ``exp(decay_log_rate)``, so ``A`` must be negative:
   :func:`selective_scan` and :func:`ssd` refuse ``A ≥ 0`` (and complex ``A``) with a ``ValueError``.
@@ -59,6 +58,7 @@ weights into an ordinary trainable ``IntegralTransform``.
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import reduce
 
@@ -215,7 +215,7 @@ def selective_scan(
         D: ``[dim]`` skip. z: ``[batch, dim, length]`` output gate. delta_bias: ``[dim]``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return ``x_L`` ``[batch, dim, dstate]`` (through the operator,
-            as ``dstate`` extra one-hot queries; it is differentiable, unlike Mamba's kernel's).
+            as ``dstate`` extra one-hot queries; differentiable).
         backend, block_size: the layer's exact-integrator backend and tile size.
 
     Returns ``out`` ``[batch, dim, length]`` in ``u``'s dtype (computed in at least fp32), and
@@ -324,8 +324,9 @@ def ssd(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba-2's SSD layer (scalar decay per head), computed by one ``IntegralTransform``.
 
-    Matches ``ssd_minimal_discrete(x * dt[..., None], A * dt, B, C)`` of Mamba-2 (plus an
-    optional ``D`` skip)::
+    Matches ``ssd_minimal_discrete(x * dt[..., None], A * dt, B, C)`` of Mamba-2 (one group;
+    several groups follow ``mamba_chunk_scan_combined``: contiguous blocks of heads share a
+    group), plus an optional ``D`` skip::
 
         h_t = exp(dt_t A) h_{t−1} + dt_t x_t ⊗ B_t        (h_t: [head_dim, dstate] per head)
         y_t = h_t C_t + D x_t
@@ -342,7 +343,8 @@ def ssd(
             group ``h // (heads/groups)`` (``groups = heads``: one B, C per head).
         D: optional ``[heads]`` skip.
         return_final_state: also return ``h_L`` ``[batch, heads, head_dim, dstate]`` (computed by
-            the operator as ``dstate`` extra one-hot queries).
+            the operator as ``dstate`` extra one-hot queries; ``ssd_minimal_discrete`` returns it
+            with a groups axis, ``[batch, 1, heads, head_dim, dstate]``).
         backend, block_size: the layer's exact-integrator backend and tile size.
 
     Returns ``y`` ``[batch, length, heads, head_dim]`` in ``x``'s dtype, and the final state if asked.
@@ -650,8 +652,8 @@ def from_min_lstm(linear_f: nn.Linear, linear_i: nn.Linear, linear_h: nn.Linear)
     (sigmoid, r = 1, ``b_j = ℓ_j``), with ``ℓ`` the per-token glue of :class:`MinLSTM`. The layer's
     features are ``[x (dim), ℓ (hidden)]``. The weights are copied.
     """
-    Wf, bf = _linear_parts("linear_f", linear_f)
-    Wi, bi = _linear_parts("linear_i", linear_i)
+    Wf, _ = _linear_parts("linear_f", linear_f)
+    Wi, _ = _linear_parts("linear_i", linear_i)
     Wh, bh = _linear_parts("linear_h", linear_h)
     if not (Wf.shape == Wi.shape == Wh.shape):
         raise ValueError(f"linear_f, linear_i and linear_h must have the same shape, got {tuple(Wf.shape)}, "
@@ -660,9 +662,4 @@ def from_min_lstm(linear_f: nn.Linear, linear_i: nn.Linear, linear_h: nn.Linear)
     sel = torch.cat([Wf.new_zeros(hidden, in_dim), torch.eye(hidden, dtype=Wf.dtype, device=Wf.device)], 1)
     Wv = torch.cat([Wh, Wh.new_zeros(hidden, hidden)], 1)
     layer = _gated_layer(in_dim + hidden, hidden, sel, Wf.new_zeros(hidden), Wv, bh)
-    gate_f, gate_i = (nn.Linear(in_dim, hidden).to(Wf.dtype).to(Wf.device) for _ in range(2))
-    with torch.no_grad():
-        for gate, (W, b) in ((gate_f, (Wf, bf)), (gate_i, (Wi, bi))):
-            gate.weight.copy_(W)
-            gate.bias.copy_(b)
-    return MinLSTM(gate_f, gate_i, layer)
+    return MinLSTM(copy.deepcopy(linear_f), copy.deepcopy(linear_i), layer)
