@@ -312,6 +312,8 @@ def describe_environment(device: torch.device | str, argv: list[str] | None = No
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
+        # Other work on the machine inflates and scatters timings; this says how busy it was.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "git_commit": _git_commit(),
         "peak_memory_method": _peak_memory_method(device),
     }

@@ -38,7 +38,10 @@ class IntegralTransform(nn.Module):
         pos_dim: position dimension ``P`` (1 text, 2 image grids, 3 points).
         kernel_width: kernel-MLP width ``r``; 0 turns the MLP off.
         kernel_depth: layers of the kernel MLP (1 = ``w2ᵀσ(a_i + b_j)``).
-        kernel_activation: ``σ`` (see :data:`itnet_scale.ops.ACTIVATIONS`).
+        kernel_activation: ``σ`` (see :data:`itnet_scale.ops.ACTIVATIONS`). ReLU by default: the
+            kernel MLP is evaluated for every pair and ReLU (and its step derivative) costs about
+            half of GELU's erf per pair (``tools/bench.py operator --activation``); piecewise-linear
+            kernels also contain the "tent" construction of convolution.
         mode: ``"softmax"`` or ``"linear"``.
         support: ``all`` | ``causal`` | ``window`` | ``radius`` | ``causal_window``.
         support_size: window half-width / radius for the windowed supports.
@@ -65,7 +68,7 @@ class IntegralTransform(nn.Module):
         pos_dim: int = 1,
         kernel_width: int = 16,
         kernel_depth: int = 1,
-        kernel_activation: str = "gelu",
+        kernel_activation: str = "relu",
         mode: str = "softmax",
         support: str = "all",
         support_size: float = math.inf,

@@ -54,7 +54,7 @@ class KernelSpec:
     mode: str = "softmax"
     support: str = "all"
     support_size: float = math.inf
-    activation: str = "gelu"
+    activation: str = "relu"
     offset_range: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
