@@ -100,16 +100,16 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
 def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation: str):
     """``(s, q·kᵀ, kernel-MLP layers)`` of a tile: ``s = β q·k/√d + w2ᵀσ(…) + bias``.
 
-    ``bias`` holds the table term and a float mask (or zeros).
+    ``bias`` holds the table term and a float mask; it is zeros when no term is present at all.
     """
-    s, qk, layers = bias, None, None
+    terms, qk, layers = [] if bias is None else [bias], None, None
     if q is not None:
         qk = q @ k.transpose(-1, -2)
-        s = s + qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1]))
+        terms.append(qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1])))
     if a is not None:
         layers = mlp_layers(a, b, mlp_w, mlp_c, activation, pos_weight, delta)
-        s = s + mlp_scores(layers[0], w2)
-    return s, qk, layers
+        terms.append(mlp_scores(layers[0], w2))
+    return sum(terms[1:], terms[0]), qk, layers
 
 
 def _softmax_logits(s: Tensor, m: Tensor | None, log_d: Tensor | None) -> Tensor:
@@ -210,7 +210,9 @@ class _Tile:
         if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
             extra = mask_block(inp.attn_mask, qs, ss)
             bias = extra.expand(B, H, nq, ns) if bias is None else bias + extra
-        self.bias = inp.v.new_zeros(B, H, nq, ns) if bias is None else bias
+        if bias is None and inp.q is None and inp.a is None:
+            bias = inp.v.new_zeros(B, H, nq, ns)  # no term at all: s = 0
+        self.bias = bias
         self.m = support_mask(inp, spec, qs, ss)
         self.log_d = decay_log(inp, qs, ss)
         self.w = source_weights(inp, ss)
