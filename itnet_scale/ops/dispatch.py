@@ -15,8 +15,8 @@ from itnet_scale.ops.tiled import integral_transform_tiled
 BACKENDS = ("auto", "reference", "tiled")
 
 
-def resolve_backend(backend: str, inp: KernelInputs) -> str:
-    """The concrete backend ``auto`` stands for on these inputs."""
+def resolve_backend(backend: str) -> str:
+    """The concrete backend ``auto`` stands for."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return "tiled" if backend == "auto" else backend
@@ -40,6 +40,6 @@ def integral_transform(
     """
     if check:
         check_inputs(inp, spec)
-    if resolve_backend(backend, inp) == "reference":
+    if resolve_backend(backend) == "reference":
         return integral_transform_reference(inp, spec)
     return integral_transform_tiled(inp, spec, block_size=block_size)

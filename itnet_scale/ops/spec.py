@@ -182,27 +182,25 @@ def kernel_mlp(z: Tensor, inp: KernelInputs, activation: str) -> Tensor:
     return torch.einsum("bhqsr,hr->bhqs", h, inp.w2)
 
 
-def pair_scores(inp: KernelInputs, spec: KernelSpec, qs: slice = slice(None), ss: slice = slice(None)) -> Tensor:
-    """``s(i,j)`` for queries ``qs`` × sources ``ss``: ``[B, H, nq, ns]``.
+def pair_scores(inp: KernelInputs, spec: KernelSpec) -> Tensor:
+    """``s(i,j)`` for every pair: ``[B, H, Nq, Ns]``.
 
-    Materializes ``[B, H, nq, ns, r]`` for the kernel MLP; the reference calls it on all pairs.
+    Materializes ``[B, H, Nq, Ns, r]`` for the kernel MLP: this is the reference's definition;
+    the tiled backend evaluates the same terms tile by tile.
     """
-    B, H, _, _, _ = inp.shape
-    nq = len(range(*qs.indices(inp.pos_q.shape[1])))
-    ns = len(range(*ss.indices(inp.pos_s.shape[1])))
-    s = inp.v.new_zeros(B, H, nq, ns)
+    B, H, Nq, Ns, _ = inp.shape
+    s = inp.v.new_zeros(B, H, Nq, Ns)
     if inp.q is not None:
-        d = inp.q.shape[-1]
-        s = s + inp.beta[None, :, None, None] * (inp.q[:, :, qs] @ inp.k[:, :, ss].transpose(-1, -2)) / math.sqrt(d)
+        s = s + inp.beta[None, :, None, None] * (inp.q @ inp.k.transpose(-1, -2)) / math.sqrt(inp.q.shape[-1])
     if inp.a is not None:
-        z = inp.a[:, :, qs, None, :] + inp.b[:, :, None, ss, :]
+        z = inp.a[:, :, :, None, :] + inp.b[:, :, None, :, :]
         if inp.pos_weight is not None:
-            z = z + position_term(inp.pos_weight, offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]))
+            z = z + position_term(inp.pos_weight, offsets(inp.pos_q, inp.pos_s))
         s = s + kernel_mlp(z, inp, spec.activation)
     if inp.table is not None:
-        s = s + table_lookup(inp.table, offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
+        s = s + table_lookup(inp.table, offsets(inp.pos_q, inp.pos_s), spec.offset_range)
     if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
-        s = s + mask_block(inp.attn_mask, qs, ss)
+        s = s + mask_block(inp.attn_mask, slice(None), slice(None))
     return s
 
 
