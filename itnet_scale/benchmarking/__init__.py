@@ -147,6 +147,7 @@ class BenchmarkSuite(ABC):
 #: Suite name → ``"module:attribute"`` of its :class:`BenchmarkSuite` subclass or instance.
 SUITES: dict[str, str] = {
     "operator": "itnet_scale.benchmarking.operator:OperatorSuite",
+    "integrators": "itnet_scale.benchmarking.integrators:IntegratorSuite",
 }
 
 

@@ -39,6 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from itnet_scale.benchmarking.cli import (
+    add_run_arguments,
+    format_mib,
+    format_ms,
+    format_ratio,
+    positive_float,
+    positive_int,
+)
 from itnet_scale.benchmarking.measure import GIB, MIB, Measurement, describe_environment, measure
 from itnet_scale.ops import ACTIVATIONS, KernelInputs, KernelSpec, integral_transform
 from itnet_scale.ops.tiled import DEFAULT_BLOCK
@@ -354,13 +362,6 @@ COLUMNS = [
 ]
 
 
-def _ms(value: float) -> str:
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
-
 
 def _runs(forward: Measurement, training: Measurement) -> str:
     """Timed runs behind the medians: one number, or ``fwd/fwd+bwd`` when a budget cut one short."""
@@ -369,12 +370,6 @@ def _runs(forward: Measurement, training: Measurement) -> str:
     return f"{forward.repeats}/{training.repeats}"
 
 
-def _mib(num_bytes: int | None) -> str:
-    return "n/a" if num_bytes is None else f"{num_bytes / MIB:.1f}"
-
-
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
 
 
 def results_table(results: OperatorResults) -> Table:
@@ -393,12 +388,12 @@ def results_table(results: OperatorResults) -> Table:
             continue
         ratios = ["", "", "", ""]
         if case.method == "tiled":
-            ratios = [_ratio(results.ratio(case.n, "tiled", other, phase))
+            ratios = [format_ratio(results.ratio(case.n, "tiled", other, phase))
                       for other in ("reference", "sdpa") for phase in ("fwd", "fwd_bwd")]
         table.add_row([
             str(case.n), label, _runs(case.forward, case.training),
-            _ms(case.forward.median_ms), _ms(case.training.median_ms),
-            _mib(case.forward.max_peak_growth_bytes), _mib(case.training.max_peak_growth_bytes), *ratios,
+            format_ms(case.forward.median_ms), format_ms(case.training.median_ms),
+            format_mib(case.forward.max_peak_growth_bytes), format_mib(case.training.max_peak_growth_bytes), *ratios,
         ])
     return table
 
@@ -444,27 +439,6 @@ def build_report(results: OperatorResults, environment: dict[str, Any] | None = 
 # --------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 class OperatorSuite(BenchmarkSuite):
     """``tools/bench.py operator``: reference vs tiled vs SDPA, time and peak memory."""
 
@@ -472,36 +446,24 @@ class OperatorSuite(BenchmarkSuite):
     description = "forward and forward+backward time and peak memory: reference vs tiled vs SDPA"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--n", type=_positive_int, nargs="+", metavar="N",
-                            help=f"sequence lengths (default {' '.join(map(str, DEFAULT_SIZES))})")
-        parser.add_argument("--quick", action="store_true",
-                            help=f"N ∈ {{{', '.join(map(str, QUICK_SIZES))}}}, {QUICK_REPEATS} repeats "
-                                 "(explicit --n/--repeats still win)")
-        parser.add_argument("--repeats", type=_positive_int,
-                            help=f"timed runs per case; report the median (default {DEFAULT_REPEATS})")
-        parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed runs first (default 1)")
-        parser.add_argument("--max-seconds-per-case", type=_positive_float, default=300.0,
-                            help="stop a case's timed runs once more would pass this (default 300; ≥ 1 run)")
-        parser.add_argument("--max-reference-gib", type=_positive_float, default=8.0,
+        add_run_arguments(parser, default_sizes=DEFAULT_SIZES, default_repeats=DEFAULT_REPEATS, max_seconds=300.0,
+                          quick_help=f"N ∈ {{{', '.join(map(str, QUICK_SIZES))}}}, {QUICK_REPEATS} repeats")
+        parser.add_argument("--max-reference-gib", type=positive_float, default=8.0,
                             help="skip the reference where its estimated memory is larger (default 8)")
         parser.add_argument("--causal", action="store_true",
                             help="causal support (and is_causal SDPA) instead of support 'all'")
-        parser.add_argument("--block", type=_positive_int, nargs="+", metavar="SIZE",
+        parser.add_argument("--block", type=positive_int, nargs="+", metavar="SIZE",
                             help="tiled block size: one int (square) or queries sources (default: backend's)")
         parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                             help="which methods to run (default all)")
-        parser.add_argument("--batch", type=_positive_int, default=1, help="batch size B (default 1)")
-        parser.add_argument("--heads", type=_positive_int, default=4, help="heads H (default 4)")
-        parser.add_argument("--head-dim", type=_positive_int, default=64, help="head dim d (default 64)")
-        parser.add_argument("--width", type=_positive_int, default=16, help="kernel-MLP width r (default 16)")
+        parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
+        parser.add_argument("--heads", type=positive_int, default=4, help="heads H (default 4)")
+        parser.add_argument("--head-dim", type=positive_int, default=64, help="head dim d (default 64)")
+        parser.add_argument("--width", type=positive_int, default=16, help="kernel-MLP width r (default 16)")
         parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                             help="kernel-MLP activation σ (default relu, the layer's default)")
         parser.add_argument("--device", default=None,
                             help="torch device (default: cuda if available, else cpu)")
-        parser.add_argument("--threads", type=_positive_int,
-                            help="torch.set_num_threads (default: torch's); on a machine shared with other "
-                                 "work, fewer threads than cores give steadier figures")
-        parser.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
 
     def config_from_args(self, args: argparse.Namespace) -> OperatorBenchConfig:
         """Resolve defaults (``--quick``, device) and check the options can run here."""

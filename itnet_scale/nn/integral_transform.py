@@ -19,9 +19,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from itnet_scale.nn.feature_map import FeatureMap
 from itnet_scale.ops import BACKENDS, KernelInputs, KernelSpec, integral_transform, kernel_matrix
+from itnet_scale.ops.lowrank import (
+    LowRankInputs,
+    check_lowrank_inputs,
+    lowrank_chunk,
+    lowrank_naive,
+    lowrank_step,
+)
+from itnet_scale.ops.lowrank.chunk import DEFAULT_CHUNK
+from itnet_scale.ops.montecarlo import (
+    PROPOSALS,
+    BlockLayout,
+    integral_transform_montecarlo,
+    proposal_loss,
+    sampled_inputs,
+)
+from itnet_scale.ops.montecarlo import learned as learned_proposal
+from itnet_scale.ops.montecarlo import uniform as uniform_proposal
+from itnet_scale.ops.montecarlo import window as window_proposal
+from itnet_scale.ops.spec import check_sequence_order
 
-INTEGRATORS = ("exact",)
+INTEGRATORS = ("exact", "lowrank", "montecarlo")
+DEFAULT_RANK = 64
+LOWRANK_SEGMENT = 8192  # positions per causal low-rank pass; longer sequences carry the state across passes
 DECAY_ACTIVATIONS = ("softplus", "identity")
 
 
@@ -51,8 +73,25 @@ class IntegralTransform(nn.Module):
         decay_activation: ``softplus`` (increments always > 0) or ``identity`` (the caller
             guarantees non-negative increments; used by exact special cases).
         bias: biases on the projections.
-        integrator: how ``Σ_j`` is computed (``exact``).
-        backend: ``auto`` | ``reference`` | ``tiled`` for the exact integrator.
+        integrator: how ``Σ_j`` is computed: ``exact`` (every pair), ``lowrank`` (``φ_i·ψ_j``
+            feature maps, linear in N). Assignable on a built layer (``layer.integrator = "exact"``);
+            the exact kernel's parameters are the same whatever the integrator.
+        rank: ``R`` of the low-rank feature maps; giving it (or ``integrator="lowrank"``, then
+            ``R = 64``) adds their parameters (:class:`FeatureMap`).
+        feature_map: ``learned`` | ``prf`` (positive random features; softmax mode).
+        chunk_size: positions per chunk of the causal low-rank scan.
+        samples: ``M``, sources drawn per query block by the ``montecarlo`` integrator (``M ≥ N``
+            enumerates every source: exact). Assignable, e.g. more samples for evaluation.
+        proposal: ``uniform`` | ``window`` (the window around the block enumerated, the rest
+            sampled) | ``learned`` (from the low-rank features; needs ``rank``, softmax mode).
+        proposal_window: half-width of the ``window`` proposal, in positions.
+        sample_block: queries per block sharing one draw (1: every query draws its own).
+        generator: the ``torch.Generator`` samples come from (default: torch's global one, so
+            ``torch.manual_seed`` fixes them). Attribute ``proposal_loss`` holds the learned
+            proposal's loss after a training forward (add it to the objective).
+        backend: ``auto`` | ``reference`` | ``tiled``. ``reference`` materializes every pair (the
+            exact kernel; ``φψᵀ`` for lowrank); the others are the tiled exact backend and the
+            chunked low-rank scan.
         block_size: ``(queries, sources)`` per tile of the tiled backend.
     """
 
@@ -78,6 +117,14 @@ class IntegralTransform(nn.Module):
         decay_activation: str = "softplus",
         bias: bool = True,
         integrator: str = "exact",
+        rank: int | None = None,
+        feature_map: str = "learned",
+        chunk_size: int = DEFAULT_CHUNK,
+        samples: int = 256,
+        proposal: str = "uniform",
+        proposal_window: int = 32,
+        sample_block: int = 64,
+        generator: torch.Generator | None = None,
         backend: str = "auto",
         block_size: tuple[int, int] | None = None,
     ) -> None:
@@ -109,8 +156,19 @@ class IntegralTransform(nn.Module):
         self.kernel_width, self.kernel_depth = kernel_width, kernel_depth
         self.decay_activation = decay_activation
         self.block_size = block_size
+        self.chunk_size = chunk_size
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+        if proposal_window < 0 or sample_block < 1:
+            raise ValueError(f"proposal_window must be >= 0 and sample_block >= 1, got {proposal_window}, "
+                             f"{sample_block}")
+        if proposal == "learned" and mode != "softmax":
+            raise ValueError("proposal='learned' follows positive low-rank features and needs mode='softmax'")
+        self.samples = samples
+        self.proposal, self.proposal_window, self.sample_block = proposal, proposal_window, sample_block
+        self.generator = generator
+        self.proposal_loss: Tensor | None = None
         self.backend = backend
-        self.integrator = integrator
         H, d, e, r = heads, head_dim, self.value_dim, kernel_width
 
         self.q_proj = nn.Linear(dim, H * d, bias=bias) if bilinear else None
@@ -134,6 +192,11 @@ class IntegralTransform(nn.Module):
             self.decay_log_rate = nn.Parameter(torch.zeros(H))
         else:
             self.decay_proj = self.decay_log_rate = None
+        if rank is None and (integrator == "lowrank" or proposal == "learned"):
+            rank = DEFAULT_RANK
+        self.features = (FeatureMap(H, d if bilinear else 0, r, rank, feature_map, mode)
+                         if rank is not None else None)
+        self.integrator = integrator
 
     # -- configuration ---------------------------------------------------------------
 
@@ -145,7 +208,19 @@ class IntegralTransform(nn.Module):
     def integrator(self, value: str) -> None:
         if value not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {value!r}")
+        if value == "lowrank" and self.features is None:
+            raise ValueError("integrator='lowrank' needs feature maps: build the layer with rank=R")
         self._integrator = value
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: int) -> None:
+        if int(value) != value or value < 1:
+            raise ValueError(f"samples must be a positive integer, got {value!r}")
+        self._samples = int(value)
 
     @property
     def backend(self) -> str:
@@ -162,6 +237,82 @@ class IntegralTransform(nn.Module):
         return (f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, value_dim={self.value_dim}, "
                 f"pos_dim={self.pos_dim}, kernel_width={self.kernel_width}, mode={s.mode!r}, "
                 f"support={s.support!r}, integrator={self.integrator!r}, backend={self.backend!r}")
+
+    # -- integrators -----------------------------------------------------------------
+
+    def _lowrank(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``Σ_j`` through the feature maps: ``(out [B, H, Nq, e], final state or None)``."""
+        spec = self.spec
+        if spec.support not in ("all", "causal"):
+            raise ValueError(f"integrator='lowrank' integrates support 'all' or 'causal', got {spec.support!r}; "
+                             "use the exact integrator for windowed supports")
+        if inp.attn_mask is not None:
+            raise ValueError("integrator='lowrank' takes no attn_mask (it never forms pairs); use padding_mask "
+                             "or weights, or the exact integrator")
+        if spec.causal:
+            check_sequence_order(inp.pos_q, "integrator='lowrank'")
+        Ns = inp.shape[3]
+        if spec.causal and self.backend != "reference" and Ns > LOWRANK_SEGMENT:
+            # Long sequences go through in segments, the state carried: the same numbers, but every
+            # temporary stays small (large CPU allocations come as fresh pages whose faults made the
+            # whole-sequence pass grow faster than N).
+            outs, state = [], initial_state
+            for piece in _sequence_segments(inp, LOWRANK_SEGMENT):
+                out, state = self._lowrank_pass(piece, state)
+                outs.append(out)
+            return torch.cat(outs, 2), state
+        return self._lowrank_pass(inp, initial_state)
+
+    def _lowrank_pass(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One low-rank pass over all of ``inp``: features, then the naive, chunked or one-step form."""
+        spec = self.spec
+        phi, psi = self.features(inp)
+        B, H, _, Ns, _ = inp.shape
+        w = inp.weights
+        if w is not None and w.dim() == 2:
+            w = w[:, None].expand(B, H, Ns)
+        if inp.padding is not None:
+            keep = (~inp.padding)[:, None].to(inp.v.dtype)
+            w = keep.expand(B, H, Ns) if w is None else w * keep
+        lr = LowRankInputs(phi, psi, inp.v, w, inp.tau_q)
+        normalize = spec.mode == "softmax"
+        check_lowrank_inputs(lr, spec.causal, normalize, initial_state)
+        if spec.causal and Ns == 1:  # one position: the recurrent step (streaming)
+            out, state = lowrank_step(initial_state, phi[:, :, 0], psi[:, :, 0], inp.v[:, :, 0],
+                                      normalize=normalize, weight=None if w is None else w[:, :, 0],
+                                      decay=None if lr.tau is None else lr.tau[:, :, 0])
+            return out[:, :, None], state
+        if self.backend == "reference":
+            return lowrank_naive(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state)
+        return lowrank_chunk(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state,
+                             chunk_size=self.chunk_size)
+
+    def _montecarlo(self, inp: KernelInputs, self_transform: bool) -> Tensor:
+        """``Σ_j`` estimated on sampled sources: ``[B, H, Nq, e]``. Sets ``self.proposal_loss``."""
+        B, _, Nq, Ns, _ = inp.shape
+        causal = self.spec.causal and self_transform
+        if causal:
+            check_sequence_order(inp.pos_q, "integrator='montecarlo'")
+        bq = min(self.sample_block, Nq)
+        layout = BlockLayout(Nq, Ns, bq, causal)
+        M, device = self.samples, inp.v.device
+        if self.proposal == "uniform":
+            draw = uniform_proposal(layout, B, M, device=device, generator=self.generator)
+        elif self.proposal == "window":
+            if not self_transform:
+                raise ValueError("proposal='window' needs a self-transform (source=None)")
+            draw = window_proposal(layout, B, M, self.proposal_window, device=device, generator=self.generator)
+        else:
+            phi, psi = self.features(inp, detach_inputs=True)
+            draw = learned_proposal(layout, phi, psi, M, generator=self.generator)
+        sampled = sampled_inputs(inp, draw, bq)
+        self.proposal_loss = None
+        if draw.log_prob is not None and self.training and torch.is_grad_enabled():
+            rows = (~draw.enumerated).flatten().nonzero()[:, 0]
+            if len(rows):
+                pick = torch.randint(len(rows), (min(len(rows), 8),), generator=self.generator, device=device)
+                self.proposal_loss = proposal_loss(sampled, self.spec, draw, rows[pick])
+        return integral_transform_montecarlo(inp, self.spec, draw, bq, backend=self.backend, sampled=sampled)
 
     # -- forward ---------------------------------------------------------------------
 
@@ -235,7 +386,9 @@ class IntegralTransform(nn.Module):
         weights: Tensor | None = None,
         padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
-    ) -> Tensor:
+        initial_state: Tensor | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
         """Transform ``x`` ``[B, Nq, dim]`` at ``pos`` ``[B, Nq, P]`` (or ``[Nq, P]``).
 
         Args:
@@ -245,13 +398,28 @@ class IntegralTransform(nn.Module):
             padding_mask: ``[B, Ns]`` bool, True marks padding (ignored sources).
             attn_mask: ``[Nq, Ns]`` or ``[B, H, Nq, Ns]``; bool True = may interact, or float
                 added to the score (softmax mode).
+            initial_state, return_state: causal lowrank only — the recurrent state
+                ``[B, H, R, e(+1)]`` left by the previous piece of the sequence (see
+                :mod:`itnet_scale.ops.lowrank.spec`), and whether to return the new one. Feeding a
+                sequence in pieces (one position at a time, for streaming) gives the same outputs
+                as feeding it whole, given each piece's absolute positions.
 
-        Returns ``[B, Nq, out_dim]``. In softmax mode a query that sees no source gets zeros
-        from the transform (the output projection's bias remains).
+        Returns ``[B, Nq, out_dim]`` (with ``return_state``: and the final state). In softmax mode
+        a query that sees no source gets zeros from the transform (the output bias remains).
         """
         inp = self.kernel_inputs(x, pos, source, source_pos, weights, padding_mask, attn_mask)
-        out = integral_transform(inp, self.spec, backend=self.backend, block_size=self.block_size)
-        return self.o_proj(out.transpose(1, 2).flatten(2))
+        state = None
+        if self.integrator == "lowrank":
+            out, state = self._lowrank(inp, initial_state)
+        elif initial_state is None and not return_state and self.integrator == "montecarlo":
+            out = self._montecarlo(inp, source is None)
+        else:
+            if initial_state is not None or return_state:
+                raise ValueError(f"initial_state/return_state need integrator='lowrank' with a causal support, "
+                                 f"not integrator={self.integrator!r}")
+            out = integral_transform(inp, self.spec, backend=self.backend, block_size=self.block_size)
+        y = self.o_proj(out.transpose(1, 2).flatten(2))
+        return (y, state) if return_state else y
 
     def kernel_matrix(self, x: Tensor, pos: Tensor | None = None, **kwargs: Tensor | None) -> Tensor:
         """The kernel ``K_h(i,j)`` of every pair, ``[B, H, Nq, Ns]`` (materialized; for inspection)."""
@@ -280,3 +448,23 @@ class IntegralTransform(nn.Module):
         if torch.isnan(pos).any():
             raise ValueError(f"{name} contains NaN")
         return pos.to(like.dtype)
+
+
+def _sequence_segments(inp: KernelInputs, size: int) -> list[KernelInputs]:
+    """A causal self-transform cut into pieces of ``size`` positions, ``τ`` of each counted from the
+    position before it. One ``split`` per tensor (its backward is one concatenation; slicing piece
+    by piece would make backward fill a full-length zero gradient per piece)."""
+    N = inp.shape[3]
+    n = -(-N // size)
+    parts: dict[str, list] = {}
+    for name, t in zip(inp.names(), inp.tensors()):
+        if t is None or name in ("beta", "pos_weight", "mlp_w", "mlp_c", "w2", "table"):
+            parts[name] = [t] * n
+        elif name in ("pos_q", "pos_s", "padding") or (name == "weights" and t.dim() == 2):
+            parts[name] = list(t.split(size, 1))
+        else:
+            parts[name] = list(t.split(size, 2))
+    if inp.tau_q is not None:
+        before = [0.0] + [tau[:, :, -1:] for tau in parts["tau_q"][:-1]]
+        parts["tau_q"] = parts["tau_s"] = [tau - b for tau, b in zip(parts["tau_q"], before)]
+    return [KernelInputs(**{name: parts[name][i] for name in parts}) for i in range(n)]

@@ -134,6 +134,7 @@ def mlp_backward(
 
 # -- compilation -------------------------------------------------------------------------
 
+RECOMPILE_LIMIT = 64
 _compiled: dict[Callable, Callable] = {}
 _compile_failed = False
 
@@ -158,6 +159,9 @@ def run_maybe_compiled(fn: Callable, use_compile: bool, *args, **kwargs):
     global _compile_failed
     if use_compile:
         if fn not in _compiled:
+            # One tile function serves every layer, integrator and grad mode: its argument pattern
+            # (which terms exist, requires_grad, dtypes) varies more than dynamo's default 8 variants.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             _compiled[fn] = torch.compile(fn, fullgraph=True)
         try:
             return _compiled[fn](*args, **kwargs)

@@ -314,3 +314,11 @@ def check_inputs(inp: KernelInputs, spec: KernelSpec) -> None:
             raise ValueError(f"attn_mask must be [{Nq}, {Ns}] or [{B}, {H}, {Nq}, {Ns}], got {tuple(m.shape)}")
         if m.is_floating_point() and spec.mode != "softmax":
             raise ValueError("a float attn_mask (additive score bias) is only defined in softmax mode")
+
+
+def check_sequence_order(pos: Tensor, what: str) -> None:
+    """Sampled and low-rank causal passes treat sequence order as time: the first position
+    coordinate must increase strictly along the sequence, or ``j ≤ i`` would not be ``p_j ≤ p_i``."""
+    if pos.shape[1] > 1 and not bool((pos[:, 1:, 0] > pos[:, :-1, 0]).all()):
+        raise ValueError(f"{what} with a causal support needs positions whose first coordinate increases strictly "
+                         "along the sequence (it follows sequence order); use the exact integrator otherwise")

@@ -1,0 +1,28 @@
+"""Low-rank integrator: ``F(s(i,j)) ≈ φ_i·ψ_j`` turns ``Σ_j`` into ``O(N·R·e)`` (DESIGN §1).
+
+Three forms of the same computation, each tested against the one before it (as in
+flash-linear-attention's ``ops/``):
+
+- :mod:`.naive` materializes ``φ ψᵀ`` — the spec;
+- :mod:`.chunk` runs causal sequences as a chunked scan with decay, non-causal ones in one pass;
+- :mod:`.recurrent` walks one position at a time with an explicit state (streaming).
+
+The feature maps ``φ, ψ`` themselves are parameters of the layer
+(:class:`itnet_scale.nn.FeatureMap`); these functions take their values.
+"""
+
+from itnet_scale.ops.lowrank.chunk import lowrank_chunk
+from itnet_scale.ops.lowrank.naive import lowrank_naive
+from itnet_scale.ops.lowrank.recurrent import lowrank_recurrent, lowrank_step
+from itnet_scale.ops.lowrank.spec import LowRankInputs, check_lowrank_inputs, readout, state_width
+
+__all__ = [
+    "LowRankInputs",
+    "check_lowrank_inputs",
+    "lowrank_chunk",
+    "lowrank_naive",
+    "lowrank_recurrent",
+    "lowrank_step",
+    "readout",
+    "state_width",
+]

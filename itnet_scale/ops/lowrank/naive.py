@@ -1,0 +1,36 @@
+"""The low-rank integrator with ``φ ψᵀ`` materialized: ``O(Nq·Ns)``, the spec of :mod:`.chunk`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from itnet_scale.ops.lowrank.spec import LowRankInputs, readout, sources
+
+
+def lowrank_naive(
+    inp: LowRankInputs,
+    *,
+    causal: bool,
+    normalize: bool,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """``(out [B, H, Nq, e], final state [B, H, R, E] or None)``; see :mod:`.spec`.
+
+    ``normalize`` is softmax mode (divide by ``den``); ``initial_state`` and the final state
+    exist for causal passes only.
+    """
+    x = sources(inp, normalize)                                     # [B, H, Ns, E]
+    A = inp.phi @ inp.psi.transpose(-1, -2)                         # φ_i·ψ_j   [B, H, Nq, Ns]
+    if not causal:
+        return readout(A @ x, normalize), None
+    N = A.shape[-1]
+    later = torch.ones(N, N, dtype=torch.bool, device=A.device).triu(1)  # j > i: not visible
+    tau = inp.tau if inp.tau is not None else A.new_zeros(*A.shape[:2], N)
+    log_d = (tau[..., None, :] - tau[..., :, None]).masked_fill(later, float("-inf"))  # −(τ_i − τ_j)
+    y = (A * log_d.exp().to(A.dtype)) @ x
+    final = torch.einsum("bhj,bhjr,bhje->bhre", (tau - tau[..., -1:]).exp().to(A.dtype), inp.psi, x)
+    if initial_state is not None:
+        y = y + (-tau).exp().to(A.dtype)[..., None] * (inp.phi @ initial_state)
+        final = final + (-tau[..., -1]).exp().to(A.dtype)[..., None, None] * initial_state
+    return readout(y, normalize), final
