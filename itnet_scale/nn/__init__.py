@@ -1,5 +1,6 @@
 """Modules of the ITNet model."""
 
+from itnet_scale.nn.feature_map import FeatureMap
 from itnet_scale.nn.integral_transform import IntegralTransform
 
-__all__ = ["IntegralTransform"]
+__all__ = ["FeatureMap", "IntegralTransform"]

@@ -17,8 +17,9 @@ per-head projection, initialized to keep the bilinear block only):
   reproduced exactly once ``R ≥ d``). ``tools/distill_kernel.py`` fits them to the exact kernel.
 
 Softmax-mode query features are divided by their largest entry (a per-query constant, which
-cancels in the normalization); source exponents are clamped at ``SOURCE_EXP_MAX`` so no sum
-of features can overflow fp32/bf16.
+cancels in the normalization); source exponents are clamped to ``±SOURCE_EXP_MAX``, so no sum of
+features overflows fp32/bf16 and no normalizer sinks into denormals (whose reciprocal made
+gradients NaN while fitting).
 """
 
 from __future__ import annotations
@@ -129,5 +130,5 @@ class FeatureMap(nn.Module):
         hs = hs - 0.5 * gs.square().sum(-1, keepdim=True)
         scale = 1.0 / math.sqrt(self.rank)
         phi = (hq - hq.amax(-1, keepdim=True).detach()).exp() * scale
-        psi = hs.clamp(max=SOURCE_EXP_MAX).exp() * scale
+        psi = hs.clamp(-SOURCE_EXP_MAX, SOURCE_EXP_MAX).exp() * scale
         return phi, psi

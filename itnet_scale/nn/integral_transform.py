@@ -25,6 +25,7 @@ from itnet_scale.ops.lowrank import (
     LowRankInputs,
     check_lowrank_inputs,
     lowrank_chunk,
+    lowrank_kernel_matrix,
     lowrank_naive,
     lowrank_step,
 )
@@ -263,10 +264,8 @@ class IntegralTransform(nn.Module):
             return torch.cat(outs, 2), state
         return self._lowrank_pass(inp, initial_state)
 
-    def _lowrank_pass(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One low-rank pass over all of ``inp``: features, then the naive, chunked or one-step form."""
-        spec = self.spec
-        phi, psi = self.features(inp)
+    def _lowrank_inputs(self, inp: KernelInputs) -> LowRankInputs:
+        """Features ``φ, ψ`` of ``inp``, with weights per head and padding folded into them."""
         B, H, _, Ns, _ = inp.shape
         w = inp.weights
         if w is not None and w.dim() == 2:
@@ -274,12 +273,18 @@ class IntegralTransform(nn.Module):
         if inp.padding is not None:
             keep = (~inp.padding)[:, None].to(inp.v.dtype)
             w = keep.expand(B, H, Ns) if w is None else w * keep
-        lr = LowRankInputs(phi, psi, inp.v, w, inp.tau_q)
+        phi, psi = self.features(inp)
+        return LowRankInputs(phi, psi, inp.v, w, inp.tau_q)
+
+    def _lowrank_pass(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One low-rank pass over all of ``inp``: features, then the naive, chunked or one-step form."""
+        spec = self.spec
+        lr = self._lowrank_inputs(inp)
         normalize = spec.mode == "softmax"
         check_lowrank_inputs(lr, spec.causal, normalize, initial_state)
-        if spec.causal and Ns == 1:  # one position: the recurrent step (streaming)
-            out, state = lowrank_step(initial_state, phi[:, :, 0], psi[:, :, 0], inp.v[:, :, 0],
-                                      normalize=normalize, weight=None if w is None else w[:, :, 0],
+        if spec.causal and inp.shape[3] == 1:  # one position: the recurrent step (streaming)
+            out, state = lowrank_step(initial_state, lr.phi[:, :, 0], lr.psi[:, :, 0], lr.v[:, :, 0],
+                                      normalize=normalize, weight=None if lr.weights is None else lr.weights[:, :, 0],
                                       decay=None if lr.tau is None else lr.tau[:, :, 0])
             return out[:, :, None], state
         if self.backend == "reference":
@@ -425,6 +430,16 @@ class IntegralTransform(nn.Module):
         """The kernel ``K_h(i,j)`` of every pair, ``[B, H, Nq, Ns]`` (materialized; for inspection)."""
         inp = self.kernel_inputs(x, pos, **kwargs)
         return kernel_matrix(inp, self.spec)
+
+    def lowrank_kernel_matrix(self, x: Tensor, pos: Tensor | None = None, **kwargs: Tensor | None) -> Tensor:
+        """The kernel the lowrank integrator applies, ``[B, H, Nq, Ns]`` (materialized; to fit and inspect
+        the feature maps against :meth:`kernel_matrix`)."""
+        if self.features is None:
+            raise ValueError("this layer has no feature maps: build it with rank=R")
+        if self.spec.support not in ("all", "causal"):
+            raise ValueError(f"integrator='lowrank' integrates support 'all' or 'causal', got {self.spec.support!r}")
+        lr = self._lowrank_inputs(self.kernel_inputs(x, pos, **kwargs))
+        return lowrank_kernel_matrix(lr, causal=self.spec.causal, normalize=self.spec.mode == "softmax")
 
     # -- argument checks -------------------------------------------------------------
 

@@ -12,7 +12,7 @@ The feature maps ``φ, ψ`` themselves are parameters of the layer
 """
 
 from itnet_scale.ops.lowrank.chunk import lowrank_chunk
-from itnet_scale.ops.lowrank.naive import lowrank_naive
+from itnet_scale.ops.lowrank.naive import lowrank_kernel_matrix, lowrank_naive
 from itnet_scale.ops.lowrank.recurrent import lowrank_recurrent, lowrank_step
 from itnet_scale.ops.lowrank.spec import LowRankInputs, check_lowrank_inputs, readout, state_width
 
@@ -20,6 +20,7 @@ __all__ = [
     "LowRankInputs",
     "check_lowrank_inputs",
     "lowrank_chunk",
+    "lowrank_kernel_matrix",
     "lowrank_naive",
     "lowrank_recurrent",
     "lowrank_step",

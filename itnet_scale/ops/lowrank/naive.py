@@ -34,3 +34,23 @@ def lowrank_naive(
         y = y + (-tau).exp().to(A.dtype)[..., None] * (inp.phi @ initial_state)
         final = final + (-tau[..., -1]).exp().to(A.dtype)[..., None, None] * initial_state
     return readout(y, normalize), final
+
+
+def lowrank_kernel_matrix(inp: LowRankInputs, *, causal: bool, normalize: bool) -> Tensor:
+    """The kernel the low-rank integrator applies, ``[B, H, Nq, Ns]`` (the counterpart of the exact
+    :func:`itnet_scale.ops.kernel_matrix`; used to fit feature maps)::
+
+        K̃(i,j) = (φ_i·ψ_j) D(i,j) w_j [j ≤ i]      (linear)     and row-normalized (softmax)
+    """
+    A = inp.phi @ inp.psi.transpose(-1, -2)
+    if inp.weights is not None:
+        A = A * inp.weights[:, :, None, :]
+    if causal:
+        N = A.shape[-1]
+        later = torch.ones(N, N, dtype=torch.bool, device=A.device).triu(1)
+        tau = inp.tau if inp.tau is not None else A.new_zeros(*A.shape[:2], N)
+        A = A * (tau[..., None, :] - tau[..., :, None]).masked_fill(later, float("-inf")).exp().to(A.dtype)
+    if not normalize:
+        return A
+    total = A.sum(-1, keepdim=True)
+    return A / total.masked_fill(total == 0, 1.0)
