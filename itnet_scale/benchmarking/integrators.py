@@ -21,8 +21,8 @@ is not what trained layers look like, so the Monte Carlo layer is first fitted (
 Adam steps at ``--fit-n`` positions, exact integrator) to a local kernel: each query's kernel
 row is trained toward a Gaussian of width ``--fit-sigma`` positions around it (KL divergence).
 The error is reported for that fitted layer with the ``window`` proposal and, for comparison,
-with the ``uniform`` one. The low-rank layers are reported as built (feature maps at their
-initialization; ``tools/distill_kernel.py`` fits them).
+with the ``uniform`` one. The low-rank layers' feature maps are first fitted to their own exact
+kernels (``--distill-steps`` of :func:`itnet_scale.nn.distill.distill`, as ``tools/distill_kernel.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from itnet_scale.benchmarking.cli import (
 )
 from itnet_scale.benchmarking.measure import Measurement, describe_environment, measure
 from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn.distill import distill
 
 METHODS = ("sdpa", "sdpa_causal", "exact", "lowrank", "lowrank_causal", "montecarlo")
 LABELS = {"sdpa": "SDPA", "sdpa_causal": "SDPA causal", "exact": "exact (tiled)", "lowrank": "lowrank",
@@ -81,6 +82,7 @@ class IntegratorBenchConfig:
     fit_n: int = 512
     fit_steps: int = 300
     fit_sigma: float = 6.0
+    distill_steps: int = 200
     repeats: int = 3
     warmup: int = 1
     max_seconds_per_case: float = 120.0
@@ -163,6 +165,7 @@ class IntegratorResults:
     cases: list[Case] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     fit_curve: list[float] = field(default_factory=list)
+    distilled: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ms(self, n: int, method: str, phase: str) -> float | None:
         c = next((c for c in self.cases if c.n == n and c.method == method), None)
@@ -204,6 +207,12 @@ def run_integrator_benchmark(config: IntegratorBenchConfig, say: Callable[[str],
         results.fit_curve = fit_local_kernel(layers["montecarlo"], config.fit_n, config.fit_steps,
                                              config.fit_sigma, config.seed)
         say(f"fit: KL {results.fit_curve[0]:.3f} → {results.fit_curve[-1]:.3f}")
+    if config.distill_steps:
+        for method in ("lowrank", "lowrank_causal"):
+            if method in config.methods:
+                say(f"fitting the {LABELS[method]} layer's feature maps to its kernel: {config.distill_steps} steps …")
+                fitted = distill(layers[method], steps=config.distill_steps, seq=128, batch=4, seed=config.seed)
+                results.distilled[method] = fitted["results"][0]
     for n in config.sizes:
         g = torch.Generator().manual_seed(config.seed + n)
         x = torch.randn(1, n, config.dim, generator=g).requires_grad_(True)
@@ -256,16 +265,18 @@ def _errors(n: int, layers: dict[str, nn.Module], x: Tensor, config: IntegratorB
         results.errors.append({"n": n, "method": method, "rel_error": err, "note": note})
         say(f"N={n} {LABELS[method]}{' ' + note if note else ''}: relative error {err:.4f}")
 
+    features = f"(feature maps fitted, {config.distill_steps} steps)" if config.distill_steps else \
+        "(feature maps at init)"
     with torch.no_grad():
         if "lowrank" in config.methods:
             layer = layers["exact"]
             ref = exact_of(layer)
             layer.integrator = "lowrank"
-            record("lowrank", layer(x), ref, "(feature maps at init)")
+            record("lowrank", layer(x), ref, features)
             layer.integrator = "exact"
         if "lowrank_causal" in config.methods:
             layer = layers["lowrank_causal"]
-            record("lowrank_causal", layer(x), exact_of(layer), "(feature maps at init)")
+            record("lowrank_causal", layer(x), exact_of(layer), features)
         if "montecarlo" in config.methods:
             layer = layers["montecarlo"]
             ref = exact_of(layer)
@@ -384,9 +395,14 @@ def build_report(results: IntegratorResults, environment: dict[str, Any]) -> Sui
         notes.append(f"montecarlo layer fitted to a local kernel (Gaussian rows, σ = {results.config.fit_sigma:g} "
                      f"positions) for {len(results.fit_curve)} steps at N={results.config.fit_n}: KL "
                      f"{results.fit_curve[0]:.3f} → {results.fit_curve[-1]:.3f}")
+    for method, r in results.distilled.items():
+        notes.append(f"{LABELS[method]} feature maps fitted to the layer's kernel ({results.config.distill_steps} "
+                     f"steps at N=128, tools/distill_kernel.py's loss): held-out error at N=128 "
+                     f"{r['error_before']:.2%} → {r['error_after']:.2%}")
     data = {"config": asdict(results.config), "environment": environment,
             "rows": [c.to_dict() for c in results.cases], "errors": results.errors,
-            "fit_curve": results.fit_curve, "targets": [t.to_dict() for t in targets]}
+            "fit_curve": results.fit_curve, "distilled": results.distilled,
+            "targets": [t.to_dict() for t in targets]}
     return SuiteReport(tables=[results_table(results)], targets=targets, notes=notes, data=data)
 
 
@@ -414,6 +430,8 @@ class IntegratorSuite(BenchmarkSuite):
         parser.add_argument("--fit-n", type=positive_int, default=512)
         parser.add_argument("--fit-steps", type=non_negative_int, help="default 300 (40 with --quick)")
         parser.add_argument("--fit-sigma", type=positive_float, default=6.0)
+        parser.add_argument("--distill-steps", type=non_negative_int,
+                            help="fit the lowrank layers' feature maps first (default 200, 20 with --quick; 0: off)")
         parser.add_argument("--plot", type=Path, metavar="PNG", help="write the time-vs-N plot here")
 
     def config_from_args(self, args: argparse.Namespace) -> IntegratorBenchConfig:
@@ -424,11 +442,13 @@ class IntegratorSuite(BenchmarkSuite):
         if "montecarlo" in args.methods and block_window >= args.samples:
             raise SuiteUsageError(f"--sample-block + 2·--proposal-window = {block_window} must be < --samples")
         fit_steps = args.fit_steps if args.fit_steps is not None else (40 if args.quick else 300)
+        distill_steps = args.distill_steps if args.distill_steps is not None else (20 if args.quick else 200)
         return IntegratorBenchConfig(
             sizes=tuple(dict.fromkeys(sizes)), dim=args.dim, heads=args.heads, kernel_width=args.width,
             rank=args.rank, samples=args.samples, sample_block=args.sample_block,
             proposal_window=args.proposal_window, exact_max_n=args.exact_max_n, fit_n=args.fit_n,
-            fit_steps=fit_steps, fit_sigma=args.fit_sigma, repeats=args.repeats or (1 if args.quick else 3),
+            fit_steps=fit_steps, fit_sigma=args.fit_sigma, distill_steps=distill_steps,
+            repeats=args.repeats or (1 if args.quick else 3),
             warmup=args.warmup, max_seconds_per_case=args.max_seconds_per_case,
             methods=tuple(m for m in METHODS if m in args.methods), seed=args.seed)
 

@@ -158,15 +158,11 @@ class IntegralTransform(nn.Module):
         self.decay_activation = decay_activation
         self.block_size = block_size
         self.chunk_size = chunk_size
-        if proposal not in PROPOSALS:
-            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
         if proposal_window < 0 or sample_block < 1:
             raise ValueError(f"proposal_window must be >= 0 and sample_block >= 1, got {proposal_window}, "
                              f"{sample_block}")
-        if proposal == "learned" and mode != "softmax":
-            raise ValueError("proposal='learned' follows positive low-rank features and needs mode='softmax'")
         self.samples = samples
-        self.proposal, self.proposal_window, self.sample_block = proposal, proposal_window, sample_block
+        self.proposal_window, self.sample_block = proposal_window, sample_block
         self.generator = generator
         self.proposal_loss: Tensor | None = None
         self.backend = backend
@@ -197,6 +193,7 @@ class IntegralTransform(nn.Module):
             rank = DEFAULT_RANK
         self.features = (FeatureMap(H, d if bilinear else 0, r, rank, feature_map, mode)
                          if rank is not None else None)
+        self.proposal = proposal
         self.integrator = integrator
 
     # -- configuration ---------------------------------------------------------------
@@ -212,6 +209,19 @@ class IntegralTransform(nn.Module):
         if value == "lowrank" and self.features is None:
             raise ValueError("integrator='lowrank' needs feature maps: build the layer with rank=R")
         self._integrator = value
+
+    @property
+    def proposal(self) -> str:
+        return self._proposal
+
+    @proposal.setter
+    def proposal(self, value: str) -> None:
+        if value not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {value!r}")
+        if value == "learned" and (self.spec.mode != "softmax" or self.features is None):
+            raise ValueError("proposal='learned' follows positive low-rank features: it needs mode='softmax' "
+                             "and feature maps (rank=R)")
+        self._proposal = value
 
     @property
     def samples(self) -> int:
@@ -483,3 +493,24 @@ def _sequence_segments(inp: KernelInputs, size: int) -> list[KernelInputs]:
         before = [0.0] + [tau[:, :, -1:] for tau in parts["tau_q"][:-1]]
         parts["tau_q"] = parts["tau_s"] = [tau - b for tau, b in zip(parts["tau_q"], before)]
     return [KernelInputs(**{name: parts[name][i] for name in parts}) for i in range(n)]
+
+
+INTEGRATOR_SETTINGS = ("integrator", "samples", "proposal", "proposal_window", "sample_block", "generator", "backend",
+                       "chunk_size", "block_size")
+
+
+def configure_integrators(model: nn.Module, **settings: object) -> int:
+    """Apply integrator settings to every :class:`IntegralTransform` in ``model``; returns how many.
+
+    One call switches a trained model for evaluation, e.g. ``configure_integrators(model,
+    integrator="exact")`` or ``configure_integrators(model, samples=4096)``. Unknown settings
+    raise before any layer changes; each value is validated by the layer's own setter.
+    """
+    unknown = sorted(set(settings) - set(INTEGRATOR_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown integrator settings {unknown}; choose from {INTEGRATOR_SETTINGS}")
+    layers = [m for m in model.modules() if isinstance(m, IntegralTransform)]
+    for layer in layers:
+        for name, value in settings.items():
+            setattr(layer, name, value)
+    return len(layers)

@@ -20,7 +20,7 @@ from itnet_scale.benchmarking.measure import Measurement
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--n", "96", "160", "--repeats", "1", "--warmup", "0", "--dim", "32", "--heads", "2", "--width", "4",
         "--rank", "8", "--samples", "40", "--sample-block", "8", "--proposal-window", "4", "--fit-n", "48",
-        "--fit-steps", "30", "--fit-sigma", "2"]
+        "--fit-steps", "30", "--fit-sigma", "2", "--distill-steps", "5"]
 
 
 def _cli():

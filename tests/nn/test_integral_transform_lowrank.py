@@ -1,5 +1,6 @@
-"""The layer's lowrank integrator and its feature maps: exactness where the kernel is low rank,
-streaming, segments, backends, and the errors for what it cannot integrate."""
+"""The layer's lowrank integrator: switching, streaming, segments, backends, padding and weights, exactness
+where the kernel is constant, and the errors for what it cannot integrate. (The feature maps themselves:
+``test_feature_map.py``.)"""
 
 from __future__ import annotations
 
@@ -7,76 +8,22 @@ import pytest
 import torch
 
 import itnet_scale.nn.integral_transform as integral_transform_module
-from itnet_scale.nn import FeatureMap, IntegralTransform
-from itnet_scale.ops import KernelInputs
+from itnet_scale.nn import IntegralTransform
+
+DIM, HEADS = 24, 3
 
 
 def layer(**kw) -> IntegralTransform:
     torch.manual_seed(0)
-    return IntegralTransform(24, 3, **kw).double()
+    return IntegralTransform(DIM, HEADS, **kw).double()
 
 
 def x_of(N: int = 37, B: int = 2) -> torch.Tensor:
-    return torch.randn(B, N, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(N))
+    return torch.randn(B, N, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(N))
 
 
-@pytest.mark.parametrize(("support", "decay"), [("all", False), ("causal", False), ("causal", True)])
-def test_learned_linear_features_at_init_reproduce_a_bilinear_linear_kernel(support, decay):
-    """``s = β q·k/√d`` is rank d = 8; the learned linear map starts as the identity on that block."""
-    m = layer(mode="linear", support=support, decay=decay, kernel_width=0, rank=8, feature_map="learned")
-    x = x_of()
-    exact = m(x)
-    m.integrator = "lowrank"
-    torch.testing.assert_close(m(x), exact, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("feature_map", ["prf", "learned"])
-def test_a_constant_softmax_kernel_is_rank_one_for_every_feature_map(feature_map):
-    """No bilinear term, no kernel MLP, a zero offset table: ``s ≡ 0`` and φ·ψ is constant —
-    the normalizer, decay, weights and padding paths must then match the exact layer."""
-    m = layer(mode="softmax", support="causal", decay=True, bilinear=False, kernel_width=0, offset_range=3,
-              rank=4, feature_map=feature_map)
-    x = x_of()
-    pad = torch.zeros(2, 37, dtype=torch.bool)
-    pad[1, -5:] = True
-    w = torch.rand(2, 37, 3, dtype=torch.float64)
-    exact = m(x, padding_mask=pad, weights=w)
-    m.integrator = "lowrank"
-    torch.testing.assert_close(m(x, padding_mask=pad, weights=w), exact, rtol=1e-10, atol=1e-10)
-
-
-def test_prf_with_many_features_approximates_the_exponential_kernel():
-    m = layer(mode="softmax", kernel_width=0, rank=4096, feature_map="prf")
-    with torch.no_grad():
-        m.q_proj.weight.mul_(0.3)
-        m.k_proj.weight.mul_(0.3)
-    x = x_of(20, B=1)
-    inp = m.kernel_inputs(x)
-    phi, psi = m.features(inp)
-    approx = phi @ psi.transpose(-1, -2)
-    approx = approx / approx.sum(-1, keepdim=True)
-    exact = m.kernel_matrix(x)
-    assert ((approx - exact).norm() / exact.norm()) < 0.1
-    assert (phi > 0).all() and (psi > 0).all()
-
-
-def test_feature_maps_refuse_what_they_cannot_represent():
-    with pytest.raises(ValueError, match=r"prf.*softmax"):
-        FeatureMap(2, 4, 4, 8, "prf", "linear")
-    with pytest.raises(ValueError, match="feature_map must be one of"):
-        FeatureMap(2, 4, 4, 8, "fourier", "softmax")
-    with pytest.raises(ValueError, match="rank must be"):
-        FeatureMap(2, 4, 4, 0, "learned", "softmax")
-
-
-def test_feature_map_without_any_kernel_input_gives_constant_features():
-    fm = FeatureMap(2, 0, 0, 3, "learned", "softmax")
-    v = torch.randn(1, 2, 5, 4)
-    pos = torch.arange(5.0)[None, :, None]
-    phi, psi = fm(KernelInputs(v=v, pos_q=pos, pos_s=pos))
-    assert phi.shape == (1, 2, 5, 3) and psi.shape == (1, 2, 5, 3)
-    prod = phi @ psi.transpose(-1, -2)
-    torch.testing.assert_close(prod / prod[..., :1, :1], torch.ones_like(prod))
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_switching_integrators_keeps_the_exact_parameters_and_output():
@@ -85,26 +32,66 @@ def test_switching_integrators_keeps_the_exact_parameters_and_output():
     before = {n: p.clone() for n, p in m.named_parameters()}
     exact = m(x)
     m.integrator = "lowrank"
-    m(x).sum().backward()
+    approx = m(x)
+    approx.sum().backward()  # a lowrank training step's backward must not touch the parameters
+    assert (approx - exact).abs().max() > 1e-3  # the two integrators really differ here
     m.integrator = "exact"
-    torch.testing.assert_close(m(x), exact, rtol=0, atol=0)
+    close(m(x), exact, 0)
+    m.integrator = "lowrank"
+    close(m(x), approx, 0)
     assert all(torch.equal(before[n], p) for n, p in m.named_parameters())
-    with pytest.raises(ValueError, match="rank=R"):
-        layer().integrator = "lowrank"
+    assert {n for n, _ in m.named_parameters()} == set(before)
+
+
+def test_lowrank_needs_feature_maps():
+    m = layer()
+    assert m.features is None
+    with pytest.raises(ValueError, match=r"integrator='lowrank' needs feature maps.*rank=R"):
+        m.integrator = "lowrank"
+    assert m.integrator == "exact"
+    with pytest.raises(ValueError, match="integrator must be one of"):
+        m.integrator = "fft"
+    # documented: integrator='lowrank' at construction without a rank builds R = DEFAULT_RANK features
+    built = layer(integrator="lowrank")
+    assert built.features.rank == integral_transform_module.DEFAULT_RANK
 
 
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_streaming_one_position_at_a_time_equals_the_whole_sequence(mode):
+    """Each step gets its absolute position (the kernel MLP reads ``Ua p``) and the state of the last."""
     m = layer(mode=mode, support="causal", decay=True, integrator="lowrank", rank=8, offset_range=2)
-    x = x_of(30)
-    pos = torch.arange(30, dtype=torch.float64)[:, None]
-    whole, final = m(x, pos, return_state=True)
+    N = 30
+    x = x_of(N)
+    pos = torch.arange(N, dtype=torch.float64)[:, None] * 1.5 + 3
+    w = torch.rand(2, N, dtype=torch.float64) + 0.1
+    whole, final = m(x, pos, weights=w, return_state=True)
+    assert final.shape == (2, HEADS, 8, 8 + (mode == "softmax"))
     state, outs = None, []
-    for t in range(30):
-        y, state = m(x[:, t:t + 1], pos[t:t + 1], initial_state=state, return_state=True)
+    for t in range(N):
+        y, state = m(x[:, t:t + 1], pos[t:t + 1], weights=w[:, t:t + 1], initial_state=state, return_state=True)
         outs.append(y)
-    torch.testing.assert_close(torch.cat(outs, 1), whole, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(state, final, rtol=1e-10, atol=1e-10)
+    close(torch.cat(outs, 1), whole)
+    close(state, final)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "linear"])
+def test_a_prompt_then_uneven_pieces_equal_the_whole_sequence(mode):
+    """Pieces of 17, 1, 9 and 13 positions (the chunked scan, the one-step path) with padding carried per piece."""
+    m = layer(mode=mode, support="causal", decay=True, integrator="lowrank", rank=8, chunk_size=8)
+    N = 40
+    x = x_of(N)
+    pos = torch.arange(N, dtype=torch.float64)[:, None]
+    pad = torch.zeros(2, N, dtype=torch.bool)
+    pad[0, 5:9] = True
+    whole, final = m(x, pos, padding_mask=pad, return_state=True)
+    state, outs, start = None, [], 0
+    for size in (17, 1, 9, 13):
+        sl = slice(start, start + size)
+        y, state = m(x[:, sl], pos[sl], padding_mask=pad[:, sl], initial_state=state, return_state=True)
+        outs.append(y)
+        start += size
+    close(torch.cat(outs, 1), whole)
+    close(state, final)
 
 
 def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(monkeypatch):
@@ -121,40 +108,127 @@ def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(mo
     y1, s1, g1 = run()
     monkeypatch.setattr(integral_transform_module, "LOWRANK_SEGMENT", 33)
     y2, s2, g2 = run()
-    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(s2, s1, rtol=1e-10, atol=1e-10)
+    close(y2, y1)
+    close(s2, s1)
     for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+            close(b, a, 1e-9)
 
 
-@pytest.mark.parametrize(("support", "decay"), [("all", False), ("causal", True)])
-def test_reference_and_chunked_lowrank_agree_on_outputs_and_all_gradients(support, decay):
-    m = layer(support=support, decay=decay, integrator="lowrank", rank=8, chunk_size=16, kernel_depth=2)
-    x = x_of(45).requires_grad_(True)
+@pytest.mark.parametrize(("mode", "support", "decay"), [("softmax", "all", False), ("softmax", "causal", True),
+                                                        ("linear", "causal", True)])
+def test_reference_and_default_lowrank_backends_agree_on_outputs_and_all_gradients(mode, support, decay):
+    """``backend='reference'`` (φψᵀ materialized) against the default chunked scan, with padding, per-head
+    weights, a deep kernel MLP and (causal) an initial state; every parameter's gradient."""
+    m = layer(mode=mode, support=support, decay=decay, integrator="lowrank", rank=8, chunk_size=16, kernel_depth=2)
+    assert m.backend == "auto"
+    N = 45
+    x = x_of(N).requires_grad_(True)
+    pad = torch.zeros(2, N, dtype=torch.bool)
+    pad[1, 30:] = True
+    w = torch.rand(2, N, HEADS, dtype=torch.float64) + 0.1
+    causal = support == "causal"
+    s0 = torch.rand(2, HEADS, 8, 8 + (mode == "softmax"), dtype=torch.float64, requires_grad=True) if causal else None
     results = []
-    for backend in ("reference", "tiled"):
+    for backend in ("reference", "auto"):
         m.backend = backend
-        y = m(x)
-        results.append((y, torch.autograd.grad(y.square().sum(), [x, *m.parameters()], allow_unused=True)))
-    (y_ref, g_ref), (y, g) = results
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    assert sum(a is not None for a in g_ref) > 10
+        y, state = m(x, padding_mask=pad, weights=w, initial_state=s0, return_state=True)
+        loss = y.square().sum() + (state.sum() if causal else 0)
+        wrt = [x, *m.parameters()] + ([s0] if causal else [])
+        results.append((y, state, torch.autograd.grad(loss, wrt, allow_unused=True)))
+    (y_ref, s_ref, g_ref), (y, s, g) = results
+    close(y, y_ref)
+    if causal:
+        close(s, s_ref)
+    assert sum(a is not None for a in g_ref) > 10  # features, projections, kernel MLP, decay: all reached
+    assert g_ref[0].abs().sum() > 0
     for a, b in zip(g, g_ref):
         assert (a is None) == (b is None)
         if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+            close(a, b, 1e-9)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "linear"])
+def test_padded_sources_are_the_same_as_absent_sources(mode):
+    """A cross-transform over all sources: padding sources (and giving them zero weight) equals dropping them."""
+    m = layer(mode=mode, source_dim=16, integrator="lowrank", rank=8)
+    x = x_of(7)
+    src = torch.randn(2, 12, 16, dtype=torch.float64)
+    src_pos = torch.arange(12, dtype=torch.float64)[:, None] * 0.7
+    keep = torch.tensor([0, 1, 3, 4, 5, 8, 9, 11])
+    pad = torch.ones(2, 12, dtype=torch.bool)
+    pad[:, keep] = False
+    w = torch.rand(2, 12, dtype=torch.float64) + 0.5
+    dropped = m(x, source=src[:, keep], source_pos=src_pos[keep], weights=w[:, keep])
+    close(m(x, source=src, source_pos=src_pos, weights=w, padding_mask=pad), dropped)
+    close(m(x, source=src, source_pos=src_pos, weights=w * (~pad)), dropped)
+    assert (m(x, source=src, source_pos=src_pos, weights=w) - dropped).abs().max() > 1e-3
+
+
+def test_weights_per_head_and_shared_weights_agree():
+    m = layer(support="causal", decay=True, integrator="lowrank", rank=8)
+    x = x_of(20)
+    w = torch.rand(2, 20, dtype=torch.float64)
+    close(m(x, weights=w[..., None].expand(2, 20, HEADS)), m(x, weights=w))
+    per_head = w[..., None].repeat(1, 1, HEADS)
+    per_head[..., 1] = 1.0  # head 1 unweighted: its output channels differ, the other heads' do not
+    y_w, y_h = m(x, weights=w), m(x, weights=per_head)
+    assert (y_w - y_h).abs().max() > 1e-4
+    inner = {}
+
+    def grab(_mod, args, _out):
+        inner["o"] = args[0]
+
+    hook = m.o_proj.register_forward_hook(grab)
+    m(x, weights=w)
+    a = inner["o"].unflatten(-1, (HEADS, -1))
+    m(x, weights=per_head)
+    b = inner["o"].unflatten(-1, (HEADS, -1))
+    hook.remove()
+    close(a[:, :, [0, 2]], b[:, :, [0, 2]])
+    assert (a[:, :, 1] - b[:, :, 1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("feature_map", ["prf", "learned"])
+def test_a_constant_softmax_kernel_is_rank_one_for_every_feature_map(feature_map):
+    """No bilinear term, no kernel MLP, a zero offset table: ``s ≡ 0`` and φ·ψ is constant — the normalizer,
+    decay, weights and padding paths must then match the exact layer, also when streamed."""
+    m = layer(mode="softmax", support="causal", decay=True, bilinear=False, kernel_width=0, offset_range=3,
+              rank=4, feature_map=feature_map)
+    N = 37
+    x = x_of(N)
+    pad = torch.zeros(2, N, dtype=torch.bool)
+    pad[1, -5:] = True
+    pad[0, :2] = True  # rows 0-1 of batch 0 see nothing: both integrators give 0 there
+    w = torch.rand(2, N, HEADS, dtype=torch.float64)
+    exact = m(x, padding_mask=pad, weights=w)
+    m.integrator = "lowrank"
+    close(m(x, padding_mask=pad, weights=w), exact)
+    state, outs = None, []
+    for t in range(N):
+        y, state = m(x[:, t:t + 1], torch.tensor([[float(t)]], dtype=torch.float64), weights=w[:, t:t + 1],
+                     padding_mask=pad[:, t:t + 1], initial_state=state, return_state=True)
+        outs.append(y)
+    close(torch.cat(outs, 1), exact)
 
 
 def test_what_lowrank_cannot_integrate_is_refused_clearly():
     x = x_of(6)
-    with pytest.raises(ValueError, match="support 'all' or 'causal'"):
-        layer(support="window", support_size=2.0, integrator="lowrank")(x)
-    with pytest.raises(ValueError, match="no attn_mask"):
+    for support in ("window", "radius", "causal_window"):
+        with pytest.raises(ValueError, match=rf"support 'all' or 'causal', got '{support}'"):
+            layer(support=support, support_size=2.0, integrator="lowrank")(x)
+    with pytest.raises(ValueError, match="takes no attn_mask"):
         layer(integrator="lowrank")(x, attn_mask=torch.ones(6, 6, dtype=torch.bool))
-    with pytest.raises(ValueError, match="increases strictly"):
-        layer(support="causal", integrator="lowrank")(x, torch.tensor([[0.0], [1.0], [1.0], [2.0], [3.0], [4.0]]))
-    with pytest.raises(ValueError, match="initial_state must be"):
+    with pytest.raises(ValueError, match="takes no attn_mask"):
+        layer(integrator="lowrank")(x, attn_mask=torch.zeros(6, 6, dtype=torch.float64))
+    unsorted = torch.tensor([[0.0], [1.0], [3.0], [2.0], [4.0], [5.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="first coordinate increases strictly"):
+        layer(support="causal", integrator="lowrank")(x, unsorted)
+    layer(integrator="lowrank")(x, unsorted)  # without causality the order does not matter
+    with pytest.raises(ValueError, match=r"initial_state must be \[2, 3, 4, 9\]"):
         layer(support="causal", integrator="lowrank", rank=4)(x, initial_state=torch.zeros(2, 3, 5, 9))
+    with pytest.raises(ValueError, match="initial_state is only defined for a causal"):
+        layer(integrator="lowrank", rank=4)(x, initial_state=torch.zeros(2, 3, 4, 9))
     with pytest.raises(ValueError, match="initial_state/return_state need integrator='lowrank'"):
         layer(support="causal")(x, return_state=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn import IntegralTransform, configure_integrators
 
 
 def layer(**kw) -> IntegralTransform:
@@ -89,6 +89,10 @@ def test_bad_settings_are_refused_with_clear_errors():
     with pytest.raises(ValueError, match="needs mode='softmax'"):
         layer(proposal="learned", mode="linear")
     m = layer(integrator="montecarlo")
+    with pytest.raises(ValueError, match="proposal must be one of"):
+        m.proposal = "windw"
+    with pytest.raises(ValueError, match=r"feature maps \(rank=R\)"):
+        m.proposal = "learned"
     with pytest.raises(ValueError, match="samples must be a positive integer"):
         m.samples = 0
     with pytest.raises(ValueError, match=r"window.*self-transform"):
@@ -97,3 +101,17 @@ def test_bad_settings_are_refused_with_clear_errors():
     causal = layer(integrator="montecarlo", support="causal")
     with pytest.raises(ValueError, match="increases strictly"):
         causal(torch.randn(1, 5, 24, dtype=torch.float64), torch.tensor([[0.0], [2.0], [1.0], [3.0], [4.0]]))
+
+
+def test_one_setting_switches_every_layer_of_a_model():
+    model = torch.nn.Sequential(layer(integrator="montecarlo", samples=4), torch.nn.GELU(),
+                                layer(integrator="montecarlo", samples=4, support="causal"))
+    x = torch.randn(1, 30, 24, dtype=torch.float64)
+    assert configure_integrators(model, integrator="exact") == 2
+    exact = model(x)
+    configure_integrators(model, integrator="montecarlo", samples=30)
+    torch.testing.assert_close(model(x), exact, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="unknown integrator settings"):
+        configure_integrators(model, sampels=8)
+    with pytest.raises(ValueError, match="samples must be"):
+        configure_integrators(model, samples=-1)

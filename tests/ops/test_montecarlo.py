@@ -298,3 +298,17 @@ def test_samples_for_the_wrong_number_of_blocks_are_refused():
     draw = uniform(BlockLayout(24, 24, 8, False), 1, 5, device=CPU)
     with pytest.raises(ValueError, match="blocks"):
         integral_transform_montecarlo(inp, spec, draw, 4)
+
+
+def test_blocks_split_over_several_backend_calls_give_the_same_outputs_and_gradients(monkeypatch):
+    import itnet_scale.ops.montecarlo.estimator as estimator
+
+    spec = spec_of(CASES[0])
+    inp = random_inputs(40, 40, spec=spec, **CASES[0]["kw"])
+    draw = uniform(BlockLayout(40, 40, 6, False), 2, 9, device=CPU, generator=torch.Generator().manual_seed(2))
+    whole = integral_transform_montecarlo(inp, spec, draw, 6, backend="tiled")
+    g_whole = grads(whole, inp)
+    monkeypatch.setattr(estimator, "PAIRS_PER_CALL", 6 * 9 * 3)  # 3 of the 14 blocks per call
+    parts = integral_transform_montecarlo(inp, spec, draw, 6, backend="tiled")
+    torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-12)
+    assert_all_close(grads(parts, inp), g_whole, tol=1e-12)
