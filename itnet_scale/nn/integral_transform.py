@@ -254,9 +254,7 @@ class IntegralTransform(nn.Module):
     def _lowrank(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``Σ_j`` through the feature maps: ``(out [B, H, Nq, e], final state or None)``."""
         spec = self.spec
-        if spec.support not in ("all", "causal"):
-            raise ValueError(f"integrator='lowrank' integrates support 'all' or 'causal', got {spec.support!r}; "
-                             "use the exact integrator for windowed supports")
+        self._check_lowrank_support()
         if inp.attn_mask is not None:
             raise ValueError("integrator='lowrank' takes no attn_mask (it never forms pairs); use padding_mask "
                              "or weights, or the exact integrator")
@@ -273,6 +271,11 @@ class IntegralTransform(nn.Module):
                 outs.append(out)
             return torch.cat(outs, 2), state
         return self._lowrank_pass(inp, initial_state)
+
+    def _check_lowrank_support(self) -> None:
+        if self.spec.support not in ("all", "causal"):
+            raise ValueError(f"integrator='lowrank' integrates support 'all' or 'causal', got {self.spec.support!r}; "
+                             "use the exact integrator for windowed supports")
 
     def _lowrank_inputs(self, inp: KernelInputs) -> LowRankInputs:
         """Features ``φ, ψ`` of ``inp``, with weights per head and padding folded into them."""
@@ -426,12 +429,12 @@ class IntegralTransform(nn.Module):
         state = None
         if self.integrator == "lowrank":
             out, state = self._lowrank(inp, initial_state)
-        elif initial_state is None and not return_state and self.integrator == "montecarlo":
+        elif initial_state is not None or return_state:
+            raise ValueError(f"initial_state/return_state need integrator='lowrank' with a causal support, "
+                             f"not integrator={self.integrator!r}")
+        elif self.integrator == "montecarlo":
             out = self._montecarlo(inp, source is None)
         else:
-            if initial_state is not None or return_state:
-                raise ValueError(f"initial_state/return_state need integrator='lowrank' with a causal support, "
-                                 f"not integrator={self.integrator!r}")
             out = integral_transform(inp, self.spec, backend=self.backend, block_size=self.block_size)
         y = self.o_proj(out.transpose(1, 2).flatten(2))
         return (y, state) if return_state else y
@@ -446,8 +449,7 @@ class IntegralTransform(nn.Module):
         the feature maps against :meth:`kernel_matrix`)."""
         if self.features is None:
             raise ValueError("this layer has no feature maps: build it with rank=R")
-        if self.spec.support not in ("all", "causal"):
-            raise ValueError(f"integrator='lowrank' integrates support 'all' or 'causal', got {self.spec.support!r}")
+        self._check_lowrank_support()
         lr = self._lowrank_inputs(self.kernel_inputs(x, pos, **kwargs))
         return lowrank_kernel_matrix(lr, causal=self.spec.causal, normalize=self.spec.mode == "softmax")
 
@@ -477,22 +479,15 @@ class IntegralTransform(nn.Module):
 
 def _sequence_segments(inp: KernelInputs, size: int) -> list[KernelInputs]:
     """A causal self-transform cut into pieces of ``size`` positions, ``τ`` of each counted from the
-    position before it. One ``split`` per tensor (its backward is one concatenation; slicing piece
-    by piece would make backward fill a full-length zero gradient per piece)."""
-    N = inp.shape[3]
-    n = -(-N // size)
-    parts: dict[str, list] = {}
-    for name, t in zip(inp.names(), inp.tensors()):
-        if t is None or name in ("beta", "pos_weight", "mlp_w", "mlp_c", "w2", "table"):
-            parts[name] = [t] * n
-        elif name in ("pos_q", "pos_s", "padding") or (name == "weights" and t.dim() == 2):
-            parts[name] = list(t.split(size, 1))
-        else:
-            parts[name] = list(t.split(size, 2))
+    position before it."""
+    pieces = inp.split(size, "sequence")
     if inp.tau_q is not None:
-        before = [0.0] + [tau[:, :, -1:] for tau in parts["tau_q"][:-1]]
-        parts["tau_q"] = parts["tau_s"] = [tau - b for tau, b in zip(parts["tau_q"], before)]
-    return [KernelInputs(**{name: parts[name][i] for name in parts}) for i in range(n)]
+        before = 0.0
+        for piece in pieces:
+            tau = piece.tau_q - before
+            before = piece.tau_q[:, :, -1:]
+            piece.tau_q = piece.tau_s = tau
+    return pieces
 
 
 INTEGRATOR_SETTINGS = ("integrator", "samples", "proposal", "proposal_window", "sample_block", "generator", "backend",

@@ -148,10 +148,9 @@ def test_learned_proposal_probabilities_are_the_mixture_it_samples_from():
 
 def trials(inp: KernelInputs, T: int) -> KernelInputs:
     """``T`` copies of a one-element batch, so one call draws ``T`` independent sample sets."""
-    shared = ("beta", "pos_weight", "mlp_w", "mlp_c", "w2", "table")
     fields = {}
     for n, t in zip(inp.names(), inp.tensors()):
-        if t is None or n in shared or (n == "attn_mask" and t.dim() == 2):
+        if t is None or n in KernelInputs.PARAMETERS or (n == "attn_mask" and t.dim() == 2):
             fields[n] = t
         else:
             fields[n] = t[:1].expand(T, *t.shape[1:])

@@ -20,19 +20,17 @@ def lowrank_naive(
     ``normalize`` is softmax mode (divide by ``den``); ``initial_state`` and the final state
     exist for causal passes only.
     """
-    x = sources(inp, normalize)                                     # [B, H, Ns, E]
-    A = inp.phi @ inp.psi.transpose(-1, -2)                         # φ_i·ψ_j   [B, H, Nq, Ns]
+    K = lowrank_kernel_matrix(inp, causal=causal, normalize=False)   # (φ_i·ψ_j) D w [j ≤ i]  [B, H, Nq, Ns]
+    v = inp.v if not normalize else torch.cat([inp.v, torch.ones_like(inp.v[..., :1])], -1)
+    y = K @ v
     if not causal:
-        return readout(A @ x, normalize), None
-    N = A.shape[-1]
-    later = torch.ones(N, N, dtype=torch.bool, device=A.device).triu(1)  # j > i: not visible
-    tau = inp.tau if inp.tau is not None else A.new_zeros(*A.shape[:2], N)
-    log_d = (tau[..., None, :] - tau[..., :, None]).masked_fill(later, float("-inf"))  # −(τ_i − τ_j)
-    y = (A * log_d.exp().to(A.dtype)) @ x
-    final = torch.einsum("bhj,bhjr,bhje->bhre", (tau - tau[..., -1:]).exp().to(A.dtype), inp.psi, x)
+        return readout(y, normalize), None
+    tau = inp.tau if inp.tau is not None else K.new_zeros(*K.shape[:2], K.shape[-1])
+    final = torch.einsum("bhj,bhjr,bhje->bhre", (tau - tau[..., -1:]).exp().to(K.dtype), inp.psi,
+                         sources(inp, normalize))
     if initial_state is not None:
-        y = y + (-tau).exp().to(A.dtype)[..., None] * (inp.phi @ initial_state)
-        final = final + (-tau[..., -1]).exp().to(A.dtype)[..., None, None] * initial_state
+        y = y + (-tau).exp().to(K.dtype)[..., None] * (inp.phi @ initial_state)
+        final = final + (-tau[..., -1]).exp().to(K.dtype)[..., None, None] * initial_state
     return readout(y, normalize), final
 
 

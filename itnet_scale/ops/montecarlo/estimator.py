@@ -22,8 +22,6 @@ from itnet_scale.ops.montecarlo.proposals import Samples
 from itnet_scale.ops.reference import kernel_matrix
 from itnet_scale.ops.spec import KernelInputs, KernelSpec
 
-# KernelInputs fields that are parameters (no batch axis); every other tensor is indexed by batch first.
-_SHARED = ("beta", "pos_weight", "mlp_w", "mlp_c", "w2", "table")
 PAIRS_PER_CALL = 1 << 20  # query-source pairs (per head) handed to the exact backend in one call
 
 
@@ -120,24 +118,14 @@ def integral_transform_montecarlo(
     # B·nb blocks would hold B·nb·bq·M·r kernel-MLP values at once (1 GiB at N = 16k).
     rows = max(1, PAIRS_PER_CALL // (block_queries * M))
     outs = [integral_transform(part, spec, backend=backend, block_size=block, check=False)
-            for part in split_blocks(sampled, rows)]                                  # [rows, H, bq, e] each
+            for part in sampled.split(rows, "batch")]                                  # [rows, H, bq, e] each
     out = torch.cat(outs, 0)
     return out.view(B, nb, H, block_queries, e).transpose(1, 2).flatten(2, 3)[:, :, :Nq]
 
 
-def split_blocks(sampled: KernelInputs, rows: int) -> list[KernelInputs]:
-    """The block-batched problem in pieces of ``rows`` blocks (one ``split`` per tensor: its backward
-    is a single concatenation)."""
-    n = -(-sampled.v.shape[0] // rows)
-    parts = {name: [t] * n if t is None or name in _SHARED or (name == "attn_mask" and t.dim() == 2)
-             else list(t.split(rows, 0))
-             for name, t in zip(sampled.names(), sampled.tensors())}
-    return [KernelInputs(**{name: p[i] for name, p in parts.items()}) for i in range(n)]
-
-
 def select_blocks(sampled: KernelInputs, rows: Tensor) -> KernelInputs:
     """The block-batched problem restricted to some of its ``B·nb`` rows."""
-    kept = {n: (t if t is None or n in _SHARED else t.index_select(0, rows))
+    kept = {n: (t if t is None or n in KernelInputs.PARAMETERS else t.index_select(0, rows))
             for n, t in zip(sampled.names(), sampled.tensors())}
     return KernelInputs(**kept)
 
