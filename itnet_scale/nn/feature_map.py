@@ -126,8 +126,8 @@ class FeatureMap(nn.Module):
         hs = self._exponent(gs, self.omega_s if learned else self.omega, self.mlp_in_s, self.mlp_out_s)
         if self.mode == "linear":
             return hq, hs
-        hq = hq - 0.5 * gq.square().sum(-1, keepdim=True)
-        hs = hs - 0.5 * gs.square().sum(-1, keepdim=True)
+        hq = hq - 0.5 * (gq * gq).sum(-1, keepdim=True)
+        hs = hs - 0.5 * (gs * gs).sum(-1, keepdim=True)
         scale = 1.0 / math.sqrt(self.rank)
         phi = (hq - hq.amax(-1, keepdim=True).detach()).exp() * scale
         psi = hs.clamp(-SOURCE_EXP_MAX, SOURCE_EXP_MAX).exp() * scale

@@ -260,17 +260,18 @@ class IntegralTransform(nn.Module):
                              "or weights, or the exact integrator")
         if spec.causal:
             check_sequence_order(inp.pos_q, "integrator='lowrank'")
-        Ns = inp.shape[3]
-        if spec.causal and self.backend != "reference" and Ns > LOWRANK_SEGMENT:
-            # Long sequences go through in segments, the state carried: the same numbers, but every
-            # temporary stays small (large CPU allocations come as fresh pages whose faults made the
-            # whole-sequence pass grow faster than N).
-            outs, state = [], initial_state
-            for piece in _sequence_segments(inp, LOWRANK_SEGMENT):
-                out, state = self._lowrank_pass(piece, state)
-                outs.append(out)
-            return torch.cat(outs, 2), state
-        return self._lowrank_pass(inp, initial_state)
+        lr = self._lowrank_inputs(inp)
+        normalize = spec.mode == "softmax"
+        check_lowrank_inputs(lr, spec.causal, normalize, initial_state)
+        if spec.causal and inp.shape[3] == 1:  # one position: the recurrent step (streaming)
+            out, state = lowrank_step(initial_state, lr.phi[:, :, 0], lr.psi[:, :, 0], lr.v[:, :, 0],
+                                      normalize=normalize, weight=None if lr.weights is None else lr.weights[:, :, 0],
+                                      decay=None if lr.tau is None else lr.tau[:, :, 0])
+            return out[:, :, None], state
+        if self.backend == "reference":
+            return lowrank_naive(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state)
+        return lowrank_chunk(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state,
+                             chunk_size=self.chunk_size)
 
     def _check_lowrank_support(self) -> None:
         if self.spec.support not in ("all", "causal"):
@@ -288,22 +289,6 @@ class IntegralTransform(nn.Module):
             w = keep.expand(B, H, Ns) if w is None else w * keep
         phi, psi = self.features(inp)
         return LowRankInputs(phi, psi, inp.v, w, inp.tau_q)
-
-    def _lowrank_pass(self, inp: KernelInputs, initial_state: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One low-rank pass over all of ``inp``: features, then the naive, chunked or one-step form."""
-        spec = self.spec
-        lr = self._lowrank_inputs(inp)
-        normalize = spec.mode == "softmax"
-        check_lowrank_inputs(lr, spec.causal, normalize, initial_state)
-        if spec.causal and inp.shape[3] == 1:  # one position: the recurrent step (streaming)
-            out, state = lowrank_step(initial_state, lr.phi[:, :, 0], lr.psi[:, :, 0], lr.v[:, :, 0],
-                                      normalize=normalize, weight=None if lr.weights is None else lr.weights[:, :, 0],
-                                      decay=None if lr.tau is None else lr.tau[:, :, 0])
-            return out[:, :, None], state
-        if self.backend == "reference":
-            return lowrank_naive(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state)
-        return lowrank_chunk(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state,
-                             chunk_size=self.chunk_size)
 
     def _montecarlo(self, inp: KernelInputs, self_transform: bool) -> Tensor:
         """``Σ_j`` estimated on sampled sources: ``[B, H, Nq, e]``. Sets ``self.proposal_loss``."""
@@ -380,18 +365,10 @@ class IntegralTransform(nn.Module):
             # for long sequences (the kernel casts the difference back to the compute dtype).
             tau = torch.cumsum((rate * self.decay_log_rate.exp()).double(), dim=1).transpose(1, 2)  # [B, H, N]
             inp.tau_q = inp.tau_s = tau
+        self._check_source_masks(weights, padding_mask, B, Ns)
         if weights is not None:
-            if tuple(weights.shape) == (B, Ns, H) and weights.dim() == 3:
-                weights = weights.transpose(1, 2)
-            elif tuple(weights.shape) != (B, Ns):
-                raise ValueError(f"weights must be [batch={B}, sources={Ns}] or [batch, sources, heads={H}], "
-                                 f"got {tuple(weights.shape)}")
-            inp.weights = weights.to(inp.v.dtype)
-        if padding_mask is not None:
-            if padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (B, Ns):
-                raise ValueError(f"padding_mask must be bool [batch={B}, sources={Ns}] (True = padding), got "
-                                 f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
-            inp.padding = padding_mask
+            inp.weights = (weights.transpose(1, 2) if weights.dim() == 3 else weights).to(inp.v.dtype)
+        inp.padding = padding_mask
         inp.attn_mask = attn_mask
         return inp
 
@@ -425,6 +402,10 @@ class IntegralTransform(nn.Module):
         Returns ``[B, Nq, out_dim]`` (with ``return_state``: and the final state). In softmax mode
         a query that sees no source gets zeros from the transform (the output bias remains).
         """
+        if (self.integrator == "lowrank" and self.spec.causal and source is None and attn_mask is None
+                and self.backend != "reference" and x.dim() == 3 and x.shape[1] > LOWRANK_SEGMENT):
+            y, state = self._lowrank_segments(x, pos, weights, padding_mask, initial_state)
+            return (y, state) if return_state else y
         inp = self.kernel_inputs(x, pos, source, source_pos, weights, padding_mask, attn_mask)
         state = None
         if self.integrator == "lowrank":
@@ -438,6 +419,25 @@ class IntegralTransform(nn.Module):
             out = integral_transform(inp, self.spec, backend=self.backend, block_size=self.block_size)
         y = self.o_proj(out.transpose(1, 2).flatten(2))
         return (y, state) if return_state else y
+
+    def _lowrank_segments(self, x: Tensor, pos: Tensor | None, weights: Tensor | None, padding_mask: Tensor | None,
+                          initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A long causal self-transform streamed in pieces of ``LOWRANK_SEGMENT`` positions, the state
+        carried: the same numbers as one pass (``τ`` counts from the previous piece), but every
+        temporary, the projections' included, stays small. On CPU a tensor past glibc's mmap
+        threshold comes as fresh pages at every allocation, and their faults made a whole-sequence
+        pass grow faster than N. Each input is cut with one ``split`` (backward: one concatenation)."""
+        B, N = self._check_features("x", x, self.dim)
+        pos = self._positions("pos", pos, B, N, x)
+        self._check_source_masks(weights, padding_mask, B, N)
+        check_sequence_order(pos, "integrator='lowrank'")
+        pieces = [t.split(LOWRANK_SEGMENT, 1) if t is not None else None for t in (x, pos, weights, padding_mask)]
+        outs, state = [], initial_state
+        for i, (xs, ps) in enumerate(zip(pieces[0], pieces[1])):
+            ws, ms = (None if p is None else p[i] for p in pieces[2:])
+            y, state = self.forward(xs, ps, weights=ws, padding_mask=ms, initial_state=state, return_state=True)
+            outs.append(y)
+        return torch.cat(outs, 1), state
 
     def kernel_matrix(self, x: Tensor, pos: Tensor | None = None, **kwargs: Tensor | None) -> Tensor:
         """The kernel ``K_h(i,j)`` of every pair, ``[B, H, Nq, Ns]`` (materialized; for inspection)."""
@@ -461,6 +461,14 @@ class IntegralTransform(nn.Module):
             raise ValueError(f"{name} must be [batch, N, {channels}], got shape {tuple(t.shape)}")
         return t.shape[0], t.shape[1]
 
+    def _check_source_masks(self, weights: Tensor | None, padding_mask: Tensor | None, B: int, Ns: int) -> None:
+        if weights is not None and tuple(weights.shape) not in ((B, Ns), (B, Ns, self.heads)):
+            raise ValueError(f"weights must be [batch={B}, sources={Ns}] or [batch, sources, heads={self.heads}], "
+                             f"got {tuple(weights.shape)}")
+        if padding_mask is not None and (padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (B, Ns)):
+            raise ValueError(f"padding_mask must be bool [batch={B}, sources={Ns}] (True = padding), got "
+                             f"{padding_mask.dtype} {tuple(padding_mask.shape)}")
+
     def _positions(self, name: str, pos: Tensor | None, B: int, N: int, like: Tensor) -> Tensor:
         """Positions as ``[B, N, P]`` in ``like``'s dtype; None means indices 0…N−1 (P = 1)."""
         if pos is None:
@@ -475,19 +483,6 @@ class IntegralTransform(nn.Module):
         if torch.isnan(pos).any():
             raise ValueError(f"{name} contains NaN")
         return pos.to(like.dtype)
-
-
-def _sequence_segments(inp: KernelInputs, size: int) -> list[KernelInputs]:
-    """A causal self-transform cut into pieces of ``size`` positions, ``τ`` of each counted from the
-    position before it."""
-    pieces = inp.split(size, "sequence")
-    if inp.tau_q is not None:
-        before = 0.0
-        for piece in pieces:
-            tau = piece.tau_q - before
-            before = piece.tau_q[:, :, -1:]
-            piece.tau_q = piece.tau_s = tau
-    return pieces
 
 
 INTEGRATOR_SETTINGS = ("integrator", "samples", "proposal", "proposal_window", "sample_block", "generator", "backend",

@@ -125,23 +125,19 @@ class KernelInputs:
     def names(self) -> list[str]:
         return [f.name for f in fields(self)]
 
-    def split(self, size: int, along: str) -> list[KernelInputs]:
-        """Pieces of ``size`` along ``"batch"`` or ``"sequence"`` (queries = sources: a self-transform).
+    def split(self, size: int) -> list[KernelInputs]:
+        """Pieces of ``size`` along the batch.
 
         One ``split`` per tensor: its backward is a single concatenation, where slicing piece by piece
-        would make backward fill a full-size zero gradient per piece. Parameters (and a 2-D
-        ``attn_mask`` along the batch) are shared by every piece; ``τ`` is left as it is.
+        would make backward fill a full-size zero gradient per piece. Parameters and a 2-D
+        ``attn_mask`` are shared by every piece.
         """
         pieces: dict[str, list] = {}
         for name, t in zip(self.names(), self.tensors()):
-            if t is None or name in self.PARAMETERS or (along == "batch" and name == "attn_mask" and t.dim() == 2):
+            if t is None or name in self.PARAMETERS or (name == "attn_mask" and t.dim() == 2):
                 pieces[name] = [t]
-            elif along == "batch":
-                pieces[name] = list(t.split(size, 0))
-            elif name in ("pos_q", "pos_s", "padding") or (name == "weights" and t.dim() == 2):
-                pieces[name] = list(t.split(size, 1))
             else:
-                pieces[name] = list(t.split(size, 2))
+                pieces[name] = list(t.split(size, 0))
         n = max(len(p) for p in pieces.values())
         return [KernelInputs(**{name: p[i] if len(p) > 1 else p[0] for name, p in pieces.items()}) for i in range(n)]
 

@@ -94,26 +94,51 @@ def test_a_prompt_then_uneven_pieces_equal_the_whole_sequence(mode):
     close(state, final)
 
 
-def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(monkeypatch):
+@pytest.mark.parametrize("per_head", [False, True], ids=["shared-weights", "per-head-weights"])
+def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(monkeypatch, per_head):
+    """A sequence longer than ``LOWRANK_SEGMENT`` is streamed in pieces (projections included), with
+    padding, weights, explicit positions and an initial state cut along with it."""
     m = layer(support="causal", decay=True, integrator="lowrank", rank=8, chunk_size=16)
-    x = x_of(100).requires_grad_(True)
-    pad = torch.zeros(2, 100, dtype=torch.bool)
+    N = 100
+    x = x_of(N).requires_grad_(True)
+    pad = torch.zeros(2, N, dtype=torch.bool)
     pad[1, -7:] = True
+    pos = torch.arange(N, dtype=torch.float64)[:, None] * 0.5
+    w = torch.rand(2, N, HEADS, dtype=torch.float64) + 0.1 if per_head else torch.linspace(0.1, 1, N).expand(2, N)
+    s0 = torch.rand(2, HEADS, 8, DIM // HEADS + 1, dtype=torch.float64)
 
     def run():
-        y, s = m(x, padding_mask=pad, weights=torch.linspace(0.1, 1, 100, dtype=torch.float64).expand(2, 100),
-                 return_state=True)
+        y, s = m(x, pos, padding_mask=pad, weights=w, initial_state=s0, return_state=True)
         return y, s, torch.autograd.grad(y.square().sum() + s.sum(), [x, *m.parameters()], allow_unused=True)
 
     y1, s1, g1 = run()
     monkeypatch.setattr(integral_transform_module, "LOWRANK_SEGMENT", 33)
+    calls = []
+    monkeypatch.setattr(m, "kernel_inputs", lambda *a, **k: calls.append(a[0].shape[1]) or
+                        IntegralTransform.kernel_inputs(m, *a, **k))
     y2, s2, g2 = run()
+    assert calls == [33, 33, 33, 1]  # really in pieces, the projections too
     close(y2, y1)
     close(s2, s1)
     for a, b in zip(g1, g2):
         assert (a is None) == (b is None)
         if a is not None:
             close(b, a, 1e-9)
+
+
+def test_long_sequences_check_their_inputs_whole(monkeypatch):
+    """Errors name the whole sequence's sizes, and an order break at a piece boundary is caught."""
+    monkeypatch.setattr(integral_transform_module, "LOWRANK_SEGMENT", 8)
+    m = layer(support="causal", decay=True, integrator="lowrank", rank=8)
+    x = x_of(20)
+    with pytest.raises(ValueError, match=r"weights must be \[batch=2, sources=20\]"):
+        m(x, weights=torch.ones(2, 21, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"padding_mask must be bool \[batch=2, sources=20\]"):
+        m(x, padding_mask=torch.zeros(2, 19, dtype=torch.bool))
+    pos = torch.arange(20, dtype=torch.float64)[:, None]
+    pos[8] = 3.0  # falls back exactly where the second piece starts
+    with pytest.raises(ValueError, match="sequence order"):
+        m(x, pos)
 
 
 @pytest.mark.parametrize(("mode", "support", "decay"), [("softmax", "all", False), ("softmax", "causal", True),

@@ -118,7 +118,7 @@ def integral_transform_montecarlo(
     # B·nb blocks would hold B·nb·bq·M·r kernel-MLP values at once (1 GiB at N = 16k).
     rows = max(1, PAIRS_PER_CALL // (block_queries * M))
     outs = [integral_transform(part, spec, backend=backend, block_size=block, check=False)
-            for part in sampled.split(rows, "batch")]                                  # [rows, H, bq, e] each
+            for part in sampled.split(rows)]                                  # [rows, H, bq, e] each
     out = torch.cat(outs, 0)
     return out.view(B, nb, H, block_queries, e).transpose(1, 2).flatten(2, 3)[:, :, :Nq]
 
