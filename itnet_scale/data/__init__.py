@@ -1,0 +1,36 @@
+"""Data: the sentencepiece tokenizer, webdataset shard sets and their writers, and the embedded demo data."""
+
+from itnet_scale.data.demo import build_demo_data
+from itnet_scale.data.meshes import Mesh, parse_off, read_off, sample_surface
+from itnet_scale.data.shards import (
+    ShardSetSummary,
+    ShardSetWriter,
+    iter_shard_samples,
+    read_index,
+    write_caption_shards,
+    write_image_folder_shards,
+    write_point_cloud_shards,
+    write_text_shards,
+)
+from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig, load_tokenizer_config, train_tokenizer
+
+__all__ = [
+    "Mesh",
+    "ShardSetSummary",
+    "ShardSetWriter",
+    "SpecialTokens",
+    "Tokenizer",
+    "TokenizerConfig",
+    "build_demo_data",
+    "iter_shard_samples",
+    "load_tokenizer_config",
+    "parse_off",
+    "read_index",
+    "read_off",
+    "sample_surface",
+    "train_tokenizer",
+    "write_caption_shards",
+    "write_image_folder_shards",
+    "write_point_cloud_shards",
+    "write_text_shards",
+]

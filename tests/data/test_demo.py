@@ -1,0 +1,149 @@
+"""itnet_scale.data.demo: the embedded demo sets hold the real digits, captions, shapes and text, reproducibly."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from itnet_scale.data.demo import CAPTION_TEMPLATES, DEMO_SETS, DIGIT_NAMES, build_demo_data
+from itnet_scale.data.meshes import SHAPES
+from itnet_scale.data.shards import iter_shard_samples, read_index
+from itnet_scale.data.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer_config
+
+SMALL = {"samples_per_kind": 90, "point_clouds_per_class": 15, "num_points": 1024, "shard_samples": 25,
+         "tokenizer": TokenizerConfig(vocab_size=400)}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_demo_data(tmp_path_factory.mktemp("demo"), seed=0, **SMALL)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_four_sets_with_several_shards(demo: dict[str, Path]) -> None:
+    assert set(demo) == {*DEMO_SETS, "tokenizer"}
+    expected_keys = {"text": ["txt"], "image": ["cls", "png"], "image_text": ["png", "txt"], "points": ["cls", "npy"]}
+    for name in DEMO_SETS:
+        index = read_index(demo[name])
+        assert index["kind"] == name and index["keys"] == expected_keys[name]
+        assert index["samples"] == 90 and [s["samples"] for s in index["shards"]] == [25, 25, 25, 15]
+        assert index["skipped"] == {}
+
+
+def test_text_is_pydoc_paragraphs(demo: dict[str, Path]) -> None:
+    texts = [s["txt"].decode("utf-8") for s in iter_shard_samples(demo["text"])]
+    corpus = "\n".join(topics.values())
+    assert all(text in corpus for text in texts)
+    assert len(set(texts)) > 80 and all(text == text.strip() and text for text in texts)
+
+
+def upsampled_digits() -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    small = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
+    return np.kron(small, np.ones((1, 4, 4), dtype=np.uint8)), digits.target  # nearest-neighbour 8 -> 32
+
+
+def test_images_decode_to_the_digits(demo: dict[str, Path]) -> None:
+    images, targets = upsampled_digits()
+    samples = list(iter_shard_samples(demo["image"]))
+    for i, sample in enumerate(samples):
+        image = Image.open(io.BytesIO(sample["png"]))
+        assert image.format == "PNG" and image.mode == "L" and image.size == (32, 32)
+        assert np.array_equal(np.asarray(image), images[i])
+        assert int(sample["cls"]) == targets[i]
+    assert read_index(demo["image"])["classes"] == [str(d) for d in range(10)]
+
+
+def test_captions_mention_the_right_digit(demo: dict[str, Path]) -> None:
+    images, targets = upsampled_digits()
+    samples = list(iter_shard_samples(demo["image_text"]))
+    used_templates = set()
+    for i, sample in enumerate(samples):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(sample["png"]))), images[i])
+        caption = sample["txt"].decode()
+        words = set(re.findall(r"\w+", caption))
+        digit = int(targets[i])
+        assert DIGIT_NAMES[digit] in words or str(digit) in words
+        mentioned = {d for d in range(10) if DIGIT_NAMES[d] in words or str(d) in words}
+        assert mentioned == {digit}, caption
+        used_templates |= {t for t in CAPTION_TEMPLATES
+                           if caption == t.format(name=DIGIT_NAMES[digit], numeral=digit)}
+    assert len(used_templates) >= 4  # chosen among several templates, names and numerals both appear
+
+
+def whitened_radius_histogram(points: np.ndarray) -> np.ndarray:
+    """A feature invariant to any linear map of the shape: the histogram of radii after whitening."""
+    centred = points - points.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(centred.T))
+    radii = np.linalg.norm(centred @ vectors / np.sqrt(values), axis=1)
+    return np.histogram(radii, bins=12, range=(0.0, 3.0))[0] / len(points)
+
+
+def test_point_clouds_have_the_shape_and_differ_by_class(demo: dict[str, Path]) -> None:
+    samples = list(iter_shard_samples(demo["points"]))
+    clouds = [np.load(io.BytesIO(s["npy"]), allow_pickle=False) for s in samples]
+    labels = np.array([int(s["cls"]) for s in samples])
+    assert all(c.shape == (1024, 3) and c.dtype == np.float32 for c in clouds)
+    assert np.bincount(labels).tolist() == [15] * len(SHAPES)
+    assert read_index(demo["points"])["classes"] == list(SHAPES)
+    # random scale and rotation per sample: two boxes differ ...
+    boxes = [c for c, label in zip(clouds, labels) if label == 0]
+    assert not np.allclose(np.sort(np.abs(boxes[0]).max(0)), np.sort(np.abs(boxes[1]).max(0)), atol=1e-2)
+    # ... yet the class shows through any linear map: leave-one-out nearest neighbour on invariant features
+    features = np.stack([whitened_radius_histogram(c) for c in clouds])
+    distances = np.linalg.norm(features[:, None] - features[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    accuracy = (labels[distances.argmin(1)] == labels).mean()
+    assert accuracy > 0.9
+
+
+def test_tokenizer_is_trained_on_text_and_captions(demo: dict[str, Path]) -> None:
+    tokenizer = Tokenizer.from_dir(demo["tokenizer"])
+    assert tokenizer.vocab_size == 400 and tokenizer.pad_id == 0 and tokenizer.point_id == 6
+    caption = next(iter_shard_samples(demo["image_text"]))["txt"].decode()
+    ids = tokenizer.encode(caption)
+    assert tokenizer.unk_id not in ids and tokenizer.decode(ids) == caption
+    inputs = load_tokenizer_config(demo["tokenizer"] / "tokenizer.yaml").inputs
+    assert [Path(p).name for p in inputs] == ["text", "image_text"]
+
+
+def test_rebuild_with_the_same_seed_is_byte_identical(demo: dict[str, Path], tmp_path: Path) -> None:
+    out_dir = demo["text"].parent
+    before = file_digests(out_dir)
+    build_demo_data(out_dir, seed=0, overwrite=True, **SMALL)
+    assert file_digests(out_dir) == before
+    other = build_demo_data(tmp_path / "seed1", seed=1, **SMALL)
+    after = file_digests(tmp_path / "seed1")
+    changed = {name for name in ("text", "image_text", "points")
+               if before[f"{name}/shard-000000.tar"] != after[f"{name}/shard-000000.tar"]}
+    assert changed == {"text", "image_text", "points"}  # the digit images themselves do not depend on the seed
+    assert before["image/shard-000000.tar"] == after["image/shard-000000.tar"]
+    assert other["tokenizer"].is_dir()
+
+
+def test_existing_demo_is_kept_unless_overwrite(demo: dict[str, Path]) -> None:
+    with pytest.raises(FileExistsError, match=r"text already holds a shard set"):
+        build_demo_data(demo["text"].parent, **SMALL)
+
+
+@pytest.mark.slow
+def test_full_default_build(tmp_path: Path) -> None:
+    """The default build (what the CPU demo uses): every paragraph and digit, 600 shapes, the 3000-piece vocabulary."""
+    folders = build_demo_data(tmp_path)
+    counts = {name: read_index(folders[name])["samples"] for name in DEMO_SETS}
+    assert counts == {"text": len([p for t in topics.values() for p in re.split(r"\n\s*\n", t) if p.strip()]),
+                      "image": 1797, "image_text": 1797, "points": 600}
+    assert all(len(read_index(folders[name])["shards"]) >= 3 for name in DEMO_SETS)
+    assert Tokenizer.from_dir(folders["tokenizer"]).vocab_size == TokenizerConfig().vocab_size == 3000

@@ -1,0 +1,95 @@
+"""tools/make_shards.py as a subprocess: each subcommand on small generated inputs prints its summary line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from itnet_scale.data.shards import read_index
+from itnet_scale.data.tokenizer import Tokenizer
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=300)
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("make_shards", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_text_as_a_subprocess(tmp_path: Path) -> None:
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("one\n\ntwo\n\nthree\n\nfour\n\nfive\n")
+    result = run("text", str(tmp_path / "text"), "--output", str(tmp_path / "t"), "--max-count", "2",
+                 "--prefix", "docs")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"text: 5 samples in 3 shards, {read_index(tmp_path / 't')['bytes']} bytes -> " \
+                                    f"{tmp_path / 't'} (skipped: none)"
+    assert [s["name"] for s in read_index(tmp_path / "t")["shards"]][-1] == "docs-000002.tar"
+
+
+def test_images_captions_points(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                caplog: pytest.LogCaptureFixture) -> None:
+    tool = load_tool()
+    for label in ("cat", "dog"):
+        (tmp_path / "img" / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "img" / label / "x.jpg")
+    (tmp_path / "img" / "dog" / "y.png").write_bytes(b"garbage")
+    assert tool.main(["images", str(tmp_path / "img"), "--output", str(tmp_path / "i"), "--max-bytes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "image: 2 samples in 2 shards" in out and "(skipped: unreadable_image=1)" in out
+    assert "y.png" in caplog.text
+
+    lines = [json.dumps({"image": "img/cat/x.jpg", "caption": "a red square"}), json.dumps({"caption": "no image"})]
+    (tmp_path / "caps.jsonl").write_text("\n".join(lines))
+    assert tool.main(["captions", str(tmp_path / "caps.jsonl"), "--output", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "image_text: 1 samples" in out and "missing_field=1" in out and "caps.jsonl:2" in caplog.text
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "caps.jsonl").write_text(lines[0])
+    assert tool.main(["captions", str(tmp_path / "elsewhere" / "caps.jsonl"), "--output", str(tmp_path / "c2"),
+                      "--image-root", str(tmp_path)]) == 0
+    assert "image_text: 1 samples" in capsys.readouterr().out
+
+    (tmp_path / "pts" / "blob").mkdir(parents=True)
+    np.save(tmp_path / "pts" / "blob" / "a.npy", np.random.default_rng(0).normal(size=(100, 3)))
+    assert tool.main(["points", str(tmp_path / "pts"), "--output", str(tmp_path / "p"), "--num-points", "16",
+                      "--seed", "1"]) == 0
+    assert "points: 1 samples in 1 shards" in capsys.readouterr().out
+    assert read_index(tmp_path / "p")["num_points"] == 16
+
+
+def test_bad_input_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = load_tool()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["images", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "nowhere: not a directory of class folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["audio", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert "invalid choice: 'audio'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["demo", str(tmp_path), "--output", str(tmp_path / "o")])  # demo takes no INPUT
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo(tmp_path: Path) -> None:
+    result = run("demo", "--output", str(tmp_path), "--num-points", "128", "--shard-samples", "500")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"tokenizer -> {tmp_path / 'tokenizer'}"
+    assert [line.split(":")[0] for line in lines[1:]] == ["text", "image", "image_text", "points"]
+    assert "image: 1797 samples in 4 shards" in result.stdout and "points: 600 samples in 2 shards" in result.stdout
+    assert Tokenizer.from_dir(tmp_path / "tokenizer").vocab_size == 3000

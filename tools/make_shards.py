@@ -1,0 +1,129 @@
+"""Write webdataset shard sets (``{prefix}-%06d.tar`` + ``index.json``) from real data formats, or the demo data.
+
+Usage::
+
+    python tools/make_shards.py text INPUT --output DIR [--max-count N] [--max-bytes B] [--prefix P]
+    python tools/make_shards.py images ROOT --output DIR [...]          # ROOT/<class>/*.jpg|*.jpeg|*.png
+    python tools/make_shards.py captions LIST.jsonl --output DIR [--image-root R] [...]
+    python tools/make_shards.py points ROOT --output DIR [--num-points P] [--seed S] [...]  # .npy/.txt/.off
+    python tools/make_shards.py demo --output DIR [--seed S] [--num-points P] [--shard-samples N]
+
+Each subcommand is one function registered with :func:`subcommand`; it receives the parsed arguments and
+returns the summaries it prints (one line each: samples, shards, bytes, skipped inputs per reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from itnet_scale.data.demo import DEMO_SETS, DEMO_SHARD_SAMPLES, build_demo_data
+from itnet_scale.data.shards import (
+    ShardSetSummary,
+    write_caption_shards,
+    write_image_folder_shards,
+    write_point_cloud_shards,
+    write_text_shards,
+)
+
+Run = Callable[[argparse.Namespace], list[ShardSetSummary]]
+Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument keywords)
+#: name -> (help, extra arguments, writes one set from INPUT, function)
+SUBCOMMANDS: dict[str, tuple[str, list[Argument], bool, Run]] = {}
+NUM_POINTS = (("--num-points",), {"type": int, "default": 1024, "help": "points per cloud (default 1024)"})
+SEED = (("--seed",), {"type": int, "default": 0, "help": "random seed (default 0)"})
+
+
+def subcommand(name: str, help: str, *arguments: Argument, from_input: bool = True) -> Callable[[Run], Run]:
+    """Register a function as subcommand ``name`` with its extra ``arguments``; ``from_input`` subcommands take
+    ``INPUT`` and the shard-writer options (``--max-count``, ``--max-bytes``, ``--prefix``)."""
+
+    def register(function: Run) -> Run:
+        SUBCOMMANDS[name] = (help, list(arguments), from_input, function)
+        return function
+
+    return register
+
+
+def writer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ShardSetWriter` options shared by every writer subcommand."""
+    return {"prefix": args.prefix, "max_count": args.max_count, "max_bytes": args.max_bytes,
+            "overwrite": args.overwrite}
+
+
+@subcommand("text", "plain .txt files (a file or a folder), one sample per blank-line separated paragraph")
+def text(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_text_shards(args.input, args.output, **writer_options(args))]
+
+
+@subcommand("images", "an image folder ROOT/<class>/*.jpg|*.jpeg|*.png (class index = sorted folder order)")
+def images(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_image_folder_shards(args.input, args.output, **writer_options(args))]
+
+
+@subcommand("captions", 'a jsonl file of {"image": path, "caption": text} lines',
+            (("--image-root",), {"type": Path, "default": None,
+                                 "help": "folder relative image paths start from (default: the jsonl's folder)"}))
+def captions(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_caption_shards(args.input, args.output, image_root=args.image_root, **writer_options(args))]
+
+
+@subcommand("points", "point clouds ROOT/<class>/*.npy|*.txt|*.off (meshes are surface-sampled)", NUM_POINTS, SEED)
+def points(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_point_cloud_shards(args.input, args.output, num_points=args.num_points, seed=args.seed,
+                                     **writer_options(args))]
+
+
+@subcommand("demo", "the embedded demo sets (text, image, image_text, points) and tokenizer", NUM_POINTS, SEED,
+            (("--shard-samples",), {"type": int, "default": DEMO_SHARD_SAMPLES,
+                                    "help": f"samples per shard (default {DEMO_SHARD_SAMPLES})"}),
+            from_input=False)
+def demo(args: argparse.Namespace) -> list[ShardSetSummary]:
+    folders = build_demo_data(args.output, seed=args.seed, num_points=args.num_points,
+                              shard_samples=args.shard_samples, overwrite=args.overwrite)
+    print(f"tokenizer -> {folders['tokenizer']}")
+    return [ShardSetSummary.read(folders[name]) for name in DEMO_SETS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: one sub-parser per registered subcommand, with the shared writer options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (help_text, arguments, from_input, _) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if from_input:
+            sub.add_argument("input", type=Path, metavar="INPUT")
+        sub.add_argument("--output", type=Path, required=True, help="folder for the shards and index.json")
+        sub.add_argument("--overwrite", action="store_true", help="replace a shard set already in --output")
+        if from_input:
+            sub.add_argument("--max-count", type=int, default=None, help="samples per shard (default: no limit)")
+            sub.add_argument("--max-bytes", type=int, default=500_000_000,
+                             help="payload bytes after which a new shard starts (default 500000000)")
+            sub.add_argument("--prefix", default="shard", help="shard file prefix (default 'shard')")
+        for flags, options in arguments:
+            sub.add_argument(*flags, **options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run the subcommand, print one summary line per set; bad input exits with status 2 and the error."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summaries = SUBCOMMANDS[args.command][3](args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    for summary in summaries:
+        print(summary.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
