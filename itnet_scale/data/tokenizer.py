@@ -16,11 +16,9 @@ from typing import Literal
 
 import sentencepiece as spm
 import torch
-import yaml
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor
 
+from itnet_scale.config import load_config, to_yaml
 from itnet_scale.data.shards import INDEX_FILE, iter_shard_samples, read_index, split_documents
 
 MODEL_FILE = "tokenizer.model"
@@ -102,33 +100,7 @@ def load_tokenizer_config(path: str | Path | None = None, overrides: Sequence[st
 
     Unknown keys, wrong types and bad values raise ``ValueError`` naming the key and the file or override.
     """
-    schema = OmegaConf.structured(TokenizerConfig)
-    where = str(path) if path is not None else "tokenizer config"
-    if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such tokenizer config")
-    try:
-        if path is not None:
-            loaded = OmegaConf.load(path)
-            if not isinstance(loaded, DictConfig):
-                raise ValueError(f"expected a mapping of tokenizer settings, got a {type(loaded).__name__}")
-            schema = OmegaConf.merge(schema, loaded)
-        for override in overrides:
-            where = f"override {override!r}"
-            if "=" not in override:
-                raise ValueError("expected key=value")
-            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist([override]))
-        where = f"{path or 'tokenizer config'}{f' with overrides {list(overrides)}' if overrides else ''}"
-        config = OmegaConf.to_object(schema)  # runs TokenizerConfig.__post_init__ on the merged values
-    except yaml.YAMLError as error:
-        raise ValueError(f"{where}: not valid YAML ({error})") from None
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
-        raise ValueError(f"{where}: bad tokenizer config{f' key {key!r}' if key else ''}: "
-                         f"{str(error).splitlines()[0]}") from None
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
-    assert isinstance(config, TokenizerConfig)
-    return config
+    return load_config(TokenizerConfig, path, overrides, what="tokenizer config")
 
 
 def _sentences(text: str) -> Iterator[str]:
@@ -205,7 +177,7 @@ def train_tokenizer(config: TokenizerConfig, output: str | Path) -> Tokenizer:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     (output / MODEL_FILE).write_bytes(model.getvalue())
-    (output / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)), encoding="utf-8")
+    (output / CONFIG_FILE).write_text(to_yaml(config), encoding="utf-8")
     return Tokenizer(output / MODEL_FILE, config.specials)
 
 
