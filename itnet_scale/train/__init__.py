@@ -1,0 +1,1 @@
+"""Pretraining on DeepSpeed: the config, the DeepSpeed JSON, and (one job per file) the loop, checkpoints, logging."""

@@ -1,0 +1,153 @@
+"""The DeepSpeed JSON, generated from the pretraining config (or the user's own, checked the same way).
+
+Users set ZeRO, offload, precision, batch and clipping in our YAML (:class:`DeepSpeedSettings`) and the
+optimizer and schedule in :class:`OptimizerSettings`; :func:`build_deepspeed_config` turns them into the dict
+``deepspeed.initialize(config=...)`` takes. A user's own ``--deepspeed_config FILE`` is still honoured: its keys
+win over the generated ones (:func:`resolve_deepspeed_config`). Either way the result is validated by DeepSpeed's
+own parser (``deepspeed.runtime.config.DeepSpeedConfig``) before any training starts, so a bad stage or a typo'd
+key fails at start-up with DeepSpeed's message and the file that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "torch", "deepspeed")
+
+
+@dataclass
+class DeepSpeedSettings:
+    """ZeRO, offload, precision and batch settings (per rank).
+
+    ``micro_batch_size`` counts samples per rank per forward; the global batch is
+    ``micro_batch_size × gradient_accumulation_steps × data-parallel ranks``. ``offload_optimizer`` (ZeRO ≥ 1)
+    keeps optimizer states in CPU memory, ``offload_param`` (ZeRO-3) the parameters too.
+    """
+
+    zero_stage: int = 0
+    precision: str = "fp32"
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("micro_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"deepspeed.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gradient_clipping < 0:
+            raise ValueError(f"deepspeed.gradient_clipping must be >= 0 (0 = off), got {self.gradient_clipping}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs zero_stage >= 1")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs zero_stage 3")
+
+
+@dataclass
+class OptimizerSettings:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio × lr`` at the last step.
+
+    ``implementation``: ``torch`` is ``torch.optim.AdamW`` (what runs on a CPU accelerator), ``deepspeed`` is
+    DeepSpeed's fused (GPU) or CPU-Adam (offload) kernel, ``auto`` picks ``torch`` on CPU and ``deepspeed``
+    elsewhere.
+    """
+
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    implementation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError(f"optimizer.eps must be > 0 and weight_decay >= 0, got {self.eps}, {self.weight_decay}")
+        if self.warmup_steps < 1:
+            raise ValueError(f"optimizer.warmup_steps must be >= 1, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            raise ValueError(f"optimizer.implementation must be one of {OPTIMIZER_IMPLEMENTATIONS}, "
+                             f"got {self.implementation!r}")
+
+
+def build_deepspeed_config(settings: DeepSpeedSettings, optimizer: OptimizerSettings, total_steps: int, *,
+                           on_cpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``total_steps`` optimizer steps (``on_cpu``: the accelerator is the CPU)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    zero: dict[str, Any] = {"stage": settings.zero_stage}
+    if settings.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not on_cpu}
+    if settings.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": not on_cpu}
+    torch_adam = optimizer.implementation == "torch" or (optimizer.implementation == "auto" and on_cpu)
+    return {
+        "train_micro_batch_size_per_gpu": settings.micro_batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "gradient_clipping": settings.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": settings.precision == "bf16"},
+        "fp16": {"enabled": settings.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps,
+                       "weight_decay": optimizer.weight_decay, **({"torch_adam": True} if torch_adam else {})},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {"total_num_steps": total_steps, "warmup_num_steps": min(optimizer.warmup_steps, total_steps),
+                       "warmup_min_ratio": 0.0, "cos_min_ratio": optimizer.min_lr_ratio, "warmup_type": "linear"},
+        },
+        "steps_per_print": 2**31 - 1,  # our logger reports progress; keep DeepSpeed's own prints quiet
+        "wall_clock_breakdown": False,
+    }
+
+
+def resolve_deepspeed_config(generated: dict[str, Any], user_file: str | Path | None = None) -> dict[str, Any]:
+    """``generated`` with the keys of the user's JSON file on top (theirs win, section by section), validated by
+    DeepSpeed's parser; errors name the file."""
+    config = dict(generated)
+    origin = "the generated DeepSpeed config"
+    if user_file is not None:
+        origin = str(user_file)
+        try:
+            user = json.loads(Path(user_file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{user_file}: no such DeepSpeed config") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{user_file}: not valid JSON ({error})") from None
+        if not isinstance(user, dict):
+            raise ValueError(f"{user_file}: a DeepSpeed config is a JSON object, got {type(user).__name__}")
+        for key, value in user.items():
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+    check_deepspeed_config(config, origin)
+    return config
+
+
+def check_deepspeed_config(config: dict[str, Any], origin: str) -> None:
+    """Run DeepSpeed's own config parser on ``config``; its complaint is re-raised naming ``origin``."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(config)
+    except Exception as error:  # DeepSpeed raises pydantic, assertion and value errors alike
+        message = " ".join(str(error).split())
+        raise ValueError(f"{origin}: DeepSpeed rejects the config: {message}") from None
