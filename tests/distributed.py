@@ -1,0 +1,29 @@
+"""Launch a script on local ranks with DeepSpeed's own launcher, as users do (`deepspeed --num_accelerators N`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for the rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_deepspeed(script: Path, args: list[str], ranks: int = 2, timeout: float = 300.0,
+                  extra_launcher_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``deepspeed --num_accelerators ranks script args`` on the CPU; return the finished process
+    (stdout and stderr together in ``.stdout``)."""
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
+               "--master_port", str(free_port()), *(extra_launcher_args or []), str(script), *args]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
