@@ -1,0 +1,97 @@
+"""What a training run reports: TensorBoard scalars and, on rank 0, a tqdm bar or plain log lines.
+
+Only rank 0 writes (``tensorboard --logdir RUN/tensorboard``); the other ranks' loggers do nothing, so the loop
+calls the same methods everywhere. On a terminal the progress is one tqdm bar with the loss and throughput;
+when stdout is not a TTY (a cluster log file) it is one plain line every ``print_every`` steps instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class Throughput:
+    """Samples/s, tokens/s, model FLOPs utilization and the share of time spent waiting for data, per interval.
+
+    ``flops_per_token`` is the model's training FLOPs per token (≈ 6 × parameters + the mixer's own term);
+    ``peak_flops`` the configured hardware peak of all ranks together (0 = MFU not reported).
+    """
+
+    def __init__(self, flops_per_token: float = 0.0, peak_flops: float = 0.0) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.reset()
+
+    def reset(self) -> None:
+        self._start = time.perf_counter()
+        self._samples = 0
+        self._tokens = 0
+        self._data_wait = 0.0
+
+    def add(self, samples: int, tokens: int, data_wait_s: float) -> None:
+        """Count one step's ``samples`` and ``tokens`` (all ranks) and the seconds it waited for its batch."""
+        self._samples += samples
+        self._tokens += tokens
+        self._data_wait += data_wait_s
+
+    def rates(self) -> dict[str, float]:
+        """The rates since the last :meth:`reset` (and reset)."""
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        rates = {"throughput/samples_per_s": self._samples / elapsed, "throughput/tokens_per_s": self._tokens / elapsed,
+                 "throughput/data_wait_share": self._data_wait / elapsed}
+        if self.peak_flops > 0 and self.flops_per_token > 0:
+            rates["throughput/mfu"] = self._tokens * self.flops_per_token / elapsed / self.peak_flops
+        self.reset()
+        return rates
+
+
+class MetricsLogger:
+    """Rank 0's TensorBoard writer and progress display; a no-op on other ranks."""
+
+    def __init__(self, log_dir: str | Path, *, rank: int, total_steps: int, start_step: int = 0,
+                 print_every: int = 10, stream: TextIO | None = None) -> None:
+        self.active = rank == 0
+        self.print_every = max(print_every, 1)
+        self.log_dir = Path(log_dir)
+        self._writer: SummaryWriter | None = None
+        self._bar: tqdm | None = None
+        self._stream = stream or sys.stdout
+        if not self.active:
+            return
+        self._writer = SummaryWriter(str(self.log_dir))
+        if self._stream.isatty():
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", file=self._stream,
+                             dynamic_ncols=True)
+
+    def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Write ``scalars`` (``loss/mlm``, ``lr``, ``throughput/tokens_per_s``…) at ``step`` and show progress."""
+        if not self.active:
+            return
+        assert self._writer is not None
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, float(value), step)
+        shown = {name.split("/")[-1]: value for name, value in scalars.items()
+                 if name in ("loss/total", "throughput/tokens_per_s", "throughput/samples_per_s")}
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=True)
+        elif step % self.print_every == 0:
+            text = " ".join(f"{name}={value:.4g}" for name, value in shown.items())
+            print(f"step {step} {text}", file=self._stream, flush=True)
+
+    def close(self) -> None:
+        """Flush the event file and close the bar."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._bar is not None:
+            self._bar.close()
