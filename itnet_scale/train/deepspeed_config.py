@@ -1,22 +1,24 @@
 """The DeepSpeed JSON, generated from the pretraining config (or the user's own, checked the same way).
 
 Users set ZeRO, offload, precision, batch and clipping in our YAML (:class:`DeepSpeedSettings`) and the
-optimizer and schedule in :class:`OptimizerSettings`; :func:`build_deepspeed_config` turns them into the dict
-``deepspeed.initialize(config=...)`` takes. A user's own ``--deepspeed_config FILE`` is still honoured: its keys
-win over the generated ones (:func:`resolve_deepspeed_config`). Either way the result is validated by DeepSpeed's
-own parser (``deepspeed.runtime.config.DeepSpeedConfig``) before any training starts, so a bad stage or a typo'd
-key fails at start-up with DeepSpeed's message and the file that holds it.
+optimizer in :class:`~itnet_scale.train.optimizer.OptimizerSettings`; :func:`build_deepspeed_config` turns the
+former into the dict ``deepspeed.initialize(config=...)`` takes. The optimizer and its learning-rate schedule are
+passed to ``deepspeed.initialize`` as objects (:mod:`itnet_scale.train.optimizer`), not named in the JSON.
+
+A user's own ``--deepspeed_config FILE`` is still honoured: its keys win over the generated ones
+(:func:`resolve_deepspeed_config`). Either way the result is validated by DeepSpeed's own parser
+(``deepspeed.runtime.config.DeepSpeedConfig``) before any training starts, so a bad stage or a typo'd key fails
+at start-up with DeepSpeed's message and the file that holds it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZER_IMPLEMENTATIONS = ("auto", "torch", "deepspeed")
 
 
 @dataclass
@@ -52,50 +54,13 @@ class DeepSpeedSettings:
             raise ValueError("deepspeed.offload_param needs zero_stage 3")
 
 
-@dataclass
-class OptimizerSettings:
-    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio × lr`` at the last step.
-
-    ``implementation``: ``torch`` is ``torch.optim.AdamW`` (what runs on a CPU accelerator), ``deepspeed`` is
-    DeepSpeed's fused (GPU) or CPU-Adam (offload) kernel, ``auto`` picks ``torch`` on CPU and ``deepspeed``
-    elsewhere.
-    """
-
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    implementation: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError(f"optimizer.eps must be > 0 and weight_decay >= 0, got {self.eps}, {self.weight_decay}")
-        if self.warmup_steps < 1:
-            raise ValueError(f"optimizer.warmup_steps must be >= 1, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
-            raise ValueError(f"optimizer.implementation must be one of {OPTIMIZER_IMPLEMENTATIONS}, "
-                             f"got {self.implementation!r}")
-
-
-def build_deepspeed_config(settings: DeepSpeedSettings, optimizer: OptimizerSettings, total_steps: int, *,
-                           on_cpu: bool) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``total_steps`` optimizer steps (``on_cpu``: the accelerator is the CPU)."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+def build_deepspeed_config(settings: DeepSpeedSettings, *, on_cpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict (``on_cpu``: the accelerator is the CPU, so offloaded memory is not pinned)."""
     zero: dict[str, Any] = {"stage": settings.zero_stage}
     if settings.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not on_cpu}
     if settings.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": not on_cpu}
-    torch_adam = optimizer.implementation == "torch" or (optimizer.implementation == "auto" and on_cpu)
     return {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
         "gradient_accumulation_steps": settings.gradient_accumulation_steps,
@@ -103,16 +68,10 @@ def build_deepspeed_config(settings: DeepSpeedSettings, optimizer: OptimizerSett
         "zero_optimization": zero,
         "bf16": {"enabled": settings.precision == "bf16"},
         "fp16": {"enabled": settings.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": optimizer.lr, "betas": list(optimizer.betas), "eps": optimizer.eps,
-                       "weight_decay": optimizer.weight_decay, **({"torch_adam": True} if torch_adam else {})},
-        },
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {"total_num_steps": total_steps, "warmup_num_steps": min(optimizer.warmup_steps, total_steps),
-                       "warmup_min_ratio": 0.0, "cos_min_ratio": optimizer.min_lr_ratio, "warmup_type": "linear"},
-        },
+        # The optimizer is ours (GuardedAdamW, passed to deepspeed.initialize) so a step can be vetoed on every
+        # stage; these two let ZeRO and ZeRO-Offload wrap it.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # our logger reports progress; keep DeepSpeed's own prints quiet
         "wall_clock_breakdown": False,
     }

@@ -18,29 +18,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from itnet_scale.train.checkpoint import load_checkpoint, save_checkpoint
-from itnet_scale.train.deepspeed_config import DeepSpeedSettings, OptimizerSettings, build_deepspeed_config
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
-
-
-def build(stage: int):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 16))
-    config = build_deepspeed_config(DeepSpeedSettings(zero_stage=stage, micro_batch_size=4),
-                                    OptimizerSettings(lr=1e-2, warmup_steps=2), total_steps=20, on_cpu=True)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-    return engine
+from tests.train.toy_engine import build, loss_of, shut_down, weights
 
 
 def train(engine, steps: int) -> None:
     for _ in range(steps):
         x = torch.randn(4, 16)  # drawn from torch's global generator: resumed runs must continue it exactly
-        loss = (engine(x) - x.flip(-1)).square().mean()
+        loss = loss_of(engine, x)
         engine.backward(loss)
         engine.step()
-
-
-def weights(engine) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in engine.module.named_parameters()}
 
 
 def draws() -> torch.Tensor:
@@ -56,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     deepspeed.init_distributed(dist_backend="gloo")
     rank = torch.distributed.get_rank()
-    engine = build(args.stage)
+    engine, _ = build(args.stage)
     record = os.path.join(args.save_dir, f"record-rank{rank}.safetensors")
     if args.mode == "train":
         random.seed(rank)
@@ -90,3 +77,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shut_down()

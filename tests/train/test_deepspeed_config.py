@@ -7,12 +7,7 @@ import json
 import pytest
 from deepspeed.runtime.config import DeepSpeedConfig
 
-from itnet_scale.train.deepspeed_config import (
-    DeepSpeedSettings,
-    OptimizerSettings,
-    build_deepspeed_config,
-    resolve_deepspeed_config,
-)
+from itnet_scale.train.deepspeed_config import DeepSpeedSettings, build_deepspeed_config, resolve_deepspeed_config
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -21,7 +16,7 @@ def test_deepspeed_parses_what_we_generate(stage, precision):
     settings = DeepSpeedSettings(zero_stage=stage, precision=precision, micro_batch_size=4,
                                  gradient_accumulation_steps=3, gradient_clipping=0.5,
                                  offload_optimizer=stage >= 1, offload_param=stage == 3)
-    config = build_deepspeed_config(settings, OptimizerSettings(lr=1e-3, warmup_steps=10), 50, on_cpu=True)
+    config = build_deepspeed_config(settings, on_cpu=True)
     parsed = DeepSpeedConfig(resolve_deepspeed_config(config))
     assert parsed.zero_optimization_stage == stage
     assert parsed.train_micro_batch_size_per_gpu == 4 and parsed.gradient_accumulation_steps == 3
@@ -30,33 +25,19 @@ def test_deepspeed_parses_what_we_generate(stage, precision):
     assert parsed.float16_config.enabled == (precision == "fp16")
     assert (parsed.zero_config.offload_optimizer is not None) == (stage >= 1)
     assert (parsed.zero_config.offload_param is not None) == (stage == 3)
-    assert parsed.optimizer_name == "adamw" and parsed.optimizer_params["lr"] == 1e-3
-    assert parsed.scheduler_params["total_num_steps"] == 50 and parsed.scheduler_params["warmup_num_steps"] == 10
-
-
-def test_optimizer_implementation_follows_the_accelerator():
-    def params(implementation, on_cpu):
-        optimizer = OptimizerSettings(implementation=implementation)
-        return build_deepspeed_config(DeepSpeedSettings(), optimizer, 10, on_cpu=on_cpu)["optimizer"]["params"]
-
-    assert params("auto", True)["torch_adam"] is True
-    assert "torch_adam" not in params("auto", False)
-    assert params("torch", False)["torch_adam"] is True
-    assert "torch_adam" not in params("deepspeed", True)
-    # warm-up never exceeds the run
-    config = build_deepspeed_config(DeepSpeedSettings(), OptimizerSettings(warmup_steps=100), 20, on_cpu=True)
-    assert config["scheduler"]["params"]["warmup_num_steps"] == 20
+    assert parsed.optimizer_name is None and parsed.zero_allow_untested_optimizer  # ours is passed in
+    assert parsed.scheduler_name is None  # the schedule is ours too (itnet_scale.train.optimizer)
 
 
 def test_user_file_wins_section_by_section(tmp_path):
-    generated = build_deepspeed_config(DeepSpeedSettings(zero_stage=1), OptimizerSettings(), 10, on_cpu=True)
+    generated = build_deepspeed_config(DeepSpeedSettings(zero_stage=1), on_cpu=True)
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 0.0,
                                 "train_micro_batch_size_per_gpu": 2}))
     config = resolve_deepspeed_config(generated, user)
     assert config["zero_optimization"]["stage"] == 2 and config["gradient_clipping"] == 0.0
     assert config["train_micro_batch_size_per_gpu"] == 2
-    assert config["optimizer"] == generated["optimizer"]  # untouched sections stay generated
+    assert config["fp16"] == generated["fp16"]  # untouched sections stay generated
 
 
 @pytest.mark.parametrize(
@@ -75,22 +56,8 @@ def test_bad_settings_are_named(changes, message):
         DeepSpeedSettings(**changes)
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"lr": 0.0}, r"optimizer\.lr must be > 0"),
-        ({"betas": [0.9]}, r"optimizer\.betas must be two numbers"),
-        ({"min_lr_ratio": 2.0}, r"optimizer\.min_lr_ratio must be in \[0, 1\]"),
-        ({"implementation": "apex"}, r"optimizer\.implementation must be one of"),
-    ],
-)
-def test_bad_optimizer_settings_are_named(changes, message):
-    with pytest.raises(ValueError, match=message):
-        OptimizerSettings(**changes)
-
-
 def test_bad_user_files_are_named(tmp_path):
-    generated = build_deepspeed_config(DeepSpeedSettings(), OptimizerSettings(), 10, on_cpu=True)
+    generated = build_deepspeed_config(DeepSpeedSettings(), on_cpu=True)
     with pytest.raises(FileNotFoundError, match=r"absent\.json: no such DeepSpeed config"):
         resolve_deepspeed_config(generated, tmp_path / "absent.json")
     broken = tmp_path / "broken.json"
