@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,5 +26,12 @@ def run_deepspeed(script: Path, args: list[str], ranks: int = 2, timeout: float 
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
                "--master_port", str(free_port()), *(extra_launcher_args or []), str(script), *args]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank it started
+            stdout, _ = process.communicate()
+            raise AssertionError(f"timed out after {timeout} s:\n{stdout[-4000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout)

@@ -319,6 +319,48 @@ class IntegralTransform(nn.Module):
 
     # -- forward ---------------------------------------------------------------------
 
+    def project(self, x: Tensor, source: Tensor) -> dict[str, Tensor]:
+        """The per-position, per-head projections ``[B, N, H, c]``: ``v`` (and ``q, k`` with the bilinear term,
+        ``a, b`` with the kernel MLP, the decay ``rate`` ``[B, N, H, 1]`` with decay). Position-wise, so a
+        sequence-parallel rank computes them on its own shard (see :mod:`itnet_scale.parallel.ulysses`)."""
+        def heads(t: Tensor) -> Tensor:  # [B, N, H*c] -> [B, N, H, c]
+            return t.unflatten(-1, (self.heads, -1))
+
+        proj = {"v": heads(self.v_proj(source))}
+        if self.q_proj is not None:
+            proj["q"], proj["k"] = heads(self.q_proj(x)), heads(self.k_proj(source))
+        if self.a_proj is not None:
+            proj["a"], proj["b"] = heads(self.a_proj(x)), heads(self.b_proj(source))
+        if self.decay_proj is not None:
+            rate = self.decay_proj(x)
+            rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
+            proj["rate"] = (rate * self.decay_log_rate.exp())[..., None]
+        return proj
+
+    def assemble(self, proj: dict[str, Tensor], pos: Tensor, source_pos: Tensor,
+                 heads: slice = slice(None)) -> KernelInputs:
+        """:class:`KernelInputs` from :meth:`project`'s tensors over whole sequences, for the heads ``heads``
+        (the ``proj`` tensors hold just those heads; the per-head parameters are sliced to match)."""
+        H, r, P = self.heads, self.kernel_width, self.pos_dim
+
+        def per_head(name: str) -> Tensor:  # [B, N, h, c] -> [B, h, N, c]
+            return proj[name].transpose(1, 2)
+
+        inp = KernelInputs(v=per_head("v"), pos_q=pos, pos_s=source_pos)
+        if "q" in proj:
+            inp.q, inp.k, inp.beta = per_head("q"), per_head("k"), self.beta[heads]
+        if "a" in proj:
+            inp.a, inp.b, inp.w2 = per_head("a"), per_head("b"), self.w2[heads]
+            inp.pos_weight = self.pos_proj.weight.view(H, r, P)[heads]  # Ua, applied to p_i − p_j
+            if self.kernel_depth > 1:
+                inp.mlp_w, inp.mlp_c = self.mlp_w[:, heads], self.mlp_c[:, heads]
+        inp.table = None if self.table is None else self.table[heads]
+        if "rate" in proj:
+            # τ is a running sum that grows with N; kept in float64 so that τ_i − τ_j stays exact
+            # for long sequences (the kernel casts the difference back to the compute dtype).
+            inp.tau_q = inp.tau_s = torch.cumsum(proj["rate"][..., 0].double(), dim=1).transpose(1, 2)  # [B, h, N]
+        return inp
+
     def kernel_inputs(
         self,
         x: Tensor,
@@ -344,27 +386,7 @@ class IntegralTransform(nn.Module):
         if Bs != B:
             raise ValueError(f"source has batch {Bs} but x has batch {B}")
         source_pos = self._positions("source_pos", source_pos, B, Ns, source)
-        H = self.heads
-
-        def heads(t: Tensor) -> Tensor:  # [B, N, H*c] -> [B, H, N, c]
-            return t.unflatten(-1, (H, -1)).transpose(1, 2)
-
-        inp = KernelInputs(v=heads(self.v_proj(source)), pos_q=pos, pos_s=source_pos)
-        if self.q_proj is not None:
-            inp.q, inp.k, inp.beta = heads(self.q_proj(x)), heads(self.k_proj(source)), self.beta
-        if self.a_proj is not None:
-            inp.a, inp.b, inp.w2 = heads(self.a_proj(x)), heads(self.b_proj(source)), self.w2
-            inp.pos_weight = self.pos_proj.weight.view(H, self.kernel_width, self.pos_dim)  # Ua, applied to p_i − p_j
-            if self.kernel_depth > 1:
-                inp.mlp_w, inp.mlp_c = self.mlp_w, self.mlp_c
-        inp.table = self.table
-        if self.decay_proj is not None:
-            rate = self.decay_proj(x)
-            rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
-            # τ is a running sum that grows with N; kept in float64 so that τ_i − τ_j stays exact
-            # for long sequences (the kernel casts the difference back to the compute dtype).
-            tau = torch.cumsum((rate * self.decay_log_rate.exp()).double(), dim=1).transpose(1, 2)  # [B, H, N]
-            inp.tau_q = inp.tau_s = tau
+        inp = self.assemble(self.project(x, source), pos, source_pos)
         self._check_source_masks(weights, padding_mask, B, Ns)
         if weights is not None:
             inp.weights = (weights.transpose(1, 2) if weights.dim() == 3 else weights).to(inp.v.dtype)
