@@ -1,4 +1,4 @@
-"""Data: the sentencepiece tokenizer, webdataset shard sets and their writers, and the embedded demo data."""
+"""Data: the sentencepiece tokenizer, webdataset shard sets (writers, streaming), and the embedded demo data."""
 
 from itnet_scale.data.demo import build_demo_data
 from itnet_scale.data.meshes import Mesh, parse_off, read_off, sample_surface
@@ -12,17 +12,22 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
+from itnet_scale.data.stream import DataConfig, StreamConfig, StreamingDataset, load_data_config
 from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig, load_tokenizer_config, train_tokenizer
 
 __all__ = [
+    "DataConfig",
     "Mesh",
     "ShardSetSummary",
     "ShardSetWriter",
     "SpecialTokens",
+    "StreamConfig",
+    "StreamingDataset",
     "Tokenizer",
     "TokenizerConfig",
     "build_demo_data",
     "iter_shard_samples",
+    "load_data_config",
     "load_tokenizer_config",
     "parse_off",
     "read_index",

@@ -1,0 +1,316 @@
+"""Streaming shard sets with webdataset: mixed streams, split by rank and worker, resumable exactly at any world size.
+
+The stream produces *units*: ``unit_size`` consecutive sample *slots* of one stream. Positions are counted in
+units and slots (never in valid samples), so every position is a closed-form function of (seed, unit):
+
+- **Lanes.** Global unit ``U`` belongs to lane ``U % lanes`` as that lane's unit ``m = U // lanes``.
+- **Mixture.** Inside a lane, which stream unit ``m`` comes from follows a deterministic weighted schedule:
+  each period of ``mix_period`` units holds every stream's share of the weights (largest-remainder counts) in
+  an order drawn from ``(seed, lane, period)``. How many units a lane took from a stream before ``m`` is closed
+  form (:class:`MixtureSchedule`).
+- **Shard visits.** A lane reads a stream as visits: visit ``t`` is shard ``rng(seed, lane, stream, t)`` (drawn
+  with replacement: resampled shards) through webdataset's shuffle buffer seeded by the same tuple. A visit
+  occupies exactly the shard's ``samples`` slots from ``index.json``; a bad sample still occupies its slot (it
+  is skipped and counted), and a truncated tar's missing samples are counted as ``truncated_shard``. Units are
+  never refilled, so a unit may hold fewer than ``unit_size`` samples — that is what makes positions history-free.
+- **Split.** Rank ``r`` of ``W`` takes units ``U ≡ r (mod W)``; its DataLoader worker ``i`` of ``n`` takes every
+  ``n``-th of those, so PyTorch's round-robin over workers returns them in global order. ``lanes`` must divide
+  by ``W × n``.
+- **Resume.** ``start_unit`` (from :meth:`StreamingDataset.state_dict`) re-derives every lane's and stream's
+  position and skips the consumed slots of the current visit before decoding: a run stopped at unit ``S`` and
+  restarted — with the same or another world size — sees exactly the units it would have seen.
+
+Decoding is an explicit whitelist (UTF-8 text, ASCII class ids, PNG/JPEG through PIL, ``.npy`` without pickle);
+any other member (``.pyd``, ``.pickle``, ``.pth`` …) is dropped undecoded and counted as ``ignored_member``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from itnet_scale.config import load_config
+from itnet_scale.data.shards import KIND_MEMBERS, read_index
+
+logger = logging.getLogger(__name__)
+
+SKIP_REASONS = ("missing_key", "corrupt_image", "bad_text", "bad_class", "bad_points", "too_long",
+                "truncated_shard")
+
+
+@dataclass
+class StreamConfig:
+    """One stream: a shard set (``path``), its mixture ``weight`` and its limits (longer samples are skipped)."""
+
+    name: str = ""
+    path: str = ""
+    weight: float = 1.0
+    max_text_bytes: int = 65536
+    max_points: int = 65536
+    max_image_pixels: int = 4096 * 4096
+
+
+@dataclass
+class DataConfig:
+    """The stream mixture (``configs/data/*.yaml``): seed, lanes, unit size, mixture period, shuffle buffer.
+
+    ``data_root`` is only there to be interpolated into stream paths (``path: ${data_root}/text``).
+    """
+
+    data_root: str = "demo_data"
+    seed: int = 0
+    lanes: int = 16
+    unit_size: int = 8
+    mix_period: int = 100
+    shuffle_buffer: int = 64
+    streams: list[StreamConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("lanes", "unit_size", "mix_period", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.streams:
+            raise ValueError("streams: at least one stream is needed")
+        self.streams = [StreamConfig(**s) if isinstance(s, dict) else s for s in self.streams]
+        names = [s.name for s in self.streams]
+        for i, stream in enumerate(self.streams):
+            if not stream.name or stream.name in names[:i]:
+                raise ValueError(f"streams[{i}].name must be non-empty and unique, got {stream.name!r}")
+            if not stream.weight > 0:
+                raise ValueError(f"streams[{i}] ({stream.name}).weight must be > 0, got {stream.weight}")
+            if min(stream.max_text_bytes, stream.max_points, stream.max_image_pixels) < 1:
+                raise ValueError(f"streams[{i}] ({stream.name}): limits must be >= 1")
+        if self.mix_period < len(self.streams):
+            raise ValueError(f"mix_period={self.mix_period} must be >= the number of streams ({len(self.streams)})")
+
+    def fingerprint(self) -> str:
+        """What positions depend on (not paths' locations): checked when a state is loaded."""
+        shape = {k: v for k, v in asdict(self).items() if k not in ("streams", "data_root")}
+        shape["streams"] = [(s.name, s.weight) for s in self.streams]
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_data_config(path: str | Path, overrides: Sequence[str] = ()) -> DataConfig:
+    """Read a :class:`DataConfig` YAML with ``key=value`` overrides (e.g. ``data_root=/shards``)."""
+    return load_config(DataConfig, path, overrides, what="data config")
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+class MixtureSchedule:
+    """Which stream each unit of a lane comes from, and how many units of a stream came before (closed form)."""
+
+    def __init__(self, weights: list[float], period: int, seed: int) -> None:
+        shares = np.asarray(weights, dtype=np.float64) / sum(weights) * period
+        counts = np.floor(shares).astype(int)
+        for i in np.argsort(-(shares - counts), kind="stable")[: period - counts.sum()]:
+            counts[i] += 1  # largest remainder
+        if (counts == 0).any():
+            raise ValueError(f"mix_period={period} gives stream(s) {np.flatnonzero(counts == 0).tolist()} no unit; "
+                             "raise mix_period or the weights")
+        self.counts, self.period, self.seed = counts, period, seed
+        self._base = np.repeat(np.arange(len(weights)), counts)
+
+    def order(self, lane: int, period: int) -> np.ndarray:
+        """The streams of lane ``lane``'s period ``period``, ``[mix_period]``."""
+        return _rng(self.seed, lane, period).permutation(self._base)
+
+    def stream_of(self, lane: int, m: int) -> int:
+        return int(self.order(lane, m // self.period)[m % self.period])
+
+    def taken_before(self, lane: int, m: int, stream: int) -> int:
+        """Units lane ``lane`` took from ``stream`` before its unit ``m``."""
+        full, rest = divmod(m, self.period)
+        return full * int(self.counts[stream]) + int((self.order(lane, full)[:rest] == stream).sum())
+
+
+def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """Decode one raw webdataset sample of ``kind`` with the whitelist: ``(sample, None)`` or ``(None, reason)``.
+
+    Text → ``str``, ``cls`` → ``int``, images → ``uint8 [C, H, W]`` tensors, ``npy`` → ``float32 [P, 3]``.
+    """
+    members = {k: v for k, v in raw.items() if not k.startswith("__")}
+    sample: dict[str, Any] = {"__key__": raw.get("__key__"), "__shard__": raw.get("__url__")}
+    for group in KIND_MEMBERS[kind]:
+        present = [ext for ext in group if ext in members]
+        if not present:
+            return None, "missing_key"
+        ext, data = present[0], members[present[0]]
+        if ext == "txt":
+            if len(data) > limits.max_text_bytes:
+                return None, "too_long"
+            try:
+                sample["txt"] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return None, "bad_text"
+        elif ext == "cls":
+            try:
+                sample["cls"] = int(data.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                return None, "bad_class"
+        elif ext in ("png", "jpg"):
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    if image.width * image.height > limits.max_image_pixels:
+                        return None, "too_long"
+                    image.load()
+                    array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P") else "RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                return None, "corrupt_image"
+            tensor = torch.from_numpy(array.copy())
+            sample["image"] = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+        elif ext == "npy":
+            try:
+                points = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError):
+                return None, "bad_points"
+            if points.ndim != 2 or points.shape[1] < 3 or not np.isfinite(points[:, :3]).all():
+                return None, "bad_points"
+            if points.shape[0] > limits.max_points:
+                return None, "too_long"
+            sample["points"] = torch.from_numpy(np.ascontiguousarray(points[:, :3], dtype=np.float32))
+    known = {ext for group in KIND_MEMBERS[kind] for ext in group}
+    sample["ignored_members"] = sorted(set(members) - known)
+    return sample, None
+
+
+class _LaneStream:
+    """Slots of one (lane, stream) from slot ``start`` on: ``(sample, None)`` or ``(None, reason)`` per slot."""
+
+    def __init__(self, dataset: StreamingDataset, lane: int, stream: int, start: int) -> None:
+        self.dataset, self.lane, self.stream = dataset, lane, stream
+        self.position = start
+        self._slots = self._iterate(start)
+
+    def _shard(self, visit: int) -> int:
+        return int(_rng(self.dataset.config.seed, self.lane, self.stream, visit).integers(
+            len(self.dataset.shards[self.stream])))
+
+    def _iterate(self, start: int) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
+        visit, offset = 0, start
+        shards = self.dataset.shards[self.stream]
+        while offset >= shards[self._shard(visit)][1]:  # closed-form walk over visit sizes
+            offset -= shards[self._shard(visit)][1]
+            visit += 1
+        config, stream = self.dataset.config, self.dataset.config.streams[self.stream]
+        kind = self.dataset.kinds[self.stream]
+        while True:
+            path, size = shards[self._shard(visit)]
+            raw = wds.tariterators.tarfile_samples(iter([{"url": path}]), handler=self._truncated(path))
+            seed = int(_rng(config.seed, self.lane, self.stream, visit, 1).integers(2**62))
+            shuffled = wds.filters._shuffle(iter(raw), bufsize=config.shuffle_buffer,
+                                            initial=config.shuffle_buffer, seed=seed)
+            produced = 0
+            for produced, item in enumerate(shuffled, start=1):
+                if produced > size:
+                    break
+                if produced <= offset:
+                    continue  # consumed before a resume: skipped before decoding
+                yield decode_sample(item, kind, stream)
+            for _ in range(max(offset, produced if produced <= size else size), size):
+                yield None, "truncated_shard"
+            visit, offset = visit + 1, 0
+
+    @staticmethod
+    def _truncated(path: str):
+        def handler(error: Exception) -> bool:
+            logger.warning("%s: stopped reading (%s: %s)", path, type(error).__name__, error)
+            return False  # stop this tar; the missing slots are counted as truncated_shard
+
+        return handler
+
+    def take(self, count: int) -> list[tuple[dict[str, Any] | None, str | None]]:
+        self.position += count
+        return [next(self._slots) for _ in range(count)]
+
+
+class StreamingDataset(IterableDataset):
+    """Units of the configured mixture for this rank (and DataLoader worker), from ``start_unit`` on.
+
+    Use with ``DataLoader(dataset, batch_size=None, num_workers=n)``. Each unit is ``{"stream", "kind", "unit",
+    "samples": [decoded samples], "skipped": {reason: count}}``. ``rank``/``world_size`` default to
+    ``torch.distributed``'s.
+    """
+
+    def __init__(self, config: DataConfig, *, rank: int | None = None, world_size: int | None = None,
+                 start_unit: int = 0) -> None:
+        initialized = dist.is_available() and dist.is_initialized()
+        self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
+        self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialized else 1)
+        if config.lanes % self.world_size:
+            raise ValueError(f"lanes={config.lanes} must be divisible by the world size {self.world_size}")
+        self.config = config
+        self.start_unit = start_unit
+        self.shards: list[list[tuple[str, int]]] = []
+        self.kinds: list[str] = []
+        for i, stream in enumerate(config.streams):
+            try:
+                index = read_index(stream.path)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"streams[{i}] ({stream.name}).path: {error}") from None
+            self.kinds.append(index["kind"])
+            self.shards.append([(str(Path(stream.path) / s["name"]), int(s["samples"])) for s in index["shards"]
+                                if s["samples"] > 0])
+        self.schedule = MixtureSchedule([s.weight for s in config.streams], config.mix_period, config.seed)
+
+    def units(self, workers: int = 1, worker: int = 0) -> Iterator[dict[str, Any]]:
+        """This rank's units from ``start_unit``, those of ``worker`` of ``workers`` (see the module doc)."""
+        config, W = self.config, self.world_size
+        if config.lanes % (W * workers):
+            raise ValueError(f"lanes={config.lanes} must be divisible by world size × workers = {W} × {workers}")
+        first = max(0, math.ceil((self.start_unit - self.rank) / W))  # the rank's k of its first unit
+        readers: dict[tuple[int, int], _LaneStream] = {}
+        k = first + worker
+        while True:
+            unit = self.rank + k * W
+            lane, m = unit % config.lanes, unit // config.lanes
+            stream = self.schedule.stream_of(lane, m)
+            start = self.schedule.taken_before(lane, m, stream) * config.unit_size
+            reader = readers.get((lane, stream))
+            if reader is None or reader.position != start:
+                reader = readers[(lane, stream)] = _LaneStream(self, lane, stream, start)
+            samples, skipped = [], Counter()
+            for sample, reason in reader.take(config.unit_size):
+                if reason is None:
+                    samples.append(sample)
+                    skipped.update({"ignored_member": len(sample["ignored_members"])} if sample["ignored_members"]
+                                   else {})
+                else:
+                    skipped[reason] += 1
+            if skipped:
+                logger.debug("unit %d (%s): skipped %s", unit, config.streams[stream].name, dict(skipped))
+            yield {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,
+                   "samples": samples, "skipped": dict(skipped)}
+            k += workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        return self.units(info.num_workers, info.id) if info is not None else self.units()
+
+    def state_dict(self, units_consumed: int) -> dict[str, Any]:
+        """What a checkpoint stores: the seed, global units consumed and the config fingerprint."""
+        return {"seed": self.config.seed, "units_consumed": units_consumed, "fingerprint": self.config.fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state["units_consumed"]``; a state from another mixture is refused."""
+        if state.get("fingerprint") != self.config.fingerprint() or state.get("seed") != self.config.seed:
+            raise ValueError("data state was saved with another data config (seed, lanes, unit_size, mix_period, "
+                             "shuffle_buffer or stream weights differ); positions would not match")
+        self.start_unit = int(state["units_consumed"])
