@@ -148,6 +148,7 @@ class BenchmarkSuite(ABC):
 SUITES: dict[str, str] = {
     "operator": "itnet_scale.benchmarking.operator:OperatorSuite",
     "integrators": "itnet_scale.benchmarking.integrators:IntegratorSuite",
+    "data": "itnet_scale.benchmarking.data:DataSuite",
 }
 
 

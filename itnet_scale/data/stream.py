@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from itnet_scale.config import load_config
 from itnet_scale.data.shards import KIND_MEMBERS, read_index
@@ -144,7 +143,9 @@ class MixtureSchedule:
 def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple[dict[str, Any] | None, str | None]:
     """Decode one raw webdataset sample of ``kind`` with the whitelist: ``(sample, None)`` or ``(None, reason)``.
 
-    Text → ``str``, ``cls`` → ``int``, images → ``uint8 [C, H, W]`` tensors, ``npy`` → ``float32 [P, 3]``.
+    Text → ``str``, ``cls`` → ``int``, images → ``uint8 [C, H, W]`` and ``npy`` → ``float32 [P, 3]`` numpy arrays
+    (numpy, not torch: a DataLoader worker sends a torch tensor through its own shared-memory segment, which costs
+    more than the pixels of a small image; the collator makes the batch tensors).
     """
     members = {k: v for k, v in raw.items() if not k.startswith("__")}
     sample: dict[str, Any] = {"__key__": raw.get("__key__"), "__shard__": raw.get("__url__")}
@@ -171,11 +172,10 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                     if image.width * image.height > limits.max_image_pixels:
                         return None, "too_long"
                     image.load()
-                    array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P") else "RGB"))
+                    array = np.array(image.convert("L" if image.mode in ("L", "1", "P") else "RGB"))
             except (OSError, ValueError, Image.DecompressionBombError):
                 return None, "corrupt_image"
-            tensor = torch.from_numpy(array.copy())
-            sample["image"] = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+            sample["image"] = array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
         elif ext == "npy":
             try:
                 points = np.load(io.BytesIO(data), allow_pickle=False)
@@ -185,7 +185,7 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                 return None, "bad_points"
             if points.shape[0] > limits.max_points:
                 return None, "too_long"
-            sample["points"] = torch.from_numpy(np.ascontiguousarray(points[:, :3], dtype=np.float32))
+            sample["points"] = np.ascontiguousarray(points[:, :3], dtype=np.float32)
     known = {ext for group in KIND_MEMBERS[kind] for ext in group}
     sample["ignored_members"] = sorted(set(members) - known)
     return sample, None
@@ -244,9 +244,9 @@ class _LaneStream:
 class StreamingDataset(IterableDataset):
     """Units of the configured mixture for this rank (and DataLoader worker), from ``start_unit`` on.
 
-    Use with ``DataLoader(dataset, batch_size=None, num_workers=n)``. Each unit is ``{"stream", "kind", "unit",
-    "samples": [decoded samples], "skipped": {reason: count}}``. ``rank``/``world_size`` default to
-    ``torch.distributed``'s.
+    Read it through :func:`unit_loader` (a ``DataLoader`` with ``batch_size=None``). Each unit is
+    ``{"stream", "kind", "unit", "samples": [decoded samples], "skipped": {reason: count}}``.
+    ``rank``/``world_size`` default to ``torch.distributed``'s.
     """
 
     def __init__(self, config: DataConfig, *, rank: int | None = None, world_size: int | None = None,
@@ -314,3 +314,14 @@ class StreamingDataset(IterableDataset):
             raise ValueError("data state was saved with another data config (seed, lanes, unit_size, mix_period, "
                              "shuffle_buffer or stream weights differ); positions would not match")
         self.start_unit = int(state["units_consumed"])
+
+
+def _as_is(unit: dict[str, Any]) -> dict[str, Any]:
+    return unit
+
+
+def unit_loader(dataset: StreamingDataset, num_workers: int = 0, **options: Any) -> DataLoader:
+    """The DataLoader for ``dataset``: one unit per item, delivered as produced (no conversion to tensors in the
+    worker — small tensors would each cost a shared-memory segment — and in global order across workers)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                      persistent_workers=False, **options)

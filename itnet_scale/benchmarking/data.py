@@ -1,0 +1,139 @@
+"""``tools/bench.py data``: throughput of the streaming loader against a bare decode loop, and against the model.
+
+- **ceiling**: one process iterates the same tar members with webdataset's ``tarfile_samples`` and decodes them
+  (PIL → tensor, caption UTF-8) in a bare loop — no mixture, shuffle, positions or DataLoader;
+- **loader**: :class:`~itnet_scale.data.stream.StreamingDataset` through its ``unit_loader`` (a DataLoader) with 0, 1
+  and 2 workers, reading as many samples;
+- **consumer**: the tiny model's pretraining step (forward + backward of MLM + image–text contrastive on the same
+  image–text samples, captions tokenized) in samples/s — what the loader must outpace.
+
+The shards are the demo's image–text set (built in a temporary folder) unless ``--shards`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, Table, TargetVerdict
+from itnet_scale.data.shards import read_index, shard_paths
+from itnet_scale.data.stream import DataConfig, StreamConfig, StreamingDataset, decode_sample, unit_loader
+
+
+def _median_rate(count: int, run, repeats: int) -> float:
+    """Median of ``count / seconds`` over ``repeats`` runs of ``run()``."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+class DataSuite(BenchmarkSuite):
+    name = "data"
+    description = "streaming loader vs a bare decode loop over the same tar members, and vs the tiny model"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--shards", type=Path, default=None, help="an image_text shard set (default: demo)")
+        parser.add_argument("--repeats", type=int, default=3)
+        parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+        parser.add_argument("--consumer-batch", type=int, default=32, help="samples per model step")
+        parser.add_argument("--no-consumer", action="store_true", help="skip measuring the model's consumption")
+        parser.add_argument("--quick", action="store_true", help="1 repeat, 1 worker count, a short consumer run")
+
+    def run(self, args: argparse.Namespace) -> SuiteReport:
+        with tempfile.TemporaryDirectory() as scratch:
+            tokenizer_dir = None
+            shards = args.shards
+            if shards is None:
+                from itnet_scale.data.demo import build_demo_data
+
+                folders = build_demo_data(Path(scratch) / "demo")
+                shards, tokenizer_dir = folders["image_text"], folders["tokenizer"]
+            return self._measure(Path(shards), tokenizer_dir, args)
+
+    def _measure(self, shards: Path, tokenizer_dir: Path | None, args: argparse.Namespace) -> SuiteReport:
+        index = read_index(shards)
+        if index["kind"] != "image_text":
+            raise ValueError(f"{shards}: the data benchmark reads an image_text shard set, got {index['kind']!r}")
+        total, megabytes = index["samples"], index["bytes"] / 1e6
+        repeats = 1 if args.quick else args.repeats
+        worker_counts = [1] if args.quick else args.workers
+        limits = StreamConfig(name="image_text", path=str(shards))
+
+        def bare_loop() -> None:
+            urls = iter([{"url": str(p)} for p in shard_paths(shards)])
+            for raw in wds.tariterators.tarfile_samples(urls):
+                sample, _ = decode_sample(raw, "image_text", limits)
+                assert sample is not None
+
+        ceiling = _median_rate(total, bare_loop, repeats)
+        config = DataConfig(lanes=2, unit_size=8, mix_period=1, shuffle_buffer=64, streams=[limits])
+        units = -(-total // config.unit_size)
+        table = Table(f"data: {shards.name} ({total} image–text samples, {megabytes:.1f} MB of shards); medians of "
+                      f"{repeats}", ["reader", "samples/s", "MB/s", "vs ceiling"],
+                      right_aligned={"samples/s", "MB/s", "vs ceiling"})
+        table.add_row(["ceiling: bare decode loop (1 process)", f"{ceiling:.0f}", f"{ceiling / total * megabytes:.1f}",
+                       "1.00×"])
+        figures: dict[str, Any] = {"ceiling_samples_per_s": ceiling, "loader": {}}
+        for workers in worker_counts:
+            def read(workers: int = workers) -> None:
+                loader = unit_loader(StreamingDataset(config, rank=0, world_size=1), workers)
+                for _ in islice(iter(loader), units):
+                    pass
+
+            rate = _median_rate(units * config.unit_size, read, repeats)
+            figures["loader"][workers] = rate
+            table.add_row([f"StreamingDataset, {workers} worker(s)", f"{rate:.0f}",
+                           f"{rate / total * megabytes:.1f}", f"{rate / ceiling:.2f}×"])
+        best_single = figures["loader"].get(1, max(figures["loader"].values()))
+        targets = [TargetVerdict("loader ≥ 80% of the ceiling", "1-worker loader / single-process bare loop",
+                                 "met" if best_single >= 0.8 * ceiling else "not met",
+                                 f"{best_single / ceiling:.2f}× of the ceiling")]
+        notes = []
+        if not args.no_consumer and tokenizer_dir is not None:
+            consumer = self._consumer_rate(shards, tokenizer_dir, args.consumer_batch, 2 if args.quick else 5)
+            figures["consumer_samples_per_s"] = consumer
+            best = max(figures["loader"].values())
+            table.add_row([f"consumer: tiny model pretraining step (batch {args.consumer_batch})", f"{consumer:.1f}",
+                           "", ""])
+            targets.append(TargetVerdict("loader ≥ 10× the model's consumption (demo)", "best loader / tiny model",
+                                         "met" if best >= 10 * consumer else "not met", f"{best / consumer:.1f}×"))
+        else:
+            notes.append("consumer not measured (needs the demo tokenizer: run without --shards)")
+        return SuiteReport([table], targets, notes, figures)
+
+    @staticmethod
+    def _consumer_rate(shards: Path, tokenizer_dir: Path, batch: int, steps: int) -> float:
+        """Samples/s of the tiny model's MLM + contrastive forward and backward on real image–text samples."""
+        from itnet_scale.data.tokenizer import Tokenizer
+        from itnet_scale.models import create_model
+        from itnet_scale.nn.heads import mask_tokens
+
+        tokenizer = Tokenizer.from_dir(tokenizer_dir)
+        model = create_model("tiny", overrides=[f"vocab_size={tokenizer.vocab_size}"])
+        config = DataConfig(lanes=1, unit_size=batch, mix_period=1, streams=[StreamConfig(name="it", path=str(shards))])
+        samples = next(StreamingDataset(config).units())["samples"]
+        images = torch.from_numpy(np.stack([s["image"] for s in samples])).float() / 255.0
+        ids, attention = tokenizer.batch_encode([s["txt"] for s in samples], max_length=32, pad_to="longest")
+        inputs, labels = mask_tokens(ids, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                                     special_ids=list(tokenizer.special_ids.values()))
+        step_batch = {"images": images, "text_ids": inputs, "text_attention_mask": attention, "mlm_labels": labels,
+                      "itc_text_ids": ids}
+
+        def step() -> None:
+            model.zero_grad()
+            sum(model.losses(step_batch).values()).backward()
+
+        step()  # warm-up
+        return _median_rate(len(samples), step, steps)
