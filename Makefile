@@ -40,8 +40,11 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The embedded demo data (text, digits, captions, point clouds, tokenizer; ~5 s), then the loader against the
+# tiny model's consumption on it.
 demo: $(STAMP)
-	$(BIN)/python tools/bench.py operator --quick
+	$(BIN)/python tools/make_shards.py demo --output demo_data --overwrite
+	$(BIN)/python tools/bench.py data --shards demo_data/image_text --quick
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py operator --json bench/operator.json

@@ -31,4 +31,4 @@ def test_quick_run_on_given_shards(tmp_path):
                          "StreamingDataset, 1 worker(s)"}
     assert report.data["ceiling_samples_per_s"] > 0 and all(v > 0 for v in report.data["loader"].values())
     assert [t.name for t in report.targets] == ["loader ≥ 80% of the ceiling"]
-    assert report.notes == ["consumer not measured (needs the demo tokenizer: run without --shards)"]
+    assert report.notes == ["consumer not measured (no tokenizer: give --tokenizer, or run without --shards)"]
