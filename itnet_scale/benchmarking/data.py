@@ -53,7 +53,7 @@ class DataSuite(BenchmarkSuite):
         parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
         parser.add_argument("--consumer-batch", type=int, default=32, help="samples per model step")
         parser.add_argument("--no-consumer", action="store_true", help="skip measuring the model's consumption")
-        parser.add_argument("--quick", action="store_true", help="1 repeat, 1 worker count, a short consumer run")
+        parser.add_argument("--quick", action="store_true", help="1 repeat, 1 pass, a short consumer run")
 
     def run(self, args: argparse.Namespace) -> SuiteReport:
         with tempfile.TemporaryDirectory() as scratch:
@@ -74,7 +74,7 @@ class DataSuite(BenchmarkSuite):
             raise ValueError(f"{shards}: the data benchmark reads an image_text shard set, got {index['kind']!r}")
         total, megabytes = index["samples"], index["bytes"] / 1e6
         repeats = 1 if args.quick else args.repeats
-        worker_counts = [1] if args.quick else args.workers
+        worker_counts = args.workers
         limits = StreamConfig(name="image_text", path=str(shards))
 
         passes = 1 if args.quick else args.passes
