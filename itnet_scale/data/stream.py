@@ -224,6 +224,9 @@ class _LaneStream:
                 if produced <= offset:
                     continue  # consumed before a resume: skipped before decoding
                 yield decode_sample(item, kind, stream)
+            if produced < size:
+                logger.warning("%s: ended after %d of its %d samples (truncated?); the rest count as truncated_shard",
+                               path, produced, size)
             for _ in range(max(offset, produced if produced <= size else size), size):
                 yield None, "truncated_shard"
             visit, offset = visit + 1, 0
@@ -277,6 +280,7 @@ class StreamingDataset(IterableDataset):
             raise ValueError(f"lanes={config.lanes} must be divisible by world size × workers = {W} × {workers}")
         first = max(0, math.ceil((self.start_unit - self.rank) / W))  # the rank's k of its first unit
         readers: dict[tuple[int, int], _LaneStream] = {}
+        reported = 0
         k = first + worker
         while True:
             unit = self.rank + k * W
@@ -294,8 +298,11 @@ class StreamingDataset(IterableDataset):
                                    else {})
                 else:
                     skipped[reason] += 1
-            if skipped:
-                logger.debug("unit %d (%s): skipped %s", unit, config.streams[stream].name, dict(skipped))
+            if set(skipped) - {"ignored_member"}:
+                reported += 1
+                if reported <= 10 or reported % 1000 == 0:  # rate-limited: a bad shard must not flood the log
+                    logger.warning("unit %d (%s): skipped %s (units with skips so far: %d)", unit,
+                                   config.streams[stream].name, dict(skipped), reported)
             yield {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,
                    "samples": samples, "skipped": dict(skipped)}
             k += workers

@@ -161,7 +161,7 @@ def write_index(directory: Path, kind: str, keys_: list[str], shards: list[tuple
         "samples": sum(s for _, s in shards), "bytes": sum(e["bytes"] for e in entries)}))
 
 
-def test_bad_input_is_skipped_counted_and_never_unpickled(tmp_path):
+def test_bad_input_is_skipped_counted_and_never_unpickled(tmp_path, caplog):
     marker = tmp_path / "EXECUTED"
     good = [member for i in range(4) for member in ((f"{i:03d}.png", png(i)), (f"{i:03d}.txt", b"caption"))]
     bad = [("004.png", os.urandom(64)), ("004.txt", b"corrupt image"),        # corrupt image
@@ -191,6 +191,9 @@ def test_bad_input_is_skipped_counted_and_never_unpickled(tmp_path):
     assert visits_0 >= 1 and totals["missing_key"] == visits_0 and totals["too_long"] == visits_0
     assert totals["ignored_member"] == 2 * visits_0  # .pyd and .pickle dropped undecoded
     assert totals["truncated_shard"] > 0
+    logged = [r.getMessage() for r in caplog.records if r.name == "itnet_scale.data.stream"]
+    assert any("skipped {" in m and "corrupt_image" in m for m in logged)  # each skip is logged…
+    assert any("shard-000001.tar: ended after 5 of its 6 samples" in m for m in logged)  # …and the short tar
     assert delivered + sum(v for k, v in totals.items() if k != "ignored_member") == 6 * 14
 
 
