@@ -126,16 +126,27 @@ class MixtureSchedule:
                              "raise mix_period or the weights")
         self.counts, self.period, self.seed = counts, period, seed
         self._base = np.repeat(np.arange(len(weights)), counts)
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def order(self, lane: int, period: int) -> np.ndarray:
-        """The streams of lane ``lane``'s period ``period``, ``[mix_period]``."""
-        return _rng(self.seed, lane, period).permutation(self._base)
+        """The streams of lane ``lane``'s period ``period``, ``[mix_period]`` (the last few are cached: a reader
+        asks for the same period several times in a row)."""
+        key = (lane, period)
+        if key not in self._orders:
+            if len(self._orders) >= 64:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = _rng(self.seed, lane, period).permutation(self._base)
+        return self._orders[key]
 
     def stream_of(self, lane: int, m: int) -> int:
+        if len(self.counts) == 1:
+            return 0
         return int(self.order(lane, m // self.period)[m % self.period])
 
     def taken_before(self, lane: int, m: int, stream: int) -> int:
         """Units lane ``lane`` took from ``stream`` before its unit ``m``."""
+        if len(self.counts) == 1:
+            return m
         full, rest = divmod(m, self.period)
         return full * int(self.counts[stream]) + int((self.order(lane, full)[:rest] == stream).sum())
 
