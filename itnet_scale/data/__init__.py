@@ -12,7 +12,14 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
-from itnet_scale.data.stream import DataConfig, StreamConfig, StreamingDataset, load_data_config
+from itnet_scale.data.stream import (
+    DataConfig,
+    StreamConfig,
+    StreamingDataset,
+    collate_units,
+    load_data_config,
+    unit_loader,
+)
 from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig, load_tokenizer_config, train_tokenizer
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerConfig",
     "build_demo_data",
+    "collate_units",
     "iter_shard_samples",
     "load_data_config",
     "load_tokenizer_config",
@@ -34,6 +42,7 @@ __all__ = [
     "read_off",
     "sample_surface",
     "train_tokenizer",
+    "unit_loader",
     "write_caption_shards",
     "write_image_folder_shards",
     "write_point_cloud_shards",

@@ -16,12 +16,15 @@ units and slots (never in valid samples), so every position is a closed-form fun
 - **Split.** Rank ``r`` of ``W`` takes units ``U ≡ r (mod W)``; its DataLoader worker ``i`` of ``n`` takes every
   ``n``-th of those, so PyTorch's round-robin over workers returns them in global order. ``lanes`` must divide
   by ``W × n``.
-- **Resume.** ``start_unit`` (from :meth:`StreamingDataset.state_dict`) re-derives every lane's and stream's
-  position and skips the consumed slots of the current visit before decoding: a run stopped at unit ``S`` and
+- **Resume.** :meth:`StreamingDataset.set_position` (or ``start_unit``, or :meth:`~StreamingDataset.load_state_dict`)
+  takes the number of units consumed *globally* (all ranks together) and re-derives every lane's and stream's
+  position, skipping the consumed slots of the current visit before decoding: a run stopped at unit ``S`` and
   restarted — with the same or another world size — sees exactly the units it would have seen.
 
 Decoding is an explicit whitelist (UTF-8 text, ASCII class ids, PNG/JPEG through PIL, ``.npy`` without pickle);
-any other member (``.pyd``, ``.pickle``, ``.pth`` …) is dropped undecoded and counted as ``ignored_member``.
+any other member (``.pyd``, ``.pickle``, ``.pth`` …) is dropped undecoded — the sample itself is kept — and counted
+as ``ignored_member``. Skipped samples are counted per reason in their unit's ``skipped`` and logged (rate-limited)
+with their shard and key. :func:`collate_units` turns units into per-stream batches (tensors and text lists).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.distributed as dist
 import webdataset as wds
 from PIL import Image
@@ -54,11 +58,15 @@ SKIP_REASONS = ("missing_key", "corrupt_image", "bad_text", "bad_class", "bad_po
 
 @dataclass
 class StreamConfig:
-    """One stream: a shard set (``path``), its mixture ``weight`` and its limits (longer samples are skipped)."""
+    """One stream: a shard set (``path``), its mixture ``weight`` and its limits (longer samples are skipped).
+
+    ``kind`` is the set's kind as the config expects it (checked against ``index.json``); empty takes the index's.
+    """
 
     name: str = ""
     path: str = ""
     weight: float = 1.0
+    kind: str = ""
     max_text_bytes: int = 65536
     max_points: int = 65536
     max_image_pixels: int = 4096 * 4096
@@ -94,6 +102,9 @@ class DataConfig:
                 raise ValueError(f"streams[{i}] ({stream.name}).weight must be > 0, got {stream.weight}")
             if min(stream.max_text_bytes, stream.max_points, stream.max_image_pixels) < 1:
                 raise ValueError(f"streams[{i}] ({stream.name}): limits must be >= 1")
+            if stream.kind and stream.kind not in KIND_MEMBERS:
+                raise ValueError(f"streams[{i}] ({stream.name}).kind must be one of {sorted(KIND_MEMBERS)} "
+                                 f"(or empty), got {stream.kind!r}")
         if self.mix_period < len(self.streams):
             raise ValueError(f"mix_period={self.mix_period} must be >= the number of streams ({len(self.streams)})")
 
@@ -179,7 +190,7 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                 return None, "bad_class"
         elif ext in ("png", "jpg"):
             try:
-                with Image.open(io.BytesIO(data)) as image:
+                with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:  # only these decoders
                     if image.width * image.height > limits.max_image_pixels:
                         return None, "too_long"
                     image.load()
@@ -192,7 +203,8 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                 points = np.load(io.BytesIO(data), allow_pickle=False)
             except (ValueError, OSError, EOFError):
                 return None, "bad_points"
-            if points.ndim != 2 or points.shape[1] < 3 or not np.isfinite(points[:, :3]).all():
+            if (not isinstance(points, np.ndarray) or points.dtype.kind not in "fiu" or points.ndim != 2
+                    or points.shape[1] < 3 or not np.isfinite(points[:, :3]).all()):  # .npz, strings, complex
                 return None, "bad_points"
             if points.shape[0] > limits.max_points:
                 return None, "too_long"
@@ -226,15 +238,17 @@ class _LaneStream:
             path, size = shards[self._shard(visit)]
             raw = wds.tariterators.tarfile_samples(iter([{"url": path}]), handler=self._truncated(path))
             seed = int(_rng(config.seed, self.lane, self.stream, visit, 1).integers(2**62))
-            shuffled = wds.filters._shuffle(iter(raw), bufsize=config.shuffle_buffer,
-                                            initial=config.shuffle_buffer, seed=seed)
+            shuffled = wds.filters.shuffle(config.shuffle_buffer, config.shuffle_buffer, seed=seed)(raw)
             produced = 0
             for produced, item in enumerate(shuffled, start=1):
                 if produced > size:
                     break
                 if produced <= offset:
                     continue  # consumed before a resume: skipped before decoding
-                yield decode_sample(item, kind, stream)
+                sample, reason = decode_sample(item, kind, stream)
+                if reason is not None:
+                    self.dataset.log_skip(path, item.get("__key__"), reason)
+                yield sample, reason
             if produced < size:
                 logger.warning("%s: ended after %d of its %d samples (truncated?); the rest count as truncated_shard",
                                path, produced, size)
@@ -271,7 +285,9 @@ class StreamingDataset(IterableDataset):
         if config.lanes % self.world_size:
             raise ValueError(f"lanes={config.lanes} must be divisible by the world size {self.world_size}")
         self.config = config
-        self.start_unit = start_unit
+        self.start_unit = 0
+        self.set_position(start_unit)
+        self.skips_logged: Counter[str] = Counter()
         self.shards: list[list[tuple[str, int]]] = []
         self.kinds: list[str] = []
         for i, stream in enumerate(config.streams):
@@ -279,19 +295,43 @@ class StreamingDataset(IterableDataset):
                 index = read_index(stream.path)
             except (OSError, ValueError) as error:
                 raise ValueError(f"streams[{i}] ({stream.name}).path: {error}") from None
+            if stream.kind and stream.kind != index["kind"]:
+                raise ValueError(f"streams[{i}] ({stream.name}).kind is {stream.kind!r} but {stream.path} holds "
+                                 f"a {index['kind']!r} shard set")
             self.kinds.append(index["kind"])
             self.shards.append([(str(Path(stream.path) / s["name"]), int(s["samples"])) for s in index["shards"]
                                 if s["samples"] > 0])
+            if not self.shards[-1]:
+                raise ValueError(f"streams[{i}] ({stream.name}).path: every shard of {stream.path} is empty")
         self.schedule = MixtureSchedule([s.weight for s in config.streams], config.mix_period, config.seed)
+
+    def check_workers(self, workers: int) -> None:
+        """Every worker of every rank must own whole lanes: ``lanes`` divisible by world size × workers."""
+        if self.config.lanes % (self.world_size * workers):
+            raise ValueError(f"lanes={self.config.lanes} must be divisible by world size × workers = "
+                             f"{self.world_size} × {workers}")
+
+    def set_position(self, units_consumed: int) -> None:
+        """Start (the next iteration) after ``units_consumed`` global units — the count over all ranks, e.g.
+        ``optimizer steps × units per global step``, which is the same whatever the world size."""
+        if isinstance(units_consumed, bool) or not isinstance(units_consumed, int) or units_consumed < 0:
+            raise ValueError(f"units_consumed must be a non-negative int, got {units_consumed!r}")
+        self.start_unit = units_consumed
+
+    def log_skip(self, shard: str, key: str | None, reason: str) -> None:
+        """Warn about a skipped sample: the first 10 of each reason, then every 1000th (a bad shard must not
+        flood the log); every skip is counted in its unit's ``skipped`` either way."""
+        self.skips_logged[reason] += 1
+        count = self.skips_logged[reason]
+        if count <= 10 or count % 1000 == 0:
+            logger.warning("%s: sample %s skipped (%s; %d so far in this process)", shard, key, reason, count)
 
     def units(self, workers: int = 1, worker: int = 0) -> Iterator[dict[str, Any]]:
         """This rank's units from ``start_unit``, those of ``worker`` of ``workers`` (see the module doc)."""
         config, W = self.config, self.world_size
-        if config.lanes % (W * workers):
-            raise ValueError(f"lanes={config.lanes} must be divisible by world size × workers = {W} × {workers}")
+        self.check_workers(workers)
         first = max(0, math.ceil((self.start_unit - self.rank) / W))  # the rank's k of its first unit
         readers: dict[tuple[int, int], _LaneStream] = {}
-        reported = 0
         k = first + worker
         while True:
             unit = self.rank + k * W
@@ -309,11 +349,6 @@ class StreamingDataset(IterableDataset):
                                    else {})
                 else:
                     skipped[reason] += 1
-            if set(skipped) - {"ignored_member"}:
-                reported += 1
-                if reported <= 10 or reported % 1000 == 0:  # rate-limited: a bad shard must not flood the log
-                    logger.warning("unit %d (%s): skipped %s (units with skips so far: %d)", unit,
-                                   config.streams[stream].name, dict(skipped), reported)
             yield {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,
                    "samples": samples, "skipped": dict(skipped)}
             k += workers
@@ -331,7 +366,7 @@ class StreamingDataset(IterableDataset):
         if state.get("fingerprint") != self.config.fingerprint() or state.get("seed") != self.config.seed:
             raise ValueError("data state was saved with another data config (seed, lanes, unit_size, mix_period, "
                              "shuffle_buffer or stream weights differ); positions would not match")
-        self.start_unit = int(state["units_consumed"])
+        self.set_position(int(state["units_consumed"]))
 
 
 def _as_is(unit: dict[str, Any]) -> dict[str, Any]:
@@ -341,5 +376,45 @@ def _as_is(unit: dict[str, Any]) -> dict[str, Any]:
 def unit_loader(dataset: StreamingDataset, num_workers: int = 0, **options: Any) -> DataLoader:
     """The DataLoader for ``dataset``: one unit per item, delivered as produced (no conversion to tensors in the
     worker — small tensors would each cost a shared-memory segment — and in global order across workers)."""
+    workers = max(num_workers, 1)
+    dataset.check_workers(workers)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                       persistent_workers=False, **options)
+
+
+def _stack(arrays: list[np.ndarray], stream: str, member: str) -> torch.Tensor:
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise ValueError(f"stream {stream!r}: cannot stack {member} of different shapes {shapes[:4]}; "
+                         "resize them when writing the shards")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def collate_units(units: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Group units' samples per stream into batches: ``{stream: {"kind", "units", "keys", "skipped", members}}``.
+
+    Members: ``image`` uint8 ``[B, C, H, W]`` (same size within a stream), ``points`` float32 ``[B, P, 3]`` (same
+    ``P``), ``cls`` int64 ``[B]``, ``txt`` a list of ``B`` strings (tokenizing is the trainer's). ``skipped`` sums
+    the units' skip counts; a stream whose units hold no sample has only ``keys == []`` and no members.
+    """
+    grouped: dict[str, dict[str, Any]] = {}
+    for unit in units:
+        batch = grouped.setdefault(unit["stream"], {"kind": unit["kind"], "units": [], "keys": [],
+                                                    "skipped": Counter(), "samples": []})
+        batch["units"].append(unit["unit"])
+        batch["skipped"].update(unit["skipped"])
+        batch["samples"].extend(unit["samples"])
+    for stream, batch in grouped.items():
+        samples = batch.pop("samples")
+        batch["keys"] = [s["__key__"] for s in samples]
+        batch["skipped"] = dict(batch["skipped"])
+        if not samples:
+            continue
+        for member in ("image", "points"):
+            if member in samples[0]:
+                batch[member] = _stack([s[member] for s in samples], stream, member)
+        if "cls" in samples[0]:
+            batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
+        if "txt" in samples[0]:
+            batch["txt"] = [s["txt"] for s in samples]
+    return grouped

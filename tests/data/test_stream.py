@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 import pickle
-import tarfile
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import webdataset as wds
 from PIL import Image
 
 from itnet_scale.config import merge_config
 from itnet_scale.data.demo import build_demo_data
-from itnet_scale.data.shards import ShardSetWriter, npy_bytes
 from itnet_scale.data.stream import (
     DataConfig,
     MixtureSchedule,
     StreamConfig,
     StreamingDataset,
+    collate_units,
     load_data_config,
     unit_loader,
 )
@@ -29,32 +32,65 @@ from itnet_scale.data.tokenizer import TokenizerConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
-def png(value: int, size: int = 8) -> bytes:
+def png(value: int, size: int = 8, mode: str = "L") -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(buffer, format="PNG")
+    pixels = np.full((size, size) if mode == "L" else (size, size, 3), value, dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_index(directory: Path, kind: str, keys_: list[str], shards: list[tuple[str, int]]) -> None:
+    """``index.json`` in the shard-set format, with each shard's size as it is on disk."""
+    entries = [{"name": n, "samples": s, "bytes": (directory / n).stat().st_size} for n, s in shards]
+    (directory / "index.json").write_text(json.dumps({
+        "format": "itnet-shards/1", "kind": kind, "keys": keys_, "shards": entries,
+        "samples": sum(s for _, s in shards), "bytes": sum(e["bytes"] for e in entries)}))
+
+
+def write_set(directory: Path, kind: str, samples: list[dict[str, bytes]], shard_samples: int,
+              cut_last_shard_at: int | None = None) -> Path:
+    """A shard set of ``samples`` (``{"__key__": str, ext: bytes}``) with webdataset's TarWriter, ``shard_samples``
+    per shard; ``cut_last_shard_at`` truncates the last tar to that many bytes (its index keeps the full count)."""
+    directory.mkdir(parents=True)
+    shards = []
+    for start in range(0, len(samples), shard_samples):
+        name = f"shard-{len(shards):06d}.tar"
+        with wds.TarWriter(str(directory / name), encoder=False) as sink:
+            for sample in samples[start: start + shard_samples]:
+                sink.write(sample)
+        shards.append((name, len(samples[start: start + shard_samples])))
+    if cut_last_shard_at is not None:
+        last = directory / shards[-1][0]
+        last.write_bytes(last.read_bytes()[:cut_last_shard_at])
+    keys_ = sorted({ext for sample in samples for ext in sample if not ext.startswith("__")} & {
+        "txt", "png", "jpg", "cls", "npy"})
+    write_index(directory, kind, keys_, shards)
+    return directory
 
 
 def write_sets(root: Path, shard_samples: int = 7) -> dict[str, Path]:
     """Three small shard sets in the real format: text (40), image_text (30), points (20), several shards each."""
-    sets = {"text": root / "text", "image_text": root / "image_text", "points": root / "points"}
     rng = np.random.default_rng(0)
-    with ShardSetWriter(sets["text"], "text", max_count=shard_samples, max_bytes=None) as writer:
-        for i in range(40):
-            writer.write({"txt": f"document {i}: " + "words " * int(rng.integers(1, 20))})
-    with ShardSetWriter(sets["image_text"], "image_text", max_count=shard_samples, max_bytes=None) as writer:
-        for i in range(30):
-            writer.write({"png": png(i), "txt": f"a square of gray level {i}"})
-    with ShardSetWriter(sets["points"], "points", max_count=shard_samples, max_bytes=None) as writer:
-        for i in range(20):
-            writer.write({"npy": npy_bytes(rng.normal(size=(16, 3)).astype(np.float32)), "cls": str(i % 3)})
-    return sets
+    texts = [{"__key__": f"t{i:04d}", "txt": f"document {i}: ".encode() + b"words " * int(rng.integers(1, 20))}
+             for i in range(40)]
+    pairs = [{"__key__": f"p{i:04d}", "png": png(i), "txt": f"a square of gray level {i}".encode()} for i in range(30)]
+    clouds = [{"__key__": f"c{i:04d}", "npy": npy(rng.normal(size=(16, 3)).astype(np.float32)),
+               "cls": str(i % 3).encode()} for i in range(20)]
+    return {"text": write_set(root / "text", "text", texts, shard_samples),
+            "image_text": write_set(root / "image_text", "image_text", pairs, shard_samples),
+            "points": write_set(root / "points", "points", clouds, shard_samples)}
 
 
 def config_for(sets: dict[str, Path], **changes) -> DataConfig:
     streams = [StreamConfig(name="text", path=str(sets["text"]), weight=2.0),
                StreamConfig(name="image_text", path=str(sets["image_text"]), weight=1.0),
-               StreamConfig(name="points", path=str(sets["points"]), weight=1.0)]
+               StreamConfig(name="points", path=str(sets["points"]), weight=1.0, kind="points")]
     return DataConfig(**{"seed": 3, "lanes": 4, "unit_size": 4, "mix_period": 8, "shuffle_buffer": 4,
                          "streams": streams, **changes})
 
@@ -105,13 +141,55 @@ def test_ranks_and_workers_partition_the_global_sequence(sets, world, workers):
     assert sorted(got) == whole
 
 
-@pytest.mark.slow
-def test_dataloader_workers_deliver_global_order(sets):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_workers_deliver_global_order(sets, workers):
+    """Real DataLoader workers (round-robin fetching) give rank 1 of 2 the global units 1, 3, 5, … in order."""
     dataset = StreamingDataset(config_for(sets), rank=1, world_size=2)
-    loader = unit_loader(dataset, num_workers=2)
-    units = keys(islice(iter(loader), 10))
+    units = keys(islice(iter(unit_loader(dataset, num_workers=workers)), 10))
     whole = first(StreamingDataset(config_for(sets)), 20)
     assert units == [u for u in whole if u[0] % 2 == 1]
+
+
+def test_set_position_resumes_mid_visit(sets):
+    """Unit 13 starts lane 1's stream part-way into a shard visit (slot offset > 0): set_position gives the
+    uninterrupted run's units, and the state dict carries the same position."""
+    whole = first(StreamingDataset(config_for(sets)), 30)
+    dataset = StreamingDataset(config_for(sets))
+    lane, m = 13 % 4, 13 // 4
+    stream = dataset.schedule.stream_of(lane, m)
+    slot = dataset.schedule.taken_before(lane, m, stream) * 4
+    assert slot % 7 != 0  # 7 samples per shard: not at a visit's start
+    dataset.set_position(13)
+    assert first(dataset, 17) == whole[13:]
+    assert dataset.state_dict(13)["units_consumed"] == 13
+    with pytest.raises(ValueError, match=r"units_consumed must be a non-negative int, got -1"):
+        dataset.set_position(-1)
+
+
+def test_collate_units_batches_each_stream(sets):
+    units = list(islice(StreamingDataset(config_for(sets)).units(), 16))
+    batches = collate_units(units)
+    assert set(batches) == {"text", "image_text", "points"}
+    for name, batch in batches.items():
+        mine = [u for u in units if u["stream"] == name]
+        assert batch["units"] == [u["unit"] for u in mine]
+        assert batch["keys"] == [s["__key__"] for u in mine for s in u["samples"]]
+    size = len(batches["image_text"]["keys"])
+    assert batches["image_text"]["image"].shape == (size, 1, 8, 8)
+    assert batches["image_text"]["image"].dtype == torch.uint8
+    assert batches["image_text"]["txt"][0].startswith("a square of gray level")
+    points = batches["points"]
+    assert points["points"].shape == (len(points["keys"]), 16, 3) and points["points"].dtype == torch.float32
+    assert points["cls"].dtype == torch.long and set(points["cls"].tolist()) <= {0, 1, 2}
+    assert all(isinstance(t, str) for t in batches["text"]["txt"]) and "image" not in batches["text"]
+
+
+def test_collate_units_refuses_mixed_image_sizes(tmp_path):
+    samples = [{"__key__": "000", "png": png(1, size=8), "cls": b"0"}, {"__key__": "001", "png": png(2, size=9),
+                                                                        "cls": b"1"}]
+    unit = next(single_shard_dataset(tmp_path, "image", samples).units())
+    with pytest.raises(ValueError, match=r"stream 'image': cannot stack image of different shapes"):
+        collate_units([unit])
 
 
 @pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 1)])
@@ -134,17 +212,9 @@ def test_exact_resume_at_another_world_size(sets, before, after, stop):
     assert len(resumed) >= 26
 
 
-def tar_of(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 class Payload:
+    """Unpickling this runs a shell command that creates ``marker``: it must never happen."""
+
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
@@ -152,49 +222,88 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def write_index(directory: Path, kind: str, keys_: list[str], shards: list[tuple[str, int]]) -> None:
-    import json
+def single_shard_dataset(tmp_path: Path, kind: str, samples: list[dict[str, bytes]], *, cut_at: int | None = None,
+                         **limits) -> StreamingDataset:
+    """One stream of one shard, one visit per unit (``unit_size`` = the shard's samples): per-unit counts are exact."""
+    folder = write_set(tmp_path / kind, kind, samples, len(samples), cut_last_shard_at=cut_at)
+    config = DataConfig(seed=0, lanes=1, unit_size=len(samples), mix_period=1, shuffle_buffer=3,
+                        streams=[StreamConfig(name=kind, path=str(folder), **limits)])
+    return StreamingDataset(config)
 
-    entries = [{"name": n, "samples": s, "bytes": (directory / n).stat().st_size} for n, s in shards]
-    (directory / "index.json").write_text(json.dumps({
-        "format": "itnet-shards/1", "kind": kind, "keys": keys_, "shards": entries,
-        "samples": sum(s for _, s in shards), "bytes": sum(e["bytes"] for e in entries)}))
 
-
-def test_bad_input_is_skipped_counted_and_never_unpickled(tmp_path, caplog):
+def test_bad_image_text_is_skipped_counted_logged_and_never_unpickled(tmp_path, caplog):
     marker = tmp_path / "EXECUTED"
-    good = [member for i in range(4) for member in ((f"{i:03d}.png", png(i)), (f"{i:03d}.txt", b"caption"))]
-    bad = [("004.png", os.urandom(64)), ("004.txt", b"corrupt image"),        # corrupt image
-           ("005.txt", b"no image at all"),                                    # missing key
-           ("006.png", png(6)), ("006.txt", b"x" * 500),                       # over-long caption
-           ("007.png", png(7)), ("007.txt", b"with payloads"),
-           ("007.pyd", pickle.dumps(Payload(str(marker)))), ("007.pickle", pickle.dumps(Payload(str(marker))))]
-    folder = tmp_path / "set"
-    folder.mkdir()
-    (folder / "shard-000000.tar").write_bytes(tar_of(good + bad))
-    whole = tar_of([member for i in range(6) for member in ((f"1{i:02d}.png", png(i)), (f"1{i:02d}.txt", b"fine"))])
-    (folder / "shard-000001.tar").write_bytes(whole[: len(whole) // 2 + 100])  # truncated mid-member
-    write_index(folder, "image_text", ["png", "txt"], [("shard-000000.tar", 8), ("shard-000001.tar", 6)])
-    config = DataConfig(seed=0, lanes=1, unit_size=14, mix_period=1, shuffle_buffer=1,
-                        streams=[StreamConfig(name="pairs", path=str(folder), max_text_bytes=100)])
-    dataset = StreamingDataset(config)
-    totals: dict[str, int] = {}
-    delivered = 0
-    for unit in islice(dataset.units(), 6):  # several visits of both shards
-        delivered += len(unit["samples"])
-        for reason, count in unit["skipped"].items():
-            totals[reason] = totals.get(reason, 0) + count
-        for sample in unit["samples"]:
-            assert sample["image"].dtype == np.uint8 and isinstance(sample["txt"], str)
+    payload = pickle.dumps(Payload(str(marker)))
+    samples = [{"__key__": f"{i:03d}", "png": png(i, mode="RGB"), "txt": b"caption"} for i in range(4)]
+    samples += [{"__key__": "004", "png": os.urandom(64), "txt": b"corrupt image"},
+                {"__key__": "005", "txt": b"no image at all"},
+                {"__key__": "006", "png": png(6, mode="RGB"), "txt": b"x" * 500},
+                {"__key__": "007", "png": png(7, mode="RGB"), "txt": b"with payloads", "pyd": payload,
+                 "pickle": payload},
+                {"__key__": "008", "png": png(8, mode="RGB"), "txt": b"\xff\xfe not utf-8"}]
+    dataset = single_shard_dataset(tmp_path, "image_text", samples, max_text_bytes=100)
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.data.stream"):
+        units = list(islice(dataset.units(), 3))
     assert not marker.exists()
-    visits_0 = totals["corrupt_image"]
-    assert visits_0 >= 1 and totals["missing_key"] == visits_0 and totals["too_long"] == visits_0
-    assert totals["ignored_member"] == 2 * visits_0  # .pyd and .pickle dropped undecoded
-    assert totals["truncated_shard"] > 0
-    logged = [r.getMessage() for r in caplog.records if r.name == "itnet_scale.data.stream"]
-    assert any("skipped {" in m and "corrupt_image" in m for m in logged)  # each skip is logged…
-    assert any("shard-000001.tar: ended after 5 of its 6 samples" in m for m in logged)  # …and the short tar
-    assert delivered + sum(v for k, v in totals.items() if k != "ignored_member") == 6 * 14
+    for unit in units:
+        assert unit["skipped"] == {"corrupt_image": 1, "missing_key": 1, "too_long": 1, "bad_text": 1,
+                                   "ignored_member": 2}
+        assert sorted(s["__key__"] for s in unit["samples"]) == ["000", "001", "002", "003", "007"]
+        assert all(s["image"].shape == (3, 8, 8) and s["image"].dtype == np.uint8 for s in unit["samples"])
+    payload_sample = next(s for s in units[0]["samples"] if s["__key__"] == "007")
+    assert payload_sample["ignored_members"] == ["pickle", "pyd"] and "pyd" not in payload_sample
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("shard-000000.tar: sample 004 skipped (corrupt_image" in m for m in logged)
+    assert any("sample 005 skipped (missing_key" in m for m in logged)
+
+
+def test_truncated_tar_counts_its_missing_slots(tmp_path, caplog):
+    samples = [{"__key__": f"{i:03d}", "png": png(i), "txt": b"fine"} for i in range(6)]
+    whole = tmp_path / "whole"
+    write_set(whole, "image_text", samples, 6)
+    cut = (whole / "shard-000000.tar").read_bytes().index(b"003.txt") + 100  # inside 003.txt's tar header
+    dataset = single_shard_dataset(tmp_path, "image_text", samples, cut_at=cut)
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.data.stream"):
+        units = list(islice(dataset.units(), 2))
+    for unit in units:  # 003 arrives without its caption; 004 and 005 never arrive
+        assert unit["skipped"] == {"missing_key": 1, "truncated_shard": 2}
+        assert sorted(s["__key__"] for s in unit["samples"]) == ["000", "001", "002"]
+    assert any("shard-000000.tar: ended after 4 of its 6 samples" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_points_and_classes_are_skipped_by_reason(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def cloud(count: int) -> bytes:
+        return npy(rng.normal(size=(count, 3)).astype(np.float32))
+
+    samples = [{"__key__": f"{i:03d}", "npy": cloud(16), "cls": b"1"} for i in range(3)]
+    samples += [{"__key__": "003", "npy": cloud(100), "cls": b"2"},                    # over max_points
+                {"__key__": "004", "npy": os.urandom(40), "cls": b"0"},                 # not an .npy
+                {"__key__": "005", "npy": npy(np.zeros((4, 2), np.float32)), "cls": b"0"},  # wrong shape
+                {"__key__": "006", "npy": cloud(16)},                                   # no class
+                {"__key__": "007", "npy": cloud(16), "cls": b"three"}]                  # not an integer
+    archive = io.BytesIO()
+    np.savez(archive, points=rng.normal(size=(16, 3)))
+    samples += [{"__key__": "008", "npy": archive.getvalue(), "cls": b"0"},            # an .npz under .npy
+                {"__key__": "009", "npy": npy(np.array([["a", "b", "c"]])), "cls": b"0"},  # strings
+                {"__key__": "010", "npy": npy(np.ones((4, 3), np.complex64)), "cls": b"0"}]  # complex
+    dataset = single_shard_dataset(tmp_path, "points", samples, max_points=64)
+    for unit in islice(dataset.units(), 2):
+        assert unit["skipped"] == {"too_long": 1, "bad_points": 5, "missing_key": 1, "bad_class": 1}
+        assert sorted(s["__key__"] for s in unit["samples"]) == ["000", "001", "002"]
+        assert all(s["points"].shape == (16, 3) and s["cls"] == 1 for s in unit["samples"])
+
+
+def test_image_without_class_or_of_another_format_is_skipped(tmp_path):
+    gif = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(gif, format="GIF")
+    samples = [{"__key__": "000", "png": png(1), "cls": b"4"}, {"__key__": "001", "png": png(2)},
+               {"__key__": "002", "jpg": png(3), "cls": b"5"},  # PNG bytes named .jpg: PIL reads the content
+               {"__key__": "003", "png": gif.getvalue(), "cls": b"6"}]  # only PNG/JPEG decoders are allowed
+    unit = next(single_shard_dataset(tmp_path, "image", samples).units())
+    assert unit["skipped"] == {"missing_key": 1, "corrupt_image": 1}
+    assert sorted((s["__key__"], s["cls"]) for s in unit["samples"]) == [("000", 4), ("002", 5)]
 
 
 def test_config_errors_are_named(sets, tmp_path):
@@ -212,6 +321,23 @@ def test_config_errors_are_named(sets, tmp_path):
         StreamingDataset(missing)
     with pytest.raises(ValueError, match=r"bad data config key 'wieght': Key 'wieght' not in 'StreamConfig'"):
         merge_config(DataConfig, [{"streams": [{"name": "a", "path": "x", "wieght": 2}]}], what="data config")
+    wrong_kind = config_for(sets)
+    wrong_kind.streams[0].kind = "image"
+    with pytest.raises(ValueError, match=r"streams\[0\] \(text\)\.kind is 'image' but .* holds a 'text' shard set"):
+        StreamingDataset(wrong_kind)
+    with pytest.raises(ValueError, match=r"streams\[0\] \(a\)\.kind must be one of"):
+        DataConfig(streams=[StreamConfig(name="a", path="x", kind="video")])
+    with pytest.raises(ValueError, match=r"bad data config key 'weight': Value 'heavy' of type 'str'"):
+        merge_config(DataConfig, [{"streams": [{"name": "a", "path": "x", "weight": "heavy"}]}], what="data config")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with wds.TarWriter(str(empty / "shard-000000.tar"), encoder=False):
+        pass
+    write_index(empty, "text", ["txt"], [("shard-000000.tar", 0)])
+    with pytest.raises(ValueError, match=r"streams\[0\] \(e\)\.path: every shard of .*empty is empty"):
+        StreamingDataset(DataConfig(streams=[StreamConfig(name="e", path=str(empty))]))
+    with pytest.raises(ValueError, match=r"lanes=4 must be divisible by world size × workers = 1 × 3"):
+        unit_loader(StreamingDataset(config_for(sets)), num_workers=3)
     other = StreamingDataset(config_for(sets, unit_size=5))
     with pytest.raises(ValueError, match=r"data state was saved with another data config"):
         other.load_state_dict(StreamingDataset(config_for(sets)).state_dict(10))
