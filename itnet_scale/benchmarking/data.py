@@ -163,15 +163,14 @@ class DataSuite(BenchmarkSuite):
         from itnet_scale.nn.heads import mask_tokens
 
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
-        model = create_model("tiny", overrides=[f"vocab_size={tokenizer.vocab_size}"])
+        model = create_model("tiny", vocab_size=tokenizer.vocab_size)
         config = DataConfig(lanes=1, unit_size=batch, mix_period=1, streams=[StreamConfig(name="it", path=str(shards))])
         samples = next(StreamingDataset(config).units())["samples"]
         images = torch.from_numpy(np.stack([s["image"] for s in samples])).float() / 255.0
         ids, attention = tokenizer.batch_encode([s["txt"] for s in samples], max_length=32, pad_to="longest")
         inputs, labels = mask_tokens(ids, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
                                      special_ids=list(tokenizer.special_ids.values()))
-        step_batch = {"images": images, "text_ids": inputs, "text_attention_mask": attention, "mlm_labels": labels,
-                      "itc_text_ids": ids}
+        step_batch = {"images": images, "text_ids": inputs, "text_attention_mask": attention, "mlm_labels": labels}
 
         def step() -> None:
             model.zero_grad()

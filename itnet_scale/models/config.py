@@ -1,29 +1,29 @@
-"""Model configs: one :class:`ModelConfig` describes the backbone, the encoders and the pretraining heads.
+"""Model configs: one :class:`ModelConfig` describes the encoders, the backbone and the pretraining heads.
 
-Every size in ``configs/model/*.yaml`` is a ModelConfig; task models (classification, VQA, NLVR2) are built from
-the same config plus their label count, so one pretrained backbone loads into each. Each layer's integral
-transform is ``layer`` (the default) merged with the ``layers`` overrides whose key names it: ``"3"`` (layer 3)
-or ``"0-5"`` (layers 0 to 5, inclusive), applied in key order. A key an :class:`LayerConfig` does not know is an
-error naming the override and the key.
+Every size in ``configs/model/*.yaml`` is a ModelConfig (an omegaconf structured dataclass: unknown keys and
+wrong types are errors naming the key). Task models (classification, VQA, NLVR2) are built from the same config
+plus their label count, so one pretrained backbone loads into each. Each layer's integral transform is
+``layer`` (the defaults, a :class:`LayerConfig`) merged with the ``layers`` overrides whose key names it —
+``"3"`` (layer 3) or ``"0-5"`` (layers 0 to 5, inclusive) — applied in the order listed
+(:func:`itnet_scale.nn.backbone.expand_layer_settings`). An override's keys and values are checked against
+:class:`LayerConfig`; a bad one is an error naming the override and the key.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from itnet_scale.config import merge_config
-
-#: The backbone's shared position space: (row, column, sequence) — see :mod:`itnet_scale.nn.encoders`.
-POS_DIM = 3
-_LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
+from itnet_scale.nn.backbone import expand_layer_settings
 
 
 @dataclass
 class LayerConfig:
-    """Keyword arguments of one layer's :class:`~itnet_scale.nn.IntegralTransform` (same names)."""
+    """The :class:`~itnet_scale.nn.IntegralTransform` settings of a layer (same names and defaults; see its
+    docstring): the kernel (``kernel_*``, ``mode``, ``bilinear``, ``offset_range``, ``decay``), the support
+    and the integrator (``exact`` / ``lowrank`` / ``montecarlo`` with their options) and the backend."""
 
     kernel_width: int = 16
     kernel_depth: int = 1
@@ -34,6 +34,9 @@ class LayerConfig:
     bilinear: bool = True
     offset_range: int | None = None
     decay: bool = False
+    head_dim: int | None = None
+    value_dim: int | None = None
+    bias: bool = True
     integrator: str = "exact"
     rank: int | None = None
     feature_map: str = "learned"
@@ -47,11 +50,16 @@ class LayerConfig:
 
 @dataclass
 class ModelConfig:
-    """The ITNet backbone (``dim``, ``depth``, ``heads``, ``mlp_ratio``…), its encoders and pretraining heads.
+    """The ITNet model.
 
-    Text: ``vocab_size`` ids (``pad_id`` pads). Images: ``image_channels`` × H × W, patches of ``patch_size``.
-    Point clouds: ``point_groups`` farthest-point centers, each a group of its ``point_group_size`` nearest
-    points. ``contrastive_dim``: the image–text embedding size.
+    Backbone: ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``dropout``, ``drop_path`` (stochastic depth of the
+    last block, linear in depth), ``norm_eps``; ``layer`` and ``layers`` (see the module doc).
+    Text: ``vocab_size`` ids, ``pad_id`` pads; ``tie_mlm_decoder`` ties the MLM decoder to the text embedding.
+    Images: ``image_channels`` × H × W, patches of ``patch_size`` (H and W multiples of it).
+    Point clouds: ``point_tokens`` farthest-point centers (None: every point is a token), each a group of its
+    ``point_group_size`` nearest points read by a per-point MLP of width ``point_hidden``; positions are the
+    unit-ball cloud × ``point_position_scale``.
+    ``contrastive_dim``: the size of the image–text contrastive embeddings.
     """
 
     dim: int = 192
@@ -59,48 +67,49 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    drop_path: float = 0.0
     norm_eps: float = 1e-6
     vocab_size: int = 3000
     pad_id: int = 0
-    image_channels: int = 1
-    patch_size: int = 4
-    point_groups: int = 64
-    point_group_size: int = 16
-    contrastive_dim: int = 128
+    tie_mlm_decoder: bool = True
+    image_channels: int = 3
+    patch_size: int = 16
+    point_tokens: int | None = 64
+    point_group_size: int = 32
+    point_hidden: int = 128
+    point_position_scale: float = 8.0
+    contrastive_dim: int = 256
     layer: LayerConfig = field(default_factory=LayerConfig)
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[Any, dict[str, Any]] = field(default_factory=dict)  # keys: 3 or "3" or "0-5"
 
     def __post_init__(self) -> None:
         if isinstance(self.layer, dict):
-            self.layer = LayerConfig(**self.layer)
-        for name in ("dim", "depth", "heads", "vocab_size", "image_channels", "patch_size", "point_groups",
-                     "point_group_size", "contrastive_dim"):
+            self.layer = merge_config(LayerConfig, [self.layer], what="layer config", where="layer")
+        for name in ("dim", "depth", "heads", "vocab_size", "image_channels", "patch_size", "point_group_size",
+                     "point_hidden", "contrastive_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.point_tokens is not None and self.point_tokens < 1:
+            raise ValueError(f"point_tokens must be >= 1 or null (every point a token), got {self.point_tokens}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} must be a token id below vocab_size={self.vocab_size}")
-        if not 0.0 <= self.dropout < 1.0 or self.mlp_ratio <= 0:
-            raise ValueError(f"dropout must be in [0, 1) and mlp_ratio > 0, got {self.dropout}, {self.mlp_ratio}")
-        for key in self.layers:
-            self.layer_range(key)
-        for index in range(self.depth):  # every override is a valid LayerConfig: fail now, naming it
-            self.layer_settings(index)
+        for name in ("dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("mlp_ratio", "norm_eps", "point_position_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        expand_layer_settings(self.depth, asdict(self.layer), self.layer_overrides())  # fail now, naming the layer
 
-    def layer_range(self, key: str) -> range:
-        """The layer indices an override key names (``"3"``, ``"0-5"``); bad keys raise naming them."""
-        match = _LAYER_KEY.match(str(key))
-        if match is None:
-            raise ValueError(f"layers: key {key!r} must be a layer index or an inclusive range like '0-5'")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if first > last or last >= self.depth:
-            raise ValueError(f"layers: key {key!r} names layers outside 0..{self.depth - 1} (depth={self.depth})")
-        return range(first, last + 1)
+    def layer_overrides(self) -> dict[str, dict[str, Any]]:
+        """``layers`` with each override's values checked and converted by :class:`LayerConfig`'s types."""
+        checked = {}
+        for key, override in self.layers.items():
+            if not isinstance(override, dict):
+                raise ValueError(f"layers[{key!r}]: expected a mapping of layer settings, got {override!r}")
+            typed = merge_config(LayerConfig, [override], what="layer config", where=f"layers[{key!r}]")
+            checked[str(key)] = {name: getattr(typed, name) for name in override}
+        return checked
 
-    def layer_settings(self, index: int) -> dict[str, Any]:
-        """The IntegralTransform keyword arguments of layer ``index``: ``layer`` merged with its overrides."""
-        overrides = [dict(value) for key, value in sorted(self.layers.items()) if index in self.layer_range(key)]
-        where = f"layers[{index}]"
-        settings = merge_config(LayerConfig, [asdict(self.layer), *overrides], what=f"{where} config", where=where)
-        return asdict(settings)

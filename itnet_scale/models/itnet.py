@@ -1,182 +1,205 @@
 """ITNet models: :class:`ITNetModel` (encoders + backbone) and the task models built on it.
 
-A batch is a dict; which keys it holds decides the modality (DESIGN §2):
+A batch is a dict of tensors; its input keys decide the modality (``text``, ``image``, ``image_text``,
+``image_pair_text``, ``points``; see :class:`~itnet_scale.nn.encoders.MultimodalEncoder`). The tokens of an
+image + text or image pair + text batch run through the backbone as one sequence, positions in one shared space
+(:mod:`itnet_scale.nn.encoders`). Targets sit in the same dict: ``mlm_labels``, ``labels``, ``answer_scores``.
 
-=============  =================================================================================
-``text``       ``text_ids`` ``[B, L]`` (+ ``text_attention_mask``, True = real token)
-``image``      ``images`` ``[B, C, H, W]`` (+ ``image_mask`` ``[B, h·w]`` for masked patch modeling)
-``image_text`` both of the above
-``image_pair`` ``images`` and ``images2`` (+ text: NLVR2)
-``points``     ``points`` ``[B, P, 3]`` (+ ``points_padding`` ``[B, P]``, ``point_mask`` ``[B, groups]``)
-=============  =================================================================================
-
-Tokens of all present modalities are concatenated — images, second image, text, points — each with its
-modality-type embedding, and run through one backbone; positions share one space (:mod:`itnet_scale.nn.encoders`).
-All task models hold the same ``itnet`` submodule, so a pretrained state dict's ``itnet.*`` loads into any.
+Every task model holds the same ``itnet`` submodule (:class:`ITNetModel`), built from one :class:`ModelConfig`,
+so the ``itnet.*`` weights of a pretrained model load into any task model. Pooling (classification, VQA,
+NLVR2, contrastive) is the mean over real tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.nn.backbone import ITNetBackbone
-from itnet_scale.nn.encoders import POS_DIM, ImageEncoder, PointEncoder, TextEncoder
+from itnet_scale.nn.encoders import POS_DIM, EncodedTokens, MultimodalEncoder, batch_modality
 from itnet_scale.nn.heads import (
+    IGNORE,
     ClassificationHead,
     ContrastiveHead,
     MaskedPatchHead,
     MaskedPointHead,
     MLMHead,
     VQAHead,
-    masked_mean,
+    mean_pool,
 )
 
-#: Modality-type ids (rows of ``ITNetModel.modality``), in concatenation order.
-MODALITIES = ("image", "image2", "text", "points")
+#: ``gather(local [B, e]) → (every rank's rows [W·B, e], offset of this rank's rows)`` for the contrastive loss.
+Gather = Callable[[Tensor], tuple[Tensor, int]]
 
 
 @dataclass
-class Encoded:
-    """The backbone's output: ``hidden`` ``[B, N, dim]``, ``pos`` ``[B, N, 3]``, ``padding`` ``[B, N]``,
-    ``segments`` (modality → slice of N) and, for point clouds, the groups' local coordinates."""
+class ITNetOutput:
+    """The backbone's output: ``hidden`` ``[B, N, dim]`` for the tokens of ``inputs`` (their positions,
+    padding mask, segments and point groups) of a batch of ``modality``."""
 
     hidden: Tensor
-    pos: Tensor
-    padding: Tensor
-    segments: dict[str, slice] = field(default_factory=dict)
-    point_groups: Tensor | None = None
+    inputs: EncodedTokens
+    modality: str
 
-    def part(self, modality: str) -> tuple[Tensor, Tensor]:
-        """``(hidden, padding)`` of one modality's tokens."""
-        where = self.segments[modality]
-        return self.hidden[:, where], self.padding[:, where]
+    @property
+    def pos(self) -> Tensor:
+        """``[B, N, 3]`` token positions."""
+        return self.inputs.pos
 
-    def pooled(self, modality: str | None = None) -> Tensor:
-        """Mean of the real tokens (of one modality, or all) → ``[B, dim]``."""
-        if modality is None:
-            return masked_mean(self.hidden, self.padding)
-        return masked_mean(*self.part(modality))
+    @property
+    def padding_mask(self) -> Tensor:
+        """``[B, N]``, True = padding."""
+        return self.inputs.padding_mask
+
+    def part(self, segment: str) -> tuple[Tensor, Tensor]:
+        """``(hidden [B, n, dim], padding_mask [B, n])`` of one segment (``text``, ``image``, ``image2``,
+        ``points``)."""
+        if segment not in self.inputs.segments:
+            raise ValueError(f"this {self.modality} batch has no {segment!r} tokens; it has "
+                             f"{list(self.inputs.segments)}")
+        where = self.inputs.segments[segment]
+        return self.hidden[:, where], self.padding_mask[:, where]
+
+    def pooled(self, segment: str | None = None) -> Tensor:
+        """``[B, dim]``: the mean of the real tokens of one segment, or of all tokens."""
+        return mean_pool(self.hidden, self.padding_mask) if segment is None else mean_pool(*self.part(segment))
 
 
 class ITNetModel(nn.Module):
-    """Encoders for text, images and point clouds, modality-type embeddings and the shared backbone."""
+    """The modality encoders (``encoder``) and the shared backbone (``backbone``) of ``config``.
+
+    ``forward(batch) → ITNetOutput``: the hidden states ``[B, N, dim]`` and the tokens' positions.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.text = TextEncoder(config.vocab_size, config.dim, config.pad_id)
-        self.image = ImageEncoder(config.image_channels, config.dim, config.patch_size)
-        self.points = PointEncoder(config.dim, config.point_groups, config.point_group_size)
-        self.modality = nn.Embedding(len(MODALITIES), config.dim)
-        layers = [config.layer_settings(i) for i in range(config.depth)]
-        self.backbone = ITNetBackbone(config.dim, config.heads, layers, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
-                                      dropout=config.dropout, norm_eps=config.norm_eps)
+        self.encoder = MultimodalEncoder(
+            config.dim, vocab_size=config.vocab_size, pad_id=config.pad_id, image_channels=config.image_channels,
+            patch_size=config.patch_size, point_tokens=config.point_tokens, point_group_size=config.point_group_size,
+            point_hidden=config.point_hidden, point_position_scale=config.point_position_scale)
+        self.backbone = ITNetBackbone(
+            config.dim, config.depth, config.heads, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout, drop_path=config.drop_path, norm_eps=config.norm_eps,
+            layer=asdict(config.layer), layers=config.layer_overrides())
 
-    def forward(self, batch: dict[str, Tensor]) -> Encoded:
-        parts: list[tuple[str, Tensor, Tensor, Tensor]] = []
-        groups = None
-        if "images" in batch:
-            parts.append(("image", *self.image(batch["images"], batch.get("image_mask"), plane=0)))
-        if "images2" in batch:
-            parts.append(("image2", *self.image(batch["images2"], batch.get("image2_mask"), plane=1)))
-        if "text_ids" in batch:
-            parts.append(("text", *self.text(batch["text_ids"], batch.get("text_attention_mask"))))
-        if "points" in batch:
-            tokens, pos, padding, groups = self.points(batch["points"], batch.get("points_padding"),
-                                                       batch.get("point_mask"))
-            parts.append(("points", tokens, pos, padding))
-        if not parts:
-            raise ValueError("batch has no model input: expected some of images, images2, text_ids, points; "
-                             f"got keys {sorted(batch)}")
-        segments, start = {}, 0
-        for name, tokens, _, _ in parts:
-            segments[name] = slice(start, start + tokens.shape[1])
-            start += tokens.shape[1]
-        tokens = torch.cat([t + self.modality.weight[MODALITIES.index(name)] for name, t, _, _ in parts], dim=1)
-        pos = torch.cat([p for _, _, p, _ in parts], dim=1)
-        padding = torch.cat([m for _, _, _, m in parts], dim=1)
-        hidden = self.backbone(tokens, pos, padding if bool(padding.any()) else None)
-        return Encoded(hidden, pos, padding, segments, groups)
+    def forward(self, batch: Mapping[str, Tensor]) -> ITNetOutput:
+        inputs = self.encoder(batch)
+        padding = inputs.padding_mask if bool(inputs.padding_mask.any()) else None  # none: skip the masking
+        hidden = self.backbone(inputs.tokens, inputs.pos, padding)
+        return ITNetOutput(hidden, inputs, batch_modality(batch))
 
 
 class ITNetForPretraining(nn.Module):
-    """The backbone with the pretraining heads; :meth:`losses` computes the objectives a batch supports.
+    """The backbone with the pretraining heads: ``mlm``, ``itc``, ``mpm`` (patches), ``mpp`` (points).
 
-    - ``mlm``: text with masked ids (``text_ids`` already masked, ``mlm_labels`` −100 where not masked);
-      on image–text batches this is image-conditioned MLM;
-    - ``itc``: image–text contrastive on ``images`` + unmasked ``text_ids`` (``itc_text_ids`` when MLM runs
-      on the same batch);
-    - ``mpm``: masked patch modeling (``image_mask``); ``mpp``: masked point modeling (``point_mask``).
+    ``losses(batch)`` (also ``forward``) returns every objective the batch asks for, by name:
+
+    - ``mlm``: with ``mlm_labels`` ``[B, L]`` (−100 where not masked; ``text_ids`` already masked, see
+      :func:`~itnet_scale.nn.heads.mask_tokens`): text, or text conditioned on the image of an image–text batch;
+    - ``mpm``: with ``image_mask`` ``[B, h·w]``: masked patch modeling on ``images``;
+    - ``mpp``: with ``point_mask`` ``[B, tokens]``: masked point modeling;
+    - ``itc``: on every image–text batch: the image alone and the (unmasked) text alone through the backbone,
+      pooled, contrasted. The unmasked text is ``text_ids`` with ``mlm_labels`` put back.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.itnet = ITNetModel(config)
-        self.mlm = MLMHead(config.dim, config.vocab_size, self.itnet.text.embedding, config.norm_eps)
+        tied = self.itnet.encoder.text.embedding if config.tie_mlm_decoder else None
+        self.mlm = MLMHead(config.dim, config.vocab_size, tied, config.norm_eps)
         self.itc = ContrastiveHead(config.dim, config.contrastive_dim)
-        self.patch = MaskedPatchHead(config.dim, config.patch_size, config.image_channels)
-        self.point = MaskedPointHead(config.dim, config.point_group_size)
+        self.mpm = MaskedPatchHead(config.dim, config.patch_size, config.image_channels)
+        self.mpp = MaskedPointHead(config.dim, config.point_group_size)
 
-    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every objective ``batch`` supports, by name."""
-        losses: dict[str, Tensor] = {}
-        masked = {k: v for k, v in batch.items() if k not in ("itc_text_ids",)}
-        encoded = self.itnet(masked)
+    def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
+        return self.losses(batch, gather)
+
+    def contrastive_embeddings(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Normalized ``(image, text)`` embeddings ``[B, contrastive_dim]`` of an image–text batch, each
+        modality through the backbone on its own (CLIP-style), text unmasked."""
+        text_ids = batch["text_ids"]
         if "mlm_labels" in batch:
-            hidden, _ = encoded.part("text")
-            losses["mlm"] = MLMHead.loss(self.mlm(hidden), batch["mlm_labels"])
-        if "image_mask" in batch:
-            hidden, _ = encoded.part("image")
-            losses["mpm"] = self.patch.loss(self.patch(hidden), batch["images"], batch["image_mask"])
-        if "point_mask" in batch:
-            hidden, _ = encoded.part("points")
-            losses["mpp"] = self.point.loss(self.point(hidden), encoded.point_groups, batch["point_mask"])
-        if "images" in batch and ("text_ids" in batch or "itc_text_ids" in batch):
-            image = self.itnet({"images": batch["images"]}).pooled("image")
-            text_only = {"text_ids": batch.get("itc_text_ids", batch.get("text_ids"))}
-            if "text_attention_mask" in batch:
-                text_only["text_attention_mask"] = batch["text_attention_mask"]
-            text = self.itnet(text_only)
-            losses["itc"] = self.itc.loss(*self.itc(image, text.pooled("text")))
+            text_ids = torch.where(batch["mlm_labels"] != IGNORE, batch["mlm_labels"], text_ids)
+        text_batch = {"text_ids": text_ids}
+        if "text_attention_mask" in batch:
+            text_batch["text_attention_mask"] = batch["text_attention_mask"]
+        image = self.itnet({"images": batch["images"]}).pooled("image")
+        text = self.itnet(text_batch).pooled("text")
+        return self.itc(image, text)
+
+    def losses(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
+        """The objectives of ``batch`` by name. ``gather`` (data parallelism) all-gathers the contrastive
+        embeddings across ranks, so every rank contrasts against the global batch; without it, the local one."""
+        modality = batch_modality(batch)
+        wanted = [name for name, key in (("mlm", "mlm_labels"), ("mpm", "image_mask"), ("mpp", "point_mask"))
+                  if key in batch]
+        if not wanted and modality != "image_text":
+            raise ValueError(f"this {modality} batch (keys {sorted(batch)}) asks for no pretraining objective: "
+                             "give mlm_labels, image_mask or point_mask, or an image–text batch (contrastive)")
+        losses: dict[str, Tensor] = {}
+        if wanted:
+            output = self.itnet(batch)
+            if "mlm" in wanted:
+                losses["mlm"] = MLMHead.loss(self.mlm(output.part("text")[0]), batch["mlm_labels"])
+            if "mpm" in wanted:
+                losses["mpm"] = self.mpm.loss(self.mpm(output.part("image")[0]), batch["images"], batch["image_mask"])
+            if "mpp" in wanted:
+                losses["mpp"] = self.mpp.loss(self.mpp(output.part("points")[0]), output.inputs.point_groups,
+                                              batch["point_mask"])
+        if modality == "image_text":
+            image, text = self.contrastive_embeddings(batch)
+            if gather is None:
+                losses["itc"] = self.itc.loss(image, text)
+            else:
+                (all_image, offset), (all_text, _) = gather(image), gather(text)
+                losses["itc"] = self.itc.loss(image, text, all_image, all_text, offset)
         return losses
 
 
 class ITNetForClassification(nn.Module):
-    """Pooled backbone → ``classes`` logits (ImageNet images, GLUE text/pairs, ModelNet40 points; 1 = regression)."""
+    """Pooled backbone → ``classes`` logits: ImageNet (images), GLUE (text; ``classes=1`` is STS-B's
+    regression), ModelNet40 (points). Targets: ``labels`` ``[B]``."""
 
     def __init__(self, config: ModelConfig, classes: int) -> None:
         super().__init__()
         self.itnet = ITNetModel(config)
         self.head = ClassificationHead(config.dim, classes, config.norm_eps)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.head(self.itnet(batch).pooled())
 
-    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         return ClassificationHead.loss(self(batch), batch["labels"])
 
 
 class ITNetForVQA(nn.Module):
-    """Image + question → answer logits ``[B, answers]``, soft-score BCE against ``answer_scores``."""
+    """Image + question → answer logits ``[B, answers]``; soft-score BCE against ``answer_scores`` ``[B, answers]``."""
 
     def __init__(self, config: ModelConfig, answers: int) -> None:
         super().__init__()
         self.itnet = ITNetModel(config)
         self.head = VQAHead(config.dim, answers, config.norm_eps)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.head(self.itnet(batch).pooled())
 
-    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         return VQAHead.loss(self(batch), batch["answer_scores"])
 
 
 class ITNetForNLVR2(ITNetForClassification):
-    """Image pair (``images``, ``images2``) + statement → true/false (2 logits)."""
+    """Image pair (``images``, ``images2``) + statement → 2 logits (false, true); targets ``labels`` ``[B]``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config, classes=2)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        modality = batch_modality(batch)
+        if modality != "image_pair_text":
+            raise ValueError(f"NLVR2 takes image_pair_text batches (images, images2, text_ids), got {modality!r}")
+        return super().forward(batch)

@@ -1,10 +1,30 @@
 """Modules of the ITNet model."""
 
-from itnet_scale.nn.backbone import ITNetBackbone
-from itnet_scale.nn.block import MLP, ITNetBlock
-from itnet_scale.nn.encoders import ImageEncoder, PointEncoder, TextEncoder, farthest_point_sampling
+from itnet_scale.nn.backbone import ITNetBackbone, expand_layer_settings
+from itnet_scale.nn.block import MLP, DropPath, ITNetBlock
+from itnet_scale.nn.encoders import (
+    EncodedTokens,
+    ImageEncoder,
+    MultimodalEncoder,
+    PointEncoder,
+    TextEncoder,
+    farthest_point_sampling,
+)
 from itnet_scale.nn.feature_map import FeatureMap
+from itnet_scale.nn.heads import (
+    ClassificationHead,
+    ContrastiveHead,
+    MaskedPatchHead,
+    MaskedPointHead,
+    MLMHead,
+    VQAHead,
+    chamfer_distance,
+    mask_tokens,
+    mean_pool,
+)
 from itnet_scale.nn.integral_transform import IntegralTransform, configure_integrators
 
-__all__ = ["MLP", "FeatureMap", "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "PointEncoder",
-           "TextEncoder", "configure_integrators", "farthest_point_sampling"]
+__all__ = ["MLP", "ClassificationHead", "ContrastiveHead", "DropPath", "EncodedTokens", "FeatureMap",
+           "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "MLMHead", "MaskedPatchHead",
+           "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "TextEncoder", "VQAHead", "chamfer_distance",
+           "configure_integrators", "expand_layer_settings", "farthest_point_sampling", "mask_tokens", "mean_pool"]

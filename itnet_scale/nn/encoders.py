@@ -1,139 +1,310 @@
-"""Modality encoders: tokens ``[B, N, dim]`` and their positions ``[B, N, 3]`` in one shared space.
+"""Modality encoders: token ids, images and point clouds → tokens ``[B, N, dim]`` at positions ``[B, N, 3]`` in
+one shared position space, with a padding mask ``[B, N]`` (True = padding) and a modality-type embedding added.
 
-Position convention (``POS_DIM = 3``, coordinates ``(sequence, row, column)``), chosen so that the kernel MLP
-sees meaningful offsets within a modality and modalities never collide:
+Position convention (:data:`POS_DIM` = 3, coordinates ``(sequence, row, column)``). The kernel MLP sees only
+offsets ``p_i − p_j``, so what matters is that offsets are meaningful within a modality and that modalities
+never share a position:
 
-- text token ``t`` (0-based) sits at ``(t + 1, 0, 0)``: a 1-D sequence on the first axis (the axis causal
-  supports and the low-rank scan follow), starting at 1;
-- image patch ``(r, c)`` (patch units) sits at ``(0, r, c)``; the ``k``-th image of an image pair at
-  ``(−k, r, c)`` — each image is a plane before the text;
-- a point-cloud group sits at its center, the cloud centered and scaled into the unit ball, times
-  :data:`POINT_POSITION_SCALE` (so neighbouring groups are a few units apart, like patches).
+- **text** token ``t`` (0-based) sits at ``(t + 1, 0, 0)``: a 1-D sequence on the first axis, the axis that
+  causal supports and the causal low-rank scan follow; it starts at 1, so text is never at an image position;
+- **image** patch ``(r, c)`` (row, column in patch units) of the first image sits at ``(0, r, c)``; the second
+  image of a pair at ``(−1, r, c)``: each image is a plane *before* the text (first coordinate ≤ 0 < any text
+  position), so the two images of a pair line up patch for patch, one unit apart;
+- **point cloud** tokens sit at their centers: the cloud is centered on its centroid and scaled into the unit
+  ball (so positions do not depend on the data set's units), then multiplied by ``position_scale`` (8 by
+  default, so neighbouring tokens are a few units apart, like patches and text tokens).
 
-Which modality a token came from is also told by a modality-type embedding (added by the model).
+Concatenated inputs (:class:`MultimodalEncoder`: image + text, image pair + text) keep each part's positions,
+so offsets inside one modality are those of the modality alone; the modality-type embeddings (one per
+encoder, two for the images of a pair) tell the backbone which part a token came from.
+
+Pooling for classification is the mean over the real tokens (:func:`itnet_scale.nn.heads.mean_pool`); there is
+no ``[CLS]`` token, so every modality and every combination pools the same way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 POS_DIM = 3
-POINT_POSITION_SCALE = 8.0
+#: Which input keys of a batch make which modality (see :class:`MultimodalEncoder`).
+MODALITIES: dict[frozenset[str], str] = {
+    frozenset({"text_ids"}): "text",
+    frozenset({"images"}): "image",
+    frozenset({"images", "text_ids"}): "image_text",
+    frozenset({"images", "images2", "text_ids"}): "image_pair_text",
+    frozenset({"points"}): "points",
+}
+INPUT_KEYS = ("images", "images2", "text_ids", "points")
+EMBEDDING_STD = 0.02  # BERT/ViT initialization of embeddings and learned tokens
+
+
+@dataclass
+class EncodedTokens:
+    """Encoder output: ``tokens`` ``[B, N, dim]``, ``pos`` ``[B, N, 3]``, ``padding_mask`` ``[B, N]`` (True =
+    padding), ``segments`` (part name → slice of N: ``text``, ``image``, ``image2``, ``points``) and, for point
+    clouds, ``point_groups`` ``[B, G, k, 3]``: each token's points relative to its center (unit-ball frame)."""
+
+    tokens: Tensor
+    pos: Tensor
+    padding_mask: Tensor
+    segments: dict[str, slice] = field(default_factory=dict)
+    point_groups: Tensor | None = None
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedTokens]) -> EncodedTokens:
+        """The parts one after the other along N (segments shifted to match)."""
+        batch = {part.tokens.shape[0] for part in parts}
+        if len(batch) != 1:
+            sizes = {name: part.tokens.shape[0] for part in parts for name in part.segments}
+            raise ValueError(f"inputs of one batch must have the same batch size, got {sizes}")
+        segments, start = {}, 0
+        for part in parts:
+            segments.update({name: slice(start + s.start, start + s.stop) for name, s in part.segments.items()})
+            start += part.tokens.shape[1]
+        groups = [part.point_groups for part in parts if part.point_groups is not None]
+        return cls(torch.cat([p.tokens for p in parts], 1), torch.cat([p.pos for p in parts], 1),
+                   torch.cat([p.padding_mask for p in parts], 1), segments, groups[0] if groups else None)
+
+
+def position_dtype(like: Tensor) -> torch.dtype:
+    """Positions are at least float32: integer positions above 256 are not exact in 16-bit floats."""
+    return torch.promote_types(like.dtype, torch.float32)
+
+
+def text_positions(length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[length, 3]``: token ``t`` at ``(t + 1, 0, 0)``."""
+    pos = torch.zeros(length, POS_DIM, device=device, dtype=dtype)
+    pos[:, 0] = torch.arange(1, length + 1, device=device, dtype=dtype)
+    return pos
+
+
+def grid_positions(rows: int, cols: int, image_index: int = 0, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[rows · cols, 3]`` (row-major): patch ``(r, c)`` of image ``image_index`` at ``(−image_index, r, c)``."""
+    r, c = torch.meshgrid(torch.arange(rows, device=device, dtype=dtype),
+                          torch.arange(cols, device=device, dtype=dtype), indexing="ij")
+    return torch.stack([torch.full_like(r, -float(image_index)), r, c], dim=-1).flatten(0, 1)
+
+
+def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+    """A bool mask of ``shape`` (ints 0/1 accepted), or None; anything else raises naming ``name``."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or mask.is_complex():
+            raise ValueError(f"{name} must be bool or integer 0/1, got {mask.dtype}")
+        mask = mask.bool()
+    return mask
 
 
 class TextEncoder(nn.Module):
-    """Token ids ``[B, L]`` (+ ``attention_mask`` ``[B, L]``, True = real) → tokens, positions, padding mask."""
+    """Sentencepiece ids ``[B, L]`` (+ ``attention_mask`` ``[B, L]``, True/1 = real token; without it, ``pad_id``
+    marks padding) → token embeddings + the text type embedding, at :func:`text_positions`."""
 
     def __init__(self, vocab_size: int, dim: int, pad_id: int = 0) -> None:
         super().__init__()
+        if not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id={pad_id} must be a token id below vocab_size={vocab_size}")
+        self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
-        nn.init.normal_(self.embedding.weight, std=0.02)  # BERT's init: the MLM decoder is tied to it
+        nn.init.normal_(self.embedding.weight, std=EMBEDDING_STD)  # the MLM decoder may be tied to it
         with torch.no_grad():
             self.embedding.weight[pad_id].zero_()
-        self.pad_id = pad_id
+        self.type_embedding = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
 
-    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> EncodedTokens:
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"text ids must be integer [batch, length], got {tuple(ids.shape)} {ids.dtype}")
-        if int(ids.max()) >= self.embedding.num_embeddings or int(ids.min()) < 0:
-            raise ValueError(f"text ids must lie in [0, {self.embedding.num_embeddings}), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-        B, L = ids.shape
-        padding = ids == self.pad_id if attention_mask is None else ~attention_mask.bool()
-        pos = torch.zeros(B, L, POS_DIM, dtype=self.embedding.weight.dtype, device=ids.device)
-        pos[..., 0] = torch.arange(1, L + 1, device=ids.device)
-        return self.embedding(ids), pos, padding
+            raise ValueError(f"text_ids must be integer [batch, length], got {list(ids.shape)} {ids.dtype}")
+        vocab = self.embedding.num_embeddings
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"text_ids must lie in [0, {vocab}), got values in [{int(ids.min())}, {int(ids.max())}]")
+        attention_mask = _check_mask("text_attention_mask", attention_mask, tuple(ids.shape))
+        padding = ids == self.pad_id if attention_mask is None else ~attention_mask
+        tokens = self.embedding(ids) + self.type_embedding
+        pos = text_positions(ids.shape[1], ids.device, position_dtype(tokens)).expand(ids.shape[0], -1, -1)
+        return EncodedTokens(tokens, pos, padding, {"text": slice(0, ids.shape[1])})
 
 
 class ImageEncoder(nn.Module):
-    """Images ``[B, C, H, W]`` → one token per ``patch × patch`` patch (a strided convolution), at ``(0, r, c)``.
+    """Images ``[B, C, H, W]`` → one token per ``patch × patch`` patch (a patchify stem: ``Conv2d`` with
+    kernel = stride = patch), row-major, at :func:`grid_positions`, plus the type embedding of image
+    ``index`` (0: ``image``, 1: ``image2``, the second image of a pair).
 
     ``mask`` ``[B, h·w]`` (True = hidden, for masked patch modeling) replaces those tokens by a learned mask
     token; their positions stay, so the model knows where to reconstruct.
     """
 
-    def __init__(self, channels: int, dim: int, patch: int) -> None:
+    def __init__(self, channels: int, dim: int, patch: int, max_images: int = 2) -> None:
         super().__init__()
         self.patch = patch
         self.stem = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
-        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.mask_token = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
+        self.type_embedding = nn.Parameter(torch.randn(max_images, dim) * EMBEDDING_STD)
 
-    def grid(self, images: Tensor) -> tuple[int, int]:
-        """Patches per column and row; images whose sides are not multiples of the patch are refused."""
+    def grid(self, images: Tensor, name: str = "images") -> tuple[int, int]:
+        """Patch rows and columns of ``images``; a wrong layout or sides that are not multiples of the patch
+        raise naming ``name``."""
         if images.dim() != 4 or images.shape[1] != self.stem.in_channels:
-            raise ValueError(f"images must be [batch, {self.stem.in_channels}, height, width], "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(f"{name} must be [batch, {self.stem.in_channels}, height, width], "
+                             f"got {list(images.shape)}")
         H, W = images.shape[-2:]
-        if H % self.patch or W % self.patch:
-            raise ValueError(f"image size {H}×{W} is not a multiple of patch_size={self.patch}")
+        if H % self.patch or W % self.patch or H == 0 or W == 0:
+            raise ValueError(f"{name}: image size {H}×{W} is not a positive multiple of patch_size={self.patch}")
         return H // self.patch, W // self.patch
 
-    def forward(self, images: Tensor, mask: Tensor | None = None, plane: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        h, w = self.grid(images)
+    def forward(self, images: Tensor, mask: Tensor | None = None, index: int = 0) -> EncodedTokens:
+        name = "images" if index == 0 else f"images{index + 1}"
+        if not 0 <= index < self.type_embedding.shape[0]:
+            raise ValueError(f"image index {index} is out of range: the encoder embeds "
+                             f"{self.type_embedding.shape[0]} images per sample")
+        h, w = self.grid(images, name)
+        B = images.shape[0]
+        mask = _check_mask(f"{name.replace('images', 'image')}_mask", mask, (B, h * w))
         tokens = self.stem(images).flatten(2).transpose(1, 2)  # [B, h·w, dim]
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
-        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        grid = torch.stack([torch.full((h * w,), -plane), rows.flatten(), cols.flatten()], dim=-1)
-        pos = grid.to(tokens).expand(images.shape[0], -1, -1)
-        padding = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return tokens, pos, padding
+        tokens = tokens + self.type_embedding[index]
+        pos = grid_positions(h, w, index, images.device, position_dtype(tokens)).expand(B, -1, -1)
+        padding = torch.zeros(B, h * w, dtype=torch.bool, device=images.device)
+        return EncodedTokens(tokens, pos, padding, {name.replace("images", "image"): slice(0, h * w)})
 
 
-def farthest_point_sampling(points: Tensor, count: int, padding: Tensor | None = None) -> Tensor:
-    """Indices ``[B, count]`` of ``count`` points of ``points`` ``[B, P, 3]``, each the farthest from those
-    chosen before; starts at each cloud's first real point (deterministic). Padding points are never chosen."""
+def farthest_point_sampling(points: Tensor, count: int, padding_mask: Tensor | None = None) -> Tensor:
+    """Indices ``[B, count]`` into ``points`` ``[B, P, D]``: each chosen point is the one farthest (squared
+    Euclidean) from those chosen before; deterministic, starting at each cloud's first real point. Points marked
+    in ``padding_mask`` ``[B, P]`` (True = padding) are never chosen. ``O(count · P)`` per cloud."""
+    if points.dim() != 3:
+        raise ValueError(f"farthest_point_sampling: points must be [batch, points, dims], got {list(points.shape)}")
     B, P, _ = points.shape
-    real = torch.ones(B, P, dtype=torch.bool, device=points.device) if padding is None else ~padding
-    if int(real.sum(1).min()) < count:
-        raise ValueError(f"farthest_point_sampling: a cloud has {int(real.sum(1).min())} real points, "
-                         f"fewer than the {count} to sample")
-    distance = torch.where(real, torch.inf, -torch.inf).to(points.dtype)
+    real = torch.ones(B, P, dtype=torch.bool, device=points.device) if padding_mask is None else ~padding_mask
+    fewest = int(real.sum(1).min()) if B else count
+    if count < 1 or fewest < count:
+        raise ValueError(f"farthest_point_sampling: cannot sample {count} points from a cloud with {fewest} "
+                         "real points (need 1 <= count <= real points)")
+    distance = torch.where(real, torch.inf, -torch.inf).to(points.dtype)  # to the chosen set; padding: never
     chosen = torch.empty(B, count, dtype=torch.long, device=points.device)
     current = real.int().argmax(1)  # the first real point
     batch = torch.arange(B, device=points.device)
     for i in range(count):
         chosen[:, i] = current
         step = (points - points[batch, current][:, None]).square().sum(-1)
-        distance = torch.minimum(distance, step)
+        distance = torch.where(real, torch.minimum(distance, step), distance)
         current = distance.argmax(1)
     return chosen
 
 
 class PointEncoder(nn.Module):
-    """Point clouds ``[B, P, 3]`` → ``groups`` tokens: farthest-point centers, each with its ``group_size``
-    nearest points encoded relative to the center by a per-point MLP and max-pooled (a mini-PointNet).
+    """Point clouds ``[B, P, 3]`` xyz (+ ``padding_mask`` ``[B, P]``) → tokens at their centers.
 
-    Returns tokens, positions (centers, see the module doc), padding (none) and the groups' local coordinates
-    ``[B, groups, group_size, 3]`` (the targets of masked point modeling). ``mask`` ``[B, groups]`` hides
-    groups behind a learned mask token.
+    The cloud is centered on its centroid and scaled into the unit ball. With ``tokens`` set, farthest-point
+    sampling picks that many centers; with ``tokens=None`` every real point is a center (padding stays
+    padding). Each center groups its ``group_size`` nearest points; a per-point MLP reads each point's offset
+    from its center and the center's offset from the centroid (6 numbers), and the group is max-pooled into
+    one token (a mini-PointNet; ``group_size=1`` is a plain per-point MLP on xyz relative to the centroid).
+
+    ``mask`` ``[B, tokens]`` (True = hidden, for masked point modeling) replaces those tokens by a learned mask
+    token. The output's ``point_groups`` ``[B, tokens, group_size, 3]`` are the groups' offsets from their
+    centers, the targets of masked point modeling.
     """
 
-    def __init__(self, dim: int, groups: int, group_size: int, hidden: int = 128) -> None:
+    def __init__(self, dim: int, tokens: int | None, group_size: int, hidden: int = 128,
+                 position_scale: float = 8.0) -> None:
         super().__init__()
-        self.groups, self.group_size = groups, group_size
-        self.mlp = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.mask_token = nn.Parameter(torch.zeros(dim))
+        if (tokens is not None and tokens < 1) or group_size < 1 or position_scale <= 0:
+            raise ValueError(f"point tokens and group_size must be >= 1 and position_scale > 0, got "
+                             f"{tokens}, {group_size}, {position_scale}")
+        self.tokens, self.group_size, self.position_scale = tokens, group_size, position_scale
+        self.mlp = nn.Sequential(nn.Linear(2 * POS_DIM, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mask_token = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
+        self.type_embedding = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
 
-    def forward(self, points: Tensor, padding: Tensor | None = None,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if points.dim() != 3 or points.shape[-1] != 3:
-            raise ValueError(f"points must be [batch, points, 3], got {tuple(points.shape)}")
-        real = torch.ones(points.shape[:2], dtype=torch.bool, device=points.device) if padding is None else ~padding
+    def forward(self, points: Tensor, padding_mask: Tensor | None = None,
+                mask: Tensor | None = None) -> EncodedTokens:
+        if points.dim() != 3 or points.shape[-1] != POS_DIM or not points.is_floating_point():
+            raise ValueError(f"points must be float [batch, points, 3], got {list(points.shape)} {points.dtype}")
+        B, P, _ = points.shape
+        padding_mask = _check_mask("point_padding_mask", padding_mask, (B, P))
+        real = torch.ones(B, P, dtype=torch.bool, device=points.device) if padding_mask is None else ~padding_mask
+        points = torch.where(real[..., None], points, 0.0)  # whatever padding holds never reaches the math
+        if not torch.isfinite(points).all():
+            raise ValueError("points contain NaN or infinite coordinates (outside the padding)")
+        fewest = int(real.sum(1).min())
+        if fewest < max(self.group_size, self.tokens or 1):
+            raise ValueError(f"a point cloud has {fewest} real points, fewer than point_group_size="
+                             f"{self.group_size} or point_tokens={self.tokens}")
         weight = real[..., None].to(points.dtype)
-        center = (points * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True)
-        radius = ((points - center).norm(dim=-1) * real).amax(1).clamp_min(1e-6)[:, None, None]
-        unit = (points - center) / radius  # each cloud in the unit ball
-        batch = torch.arange(points.shape[0], device=points.device)[:, None]
-        centers = unit[batch, farthest_point_sampling(unit, self.groups, padding)]  # [B, G, 3]
+        centroid = (points * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True)
+        radius = ((points - centroid).norm(dim=-1) * real).amax(1).clamp_min(1e-6)[:, None, None]
+        unit = torch.where(real[..., None], (points - centroid) / radius, 0.0)  # [B, P, 3] in the unit ball
+        batch = torch.arange(B, device=points.device)[:, None]
+        if self.tokens is None:
+            centers, center_padding = unit, ~real
+        else:
+            centers = unit[batch, farthest_point_sampling(unit, self.tokens, padding_mask)]  # [B, G, 3]
+            center_padding = torch.zeros(centers.shape[:2], dtype=torch.bool, device=points.device)
         distance = torch.cdist(centers, unit).masked_fill(~real[:, None, :], torch.inf)
-        if self.group_size > int(real.sum(1).min()):
-            raise ValueError(f"point_group_size={self.group_size} exceeds a cloud's {int(real.sum(1).min())} points")
         nearest = distance.topk(self.group_size, dim=-1, largest=False).indices  # [B, G, k]
         local = unit[batch[..., None], nearest] - centers[:, :, None]  # [B, G, k, 3]
-        tokens = self.mlp(local).amax(2)
+        features = torch.cat([local, centers[:, :, None].expand_as(local)], dim=-1)
+        tokens = self.mlp(features).amax(2)
+        mask = _check_mask("point_mask", mask, tuple(tokens.shape[:2]))
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
-        pos = centers * POINT_POSITION_SCALE
-        return tokens, pos, torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device), local
+        tokens = tokens + self.type_embedding
+        pos = (centers * self.position_scale).to(position_dtype(tokens))
+        return EncodedTokens(tokens, pos, center_padding, {"points": slice(0, tokens.shape[1])}, local)
+
+
+def batch_modality(batch: Mapping[str, object]) -> str:
+    """The modality of a batch, from which input keys it holds (:data:`MODALITIES`); other keys (labels,
+    masks) are not inputs. A batch whose inputs make no modality raises naming them."""
+    present = frozenset(key for key in INPUT_KEYS if key in batch)
+    if present not in MODALITIES:
+        known = "; ".join(f"{name}: {sorted(keys)}" for keys, name in MODALITIES.items())
+        raise ValueError(f"batch inputs {sorted(present)} (keys {sorted(batch)}) make no modality; "
+                         f"expected one of {known}")
+    return MODALITIES[present]
+
+
+class MultimodalEncoder(nn.Module):
+    """The text, image and point-cloud encoders, and their image + text and image pair + text combinations.
+
+    ``forward(batch)`` encodes a batch dict by the modality its keys make (:func:`batch_modality`):
+
+    ================== ===================================================================================
+    ``text``           ``text_ids`` ``[B, L]`` (+ ``text_attention_mask`` ``[B, L]``, True/1 = real token)
+    ``image``          ``images`` ``[B, C, H, W]`` (+ ``image_mask`` ``[B, h·w]``, masked patch modeling)
+    ``image_text``     ``images`` + ``text_ids``: image tokens, then text tokens
+    ``image_pair_text`` ``images`` + ``images2`` (+ ``image2_mask``) + ``text_ids``: image, image 2, text
+    ``points``         ``points`` ``[B, P, 3]`` (+ ``point_padding_mask`` ``[B, P]``, ``point_mask``
+                       ``[B, tokens]``, masked point modeling)
+    ================== ===================================================================================
+    """
+
+    def __init__(self, dim: int, *, vocab_size: int, pad_id: int = 0, image_channels: int = 3, patch_size: int = 16,
+                 point_tokens: int | None = 64, point_group_size: int = 16, point_hidden: int = 128,
+                 point_position_scale: float = 8.0) -> None:
+        super().__init__()
+        self.text = TextEncoder(vocab_size, dim, pad_id)
+        self.image = ImageEncoder(image_channels, dim, patch_size)
+        self.points = PointEncoder(dim, point_tokens, point_group_size, point_hidden, point_position_scale)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> EncodedTokens:
+        modality = batch_modality(batch)
+        if modality == "points":
+            return self.points(batch["points"], batch.get("point_padding_mask"), batch.get("point_mask"))
+        parts = []
+        if "images" in batch:
+            parts.append(self.image(batch["images"], batch.get("image_mask"), index=0))
+        if "images2" in batch:
+            parts.append(self.image(batch["images2"], batch.get("image2_mask"), index=1))
+        if "text_ids" in batch:
+            parts.append(self.text(batch["text_ids"], batch.get("text_attention_mask")))
+        return parts[0] if len(parts) == 1 else EncodedTokens.concat(parts)

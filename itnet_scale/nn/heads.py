@@ -1,5 +1,12 @@
-"""Heads and the losses they train with: MLM, image–text contrastive, masked patch and point modeling,
-classification, VQA (soft-score multi-label) and NLVR2 (pair → binary)."""
+"""Heads and the losses they train with (DESIGN §2).
+
+Pretraining: masked language modeling (:class:`MLMHead`, with :func:`mask_tokens`), image–text contrastive
+(:class:`ContrastiveHead`), masked patch modeling (:class:`MaskedPatchHead`) and masked point modeling
+(:class:`MaskedPointHead`). Fine-tuning: classification (:class:`ClassificationHead`: ImageNet, GLUE,
+ModelNet40, NLVR2 as two classes) and VQA (:class:`VQAHead`, soft-score multi-label). Every loss is a mean
+over what it is defined on (masked tokens, masked patches, masked groups, samples) and is 0 — still part of the
+graph — when a batch has none of them, so a batch without a masked token never yields NaN.
+"""
 
 from __future__ import annotations
 
@@ -10,45 +17,69 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE = -100
+IGNORE = -100  # label of positions without a target (PyTorch's ignore_index)
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of the contrastive temperature's inverse
 
 
-def masked_mean(hidden: Tensor, padding: Tensor | None) -> Tensor:
-    """Mean over the real tokens: ``[B, N, dim]``, padding ``[B, N]`` (True = ignore) → ``[B, dim]``."""
-    if padding is None:
+def mean_pool(hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    """Mean over the real tokens: ``[B, N, dim]`` with ``padding_mask`` ``[B, N]`` (True = padding) →
+    ``[B, dim]``; how every task pools (the encoders add no ``[CLS]`` token)."""
+    if padding_mask is None:
         return hidden.mean(1)
-    keep = (~padding)[..., None].to(hidden.dtype)
+    keep = (~padding_mask)[..., None].to(hidden.dtype)
     return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` holds (same shape); 0 (with gradient) where it never holds."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def mask_tokens(ids: Tensor, *, mask_id: int, vocab_size: int, special_ids: Sequence[int], prob: float = 0.15,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """BERT masking: pick ``prob`` of the ordinary tokens; of those 80% become ``mask_id``, 10% a random
-    ordinary token, 10% stay. Specials (padding included) are never picked. Returns ``(inputs, labels)``,
-    labels ``IGNORE`` (−100) where nothing was picked."""
-    special = torch.zeros_like(ids, dtype=torch.bool)
-    for token in special_ids:
-        special |= ids == token
-    draw = torch.rand(ids.shape, generator=generator, device=ids.device)
-    picked = (draw < prob) & ~special
-    labels = torch.where(picked, ids, torch.full_like(ids, IGNORE))
+    """BERT's masking of token ids ``[B, L]`` for MLM: pick each ordinary token with probability ``prob``; of
+    the picked, 80% become ``mask_id``, 10% a random ordinary token, 10% stay. Tokens in ``special_ids``
+    (which must hold the padding id) are never picked, nor drawn as random replacements.
+
+    Returns ``(inputs, labels)``: the masked ids and the original ids at the picked positions, ``IGNORE``
+    (−100) elsewhere. ``generator`` makes the draw reproducible.
+    """
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"mask_tokens: ids must be an integer tensor, got {ids.dtype}")
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"mask_tokens: prob must be in (0, 1), got {prob}")
+    special = torch.zeros(vocab_size, dtype=torch.bool, device=ids.device)
+    special_ids = [int(token) for token in special_ids]
+    if any(not 0 <= token < vocab_size for token in [*special_ids, mask_id]):
+        raise ValueError(f"mask_tokens: special_ids {special_ids} and mask_id={mask_id} must be ids below "
+                         f"vocab_size={vocab_size}")
+    special[special_ids] = True
+    ordinary = (~special).nonzero()[:, 0]
+    if len(ordinary) == 0:
+        raise ValueError("mask_tokens: every id is special: nothing to mask or draw")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"mask_tokens: ids must lie in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+    picked = (torch.rand(ids.shape, generator=generator, device=ids.device) < prob) & ~special[ids]
+    labels = torch.where(picked, ids, IGNORE)
     action = torch.rand(ids.shape, generator=generator, device=ids.device)
-    ordinary = [t for t in range(vocab_size) if t not in set(special_ids)]
-    choices = torch.tensor(ordinary, device=ids.device)
-    random_tokens = choices[torch.randint(len(ordinary), ids.shape, generator=generator, device=ids.device)]
-    inputs = torch.where(picked & (action < 0.8), torch.full_like(ids, mask_id), ids)
-    inputs = torch.where(picked & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
+    random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator, device=ids.device)]
+    inputs = torch.where(picked & (action < 0.8), mask_id, ids)
+    inputs = torch.where(picked & (action >= 0.8) & (action < 0.9), random_ids, inputs)
     return inputs, labels
 
 
 class MLMHead(nn.Module):
-    """Hidden states ``[B, N, dim]`` → vocabulary logits; the decoder is tied to ``embedding`` when given."""
+    """Hidden states ``[..., dim]`` → vocabulary logits ``[..., vocab]`` (dense → GELU → LayerNorm → decoder,
+    as BERT); the decoder weight is the text embedding's when ``embedding`` is given (tied)."""
 
     def __init__(self, dim: int, vocab_size: int, embedding: nn.Embedding | None = None, eps: float = 1e-6) -> None:
         super().__init__()
         self.transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=eps))
         self.decoder = nn.Linear(dim, vocab_size)
         if embedding is not None:
+            if tuple(embedding.weight.shape) != (vocab_size, dim):
+                raise ValueError(f"tied embedding must be [{vocab_size}, {dim}], got {list(embedding.weight.shape)}")
             self.decoder.weight = embedding.weight
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -56,13 +87,19 @@ class MLMHead(nn.Module):
 
     @staticmethod
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
-        """Cross-entropy over the picked positions only (labels ``IGNORE`` elsewhere)."""
-        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE)
+        """Cross-entropy ``logits`` ``[B, L, vocab]`` vs ``labels`` ``[B, L]``, averaged over the picked
+        positions only (labels ``IGNORE`` elsewhere)."""
+        if tuple(labels.shape) != tuple(logits.shape[:-1]):
+            raise ValueError(f"mlm_labels must have shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
+        labels = labels.flatten()
+        per_token = F.cross_entropy(logits.flatten(0, -2), labels, ignore_index=IGNORE, reduction="none")
+        return _masked_mean(per_token, labels != IGNORE)
 
 
 class ContrastiveHead(nn.Module):
-    """Image–text contrastive (CLIP-style InfoNCE): pooled embeddings → normalized projections, a learnable
-    temperature (``logit_scale`` starts at ``log(1/0.07)``, its exponential clamped at 100)."""
+    """Image–text contrastive (CLIP): pooled image and text embeddings ``[B, dim]`` → L2-normalized projections
+    ``[B, embed_dim]``; a learnable temperature (``logit_scale`` starts at ``log(1/0.07)``; the scale
+    ``exp(logit_scale)`` is clamped at 100, as CLIP's)."""
 
     def __init__(self, dim: int, embed_dim: int) -> None:
         super().__init__()
@@ -73,28 +110,40 @@ class ContrastiveHead(nn.Module):
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         return F.normalize(self.image_proj(image), dim=-1), F.normalize(self.text_proj(text), dim=-1)
 
-    def loss(self, image: Tensor, text: Tensor, all_image: Tensor | None = None,
-             all_text: Tensor | None = None, offset: int = 0) -> Tensor:
-        """Symmetric cross-entropy of this rank's ``[B, e]`` embeddings against the candidates: the local batch,
-        or the features gathered from every rank (``all_image``/``all_text``, where this rank's rows start at
-        ``offset``) — the hook the distributed trainer uses."""
-        all_image = image if all_image is None else all_image
-        all_text = text if all_text is None else all_text
-        scale = self.logit_scale.exp().clamp(max=100.0)
+    def loss(self, image: Tensor, text: Tensor, gathered_image: Tensor | None = None,
+             gathered_text: Tensor | None = None, offset: int = 0) -> Tensor:
+        """Symmetric InfoNCE of the matched pairs ``image[i] ↔ text[i]`` (normalized ``[B, e]``): the mean of
+        image→text and text→image cross-entropies over the candidates.
+
+        Candidates are the local batch, or — the hook for data parallelism — ``gathered_image`` /
+        ``gathered_text`` ``[W·B, e]``, every rank's embeddings (all-gathered with gradient by the trainer), in
+        which this rank's rows start at ``offset``.
+        """
+        if image.shape != text.shape:
+            raise ValueError(f"image and text embeddings must have the same shape, got {list(image.shape)} and "
+                             f"{list(text.shape)}")
+        gathered_image = image if gathered_image is None else gathered_image
+        gathered_text = text if gathered_text is None else gathered_text
+        if not 0 <= offset <= gathered_text.shape[0] - image.shape[0] or gathered_image.shape != gathered_text.shape:
+            raise ValueError(f"gathered features {list(gathered_image.shape)}/{list(gathered_text.shape)} must be "
+                             f"alike and hold this rank's {image.shape[0]} rows at offset {offset}")
+        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         targets = torch.arange(image.shape[0], device=image.device) + offset
-        return 0.5 * (F.cross_entropy(scale * image @ all_text.T, targets)
-                      + F.cross_entropy(scale * text @ all_image.T, targets))
+        return 0.5 * (F.cross_entropy(scale * image @ gathered_text.T, targets)
+                      + F.cross_entropy(scale * text @ gathered_image.T, targets))
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:
-    """``[B, C, H, W]`` → ``[B, h·w, patch·patch·C]`` (row-major patches, channels last)."""
+    """``[B, C, H, W]`` → ``[B, h·w, patch·patch·C]``: row-major patches (the order of the image tokens),
+    pixels row-major inside a patch, channels last."""
     B, C, H, W = images.shape
     x = images.reshape(B, C, H // patch, patch, W // patch, patch)
     return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
 
 
 class MaskedPatchHead(nn.Module):
-    """Masked patch modeling (MAE-style): predict each masked patch's pixels, normalized per patch."""
+    """Masked patch modeling (MAE-style): a hidden state ``[B, h·w, dim]`` → the pixels of its patch
+    ``[B, h·w, patch²·C]``; trained against each patch's pixels normalized to zero mean and unit variance."""
 
     def __init__(self, dim: int, patch: int, channels: int) -> None:
         super().__init__()
@@ -105,23 +154,26 @@ class MaskedPatchHead(nn.Module):
         return self.decoder(hidden)
 
     def loss(self, prediction: Tensor, images: Tensor, mask: Tensor) -> Tensor:
-        """MSE on the masked patches (``mask`` ``[B, h·w]``) against per-patch normalized pixels."""
+        """MSE over the masked patches only (``mask`` ``[B, h·w]``, True = masked)."""
         target = patchify(images, self.patch)
+        if prediction.shape != target.shape or tuple(mask.shape) != tuple(target.shape[:2]):
+            raise ValueError(f"prediction {list(prediction.shape)} and image_mask {list(mask.shape)} do not match "
+                             f"the images' patches {list(target.shape)}")
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-        per_patch = (prediction - target).square().mean(-1)
-        return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+        return _masked_mean((prediction - target).square().mean(-1), mask)
 
 
 def chamfer_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Symmetric Chamfer distance between point sets ``[..., n, 3]`` and ``[..., m, 3]`` (squared L2, mean of
-    both directions), ``[...]``."""
-    d = torch.cdist(a, b).square()
-    return d.amin(-1).mean(-1) + d.amin(-2).mean(-1)
+    """Symmetric Chamfer distance between point sets ``a`` ``[..., n, D]`` and ``b`` ``[..., m, D]``: the mean
+    squared distance from each point to the nearest of the other set, summed over both directions → ``[...]``."""
+    squared = (a[..., :, None, :] - b[..., None, :, :]).square().sum(-1)  # exact (cdist's matmul path rounds)
+    return squared.amin(-1).mean(-1) + squared.amin(-2).mean(-1)
 
 
 class MaskedPointHead(nn.Module):
-    """Masked point modeling (Point-MAE-style): from a masked group's hidden state, predict its ``group_size``
-    points relative to the group center; trained with the Chamfer distance (order-free)."""
+    """Masked point modeling (Point-MAE-style): a point token's hidden state ``[B, G, dim]`` → its group's
+    ``group_size`` points relative to the token's center ``[B, G, group_size, 3]``. Trained with the Chamfer
+    distance, which does not depend on the order of the points in a group (there is none)."""
 
     def __init__(self, dim: int, group_size: int) -> None:
         super().__init__()
@@ -132,16 +184,21 @@ class MaskedPointHead(nn.Module):
         return self.decoder(hidden).unflatten(-1, (self.group_size, 3))
 
     def loss(self, prediction: Tensor, groups: Tensor, mask: Tensor) -> Tensor:
-        """Mean Chamfer distance over the masked groups (``mask`` ``[B, G]``)."""
-        return chamfer_distance(prediction[mask], groups[mask]).mean()
+        """Mean Chamfer distance between predicted and true groups over the masked tokens (``mask`` ``[B, G]``)."""
+        if prediction.shape != groups.shape or tuple(mask.shape) != tuple(groups.shape[:2]):
+            raise ValueError(f"prediction {list(prediction.shape)} and point_mask {list(mask.shape)} do not match "
+                             f"the point groups {list(groups.shape)}")
+        return _masked_mean(chamfer_distance(prediction, groups), mask)
 
 
 class ClassificationHead(nn.Module):
-    """Pooled ``[B, dim]`` → ``[B, classes]`` logits (ImageNet, GLUE, ModelNet40; NLVR2 with 2 classes);
-    cross-entropy, or MSE for a single regression output (GLUE STS-B)."""
+    """Pooled ``[B, dim]`` → LayerNorm → ``[B, classes]`` logits (ImageNet, GLUE, ModelNet40, NLVR2).
+    Cross-entropy against class indices, or MSE for a single regression output (``classes=1``, GLUE STS-B)."""
 
     def __init__(self, dim: int, classes: int, eps: float = 1e-6) -> None:
         super().__init__()
+        if classes < 1:
+            raise ValueError(f"classes must be >= 1, got {classes}")
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc = nn.Linear(dim, classes)
 
@@ -150,16 +207,23 @@ class ClassificationHead(nn.Module):
 
     @staticmethod
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(f"labels must have shape [{logits.shape[0]}], got {list(labels.shape)}")
         if logits.shape[-1] == 1:
             return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]:
+            raise ValueError(f"labels must be class indices in [0, {logits.shape[-1]}), got {labels.tolist()}")
         return F.cross_entropy(logits, labels)
 
 
 class VQAHead(nn.Module):
-    """Pooled ``[B, dim]`` → answer-vocabulary logits ``[B, answers]``, trained as soft-score multi-label."""
+    """Pooled image + question ``[B, dim]`` → answer-vocabulary logits ``[B, answers]`` (a 2-layer MLP, as
+    ViLT's), trained as soft-score multi-label classification."""
 
     def __init__(self, dim: int, answers: int, eps: float = 1e-6) -> None:
         super().__init__()
+        if answers < 1:
+            raise ValueError(f"answers must be >= 1, got {answers}")
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.LayerNorm(2 * dim, eps=eps),
                                  nn.Linear(2 * dim, answers))
 
@@ -168,8 +232,10 @@ class VQAHead(nn.Module):
 
     @staticmethod
     def loss(logits: Tensor, scores: Tensor) -> Tensor:
-        """The VQA v2 standard: binary cross-entropy against soft scores in [0, 1] (``min(1, #humans/3)``),
-        summed over answers and averaged over questions."""
-        if scores.min() < 0 or scores.max() > 1:
-            raise ValueError("VQA answer scores must lie in [0, 1]")
-        return F.binary_cross_entropy_with_logits(logits, scores, reduction="sum") / logits.shape[0]
+        """The VQA v2 standard objective: binary cross-entropy of every answer against its soft score in [0, 1]
+        (``min(1, #humans who gave it / 3)``), summed over answers and averaged over questions."""
+        if scores.shape != logits.shape:
+            raise ValueError(f"answer_scores must have shape {list(logits.shape)}, got {list(scores.shape)}")
+        if scores.numel() and (scores.min() < 0 or scores.max() > 1):
+            raise ValueError("answer_scores must lie in [0, 1]")
+        return F.binary_cross_entropy_with_logits(logits, scores.to(logits.dtype), reduction="sum") / logits.shape[0]

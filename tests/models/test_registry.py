@@ -1,40 +1,120 @@
-"""The registry: every config builds, with parameter counts in the expected range; bad names/keys are named."""
+"""The registry: every config in configs/model builds (tiny for real, the others on the meta device) with a
+parameter count in its expected range; unknown names, keys, types and bad values are named."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 
-from itnet_scale.models import create_model, list_models, model_config
+from itnet_scale.models import (
+    ITNetForClassification,
+    LayerConfig,
+    ModelConfig,
+    create_model,
+    list_models,
+    load_model_config,
+)
+from itnet_scale.models.registry import CONFIG_DIR
+from itnet_scale.nn import IntegralTransform
+
+EXPECTED_BACKBONE = {"tiny": (1e6, 4e6), "small": (10e6, 20e6), "base": (85e6, 110e6), "large": (280e6, 360e6)}
+EXPECTED_TOTAL = {"tiny": (2e6, 5e6), "small": (20e6, 40e6), "base": (100e6, 140e6), "large": (300e6, 420e6)}
 
 
-def test_every_size_builds_with_a_plausible_size():
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_the_registered_names_are_the_config_files():
     assert list_models() == ["base", "large", "small", "tiny"]
-    expected = {"tiny": (1e6, 8e6), "small": (15e6, 60e6), "base": (80e6, 160e6), "large": (250e6, 500e6)}
-    for name in list_models():
-        with torch.device("meta"):
-            model = create_model(name)
-        count = sum(p.numel() for p in model.parameters())
-        low, high = expected[name]
-        assert low <= count <= high, (name, count)
-    tiny = create_model("tiny")
-    assert [b.mixer.spec.support for b in tiny.itnet.backbone.blocks] == ["window", "window", "all", "all"]
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == list_models()
 
 
-def test_overrides_paths_and_errors(tmp_path):
-    assert model_config("tiny", ["depth=2"]).depth == 2
+@pytest.mark.parametrize("name", ["small", "base", "large"])
+def test_cluster_sizes_build_on_the_meta_device(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    assert all(p.is_meta for p in model.parameters())
+    low, high = EXPECTED_BACKBONE[name]
+    assert low <= count(model.itnet.backbone) <= high
+    low, high = EXPECTED_TOTAL[name]
+    assert low <= count(model) <= high
+    config = model.itnet.config
+    assert (config.dim, config.depth, config.heads) == {"small": (384, 8, 6), "base": (768, 12, 12),
+                                                        "large": (1024, 24, 16)}[name]
+    supports = [block.mixer.spec.support for block in model.itnet.backbone.blocks]
+    assert supports[0] == "window" and supports[-1] == "all"
+
+
+def test_large_integrates_its_top_layers_in_low_rank():
+    with torch.device("meta"):
+        model = create_model("large", task="backbone")
+    assert [block.mixer.integrator for block in model.backbone.blocks] == ["exact"] * 16 + ["lowrank"] * 8
+
+
+def test_tiny_builds_for_real_and_runs(monkeypatch):
+    monkeypatch.setenv("ITNET_COMPILE", "0")  # tiny inputs: eager tiles (compiling costs seconds)
+    model = create_model("tiny")
+    low, high = EXPECTED_TOTAL["tiny"]
+    assert low <= count(model) <= high
+    assert [b.mixer.spec.support for b in model.itnet.backbone.blocks] == ["window", "window", "all", "all"]
+    assert [b.mixer.kernel_width for b in model.itnet.backbone.blocks] == [8] * 4
+    with torch.no_grad():
+        output = model.itnet({"images": torch.rand(2, 1, 32, 32), "text_ids": torch.randint(7, 3000, (2, 12))})
+    assert output.hidden.shape == (2, 64 + 12, 192) and torch.isfinite(output.hidden).all()
+
+
+def test_layer_config_mirrors_the_integral_transform_defaults():
+    signature = inspect.signature(IntegralTransform).parameters
+    for name, default in vars(LayerConfig()).items():
+        assert name in signature, name
+        assert signature[name].default == default, name
+
+
+def test_overrides_and_paths(tmp_path):
+    assert load_model_config("tiny", depth=2).depth == 2
+    config = load_model_config("tiny", layer={"kernel_width": 2}, layers={"2-3": {"integrator": "lowrank"}})
+    assert config.layer.kernel_width == 2 and config.layer.support == "all"
+    assert set(config.layers) == {"0-1", "2-3"}  # merged onto the file's overrides
     path = tmp_path / "mine.yaml"
-    path.write_text("dim: 64\ndepth: 2\nheads: 4\n")
-    assert model_config(path).dim == 64
+    path.write_text("dim: 64\ndepth: 2\nheads: 4\nlayers:\n  1:\n    support_size: 3\n    support: radius\n")
+    mine = load_model_config(path)
+    assert (mine.dim, mine.depth) == (64, 2)
+    assert mine.layer_overrides() == {"1": {"support_size": 3.0, "support": "radius"}}  # an unquoted index works
+    model = create_model(path, task="classification", classes=3, vocab_size=100)
+    assert isinstance(model, ITNetForClassification) and model.head.fc.out_features == 3
+    assert model.itnet.encoder.text.embedding.num_embeddings == 100
+    assert create_model(mine, dim=32, task="backbone").config.dim == 32  # a ModelConfig takes overrides too
+
+
+def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"unknown model 'huge'; known: \['base', 'large', 'small', 'tiny'\]"):
         create_model("huge")
-    with pytest.raises(ValueError, match=r"bad model config key 'widht'"):
-        model_config("tiny", ["widht=3"])
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml: no such model config"):
+        create_model(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match=r"tiny\.yaml with overrides \['widht'\]: bad model config key 'widht'"):
+        load_model_config("tiny", widht=3)
     with pytest.raises(ValueError, match=r"bad model config key 'depth'"):
-        model_config("tiny", ["depth=four"])
+        load_model_config("tiny", depth="four")
     with pytest.raises(ValueError, match=r"dim=190 must be divisible by heads=4"):
-        model_config("tiny", ["dim=190"])
-    with pytest.raises(ValueError, match=r"layers\[3\]: bad layers\[3\] config key 'kernel_widht'"):
-        model_config("tiny", ["layers.3.kernel_widht=2"])
+        load_model_config("tiny", dim=190)
+    with pytest.raises(ValueError, match=r"layers\['3'\]: bad layer config key 'kernel_widht'"):
+        load_model_config("tiny", layers={"3": {"kernel_widht": 2}})
+    with pytest.raises(ValueError, match=r"layers\['1'\]: bad layer config key 'kernel_width'"):
+        load_model_config("tiny", layers={"1": {"kernel_width": "wide"}})
+    with pytest.raises(ValueError, match=r"layers: key '2-9' names layers outside 0\.\.3"):
+        load_model_config("tiny", layers={"2-9": {"kernel_width": 2}})
+    with pytest.raises(ValueError, match=r"layer: bad layer config key 'suport'"):
+        ModelConfig(layer={"suport": "window"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dim: 64\nheads: [4]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: bad model config key 'heads'"):
+        load_model_config(bad)
     with pytest.raises(ValueError, match=r"unknown task 'segmentation'"):
         create_model("tiny", task="segmentation")
+    with pytest.raises(ValueError, match=r"task 'classification' needs classes=<count>"):
+        create_model("tiny", task="classification")
+    with pytest.raises(ValueError, match=r"task 'pretraining' takes no answers \(given 5\)"):
+        create_model("tiny", answers=5)

@@ -1,4 +1,5 @@
-"""Encoders: the shared position convention, farthest-point sampling vs brute force, bad inputs named."""
+"""Encoders: the shared position convention (exact values), farthest-point sampling vs a brute-force numpy
+version, point groups, image+text and image-pair+text concatenation, bad inputs named."""
 
 from __future__ import annotations
 
@@ -7,47 +8,82 @@ import pytest
 import torch
 
 from itnet_scale.nn.encoders import (
-    POINT_POSITION_SCALE,
+    EncodedTokens,
     ImageEncoder,
+    MultimodalEncoder,
     PointEncoder,
     TextEncoder,
+    batch_modality,
     farthest_point_sampling,
+    grid_positions,
+    text_positions,
 )
 
 
-def test_text_positions_and_padding():
+def test_text_tokens_positions_padding_and_type_embedding():
     encoder = TextEncoder(50, 8, pad_id=0)
     ids = torch.tensor([[5, 6, 7, 0], [9, 0, 0, 0]])
-    tokens, pos, padding = encoder(ids)
-    assert tokens.shape == (2, 4, 8)
-    assert pos[0].tolist() == [[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]]
-    assert padding.tolist() == [[False, False, False, True], [False, True, True, True]]
-    _, _, given = encoder(ids, attention_mask=torch.ones(2, 4, dtype=torch.bool))
-    assert not given.any()
-    with pytest.raises(ValueError, match=r"text ids must lie in \[0, 50\)"):
+    out = encoder(ids)
+    assert out.tokens.shape == (2, 4, 8) and out.segments == {"text": slice(0, 4)}
+    assert out.pos[1].tolist() == [[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]]
+    assert out.padding_mask.tolist() == [[False, False, False, True], [False, True, True, True]]
+    torch.testing.assert_close(out.tokens[0, 1], encoder.embedding.weight[6] + encoder.type_embedding)
+    given = encoder(ids, attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    assert given.padding_mask.tolist() == [[False] * 4, [False, False, True, True]]
+    assert encoder.half()(ids).pos.dtype == torch.float32  # 16-bit positions would round above 256
+
+
+def test_text_errors_name_the_input():
+    encoder = TextEncoder(50, 8)
+    with pytest.raises(ValueError, match=r"text_ids must lie in \[0, 50\), got values in \[3, 50\]"):
         encoder(torch.tensor([[3, 50]]))
+    with pytest.raises(ValueError, match=r"text_ids must be integer \[batch, length\], got \[3\]"):
+        encoder(torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"text_attention_mask must have shape \[1, 2\], got \[1, 3\]"):
+        encoder(torch.tensor([[3, 4]]), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"text_attention_mask must be bool or integer 0/1, got torch.float32"):
+        encoder(torch.tensor([[3, 4]]), torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"pad_id=50 must be a token id below vocab_size=50"):
+        TextEncoder(50, 8, pad_id=50)
 
 
-def test_image_grid_positions_planes_and_mask():
+def test_image_patchify_grid_positions_and_mask():
     encoder = ImageEncoder(3, 8, patch=4)
     images = torch.randn(2, 3, 8, 12)
-    tokens, pos, padding = encoder(images)
-    assert tokens.shape == (2, 6, 8) and not padding.any()
-    assert pos[0].tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]]
-    assert (encoder(images, plane=1)[1][..., 0] == -1).all()
+    out = encoder(images)
+    assert out.tokens.shape == (2, 6, 8) and not out.padding_mask.any() and out.segments == {"image": slice(0, 6)}
+    assert out.pos[1].tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]]
+    # token (r=1, c=2) is the stem applied to that 4×4 patch alone
+    patch = torch.nn.functional.conv2d(images[:, :, 4:8, 8:12], encoder.stem.weight, encoder.stem.bias)
+    torch.testing.assert_close(out.tokens[:, 5], patch[:, :, 0, 0] + encoder.type_embedding[0])
+    second = encoder(images, index=1)
+    assert second.segments == {"image2": slice(0, 6)} and (second.pos[..., 0] == -1).all()
+    torch.testing.assert_close(second.tokens - out.tokens, (encoder.type_embedding[1] - encoder.type_embedding[0])
+                               .expand(2, 6, 8))
     mask = torch.zeros(2, 6, dtype=torch.bool)
     mask[0, 2] = True
-    masked, _, _ = encoder(images, mask)
-    torch.testing.assert_close(masked[0, 2], encoder.mask_token)
-    torch.testing.assert_close(masked[1], tokens[1])
-    with pytest.raises(ValueError, match=r"image size 8×10 is not a multiple of patch_size=4"):
+    masked = encoder(images, mask).tokens
+    torch.testing.assert_close(masked[0, 2], encoder.mask_token + encoder.type_embedding[0])
+    torch.testing.assert_close(masked[1], out.tokens[1])
+
+
+def test_image_errors_name_the_input():
+    encoder = ImageEncoder(3, 8, patch=4)
+    with pytest.raises(ValueError, match=r"images: image size 8×10 is not a positive multiple of patch_size=4"):
         encoder(torch.randn(1, 3, 8, 10))
-    with pytest.raises(ValueError, match=r"images must be \[batch, 3, height, width\]"):
+    with pytest.raises(ValueError, match=r"images2: image size 6×8 is not a positive multiple of patch_size=4"):
+        encoder(torch.randn(1, 3, 6, 8), index=1)
+    with pytest.raises(ValueError, match=r"images must be \[batch, 3, height, width\], got \[1, 1, 8, 8\]"):
         encoder(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"image_mask must have shape \[1, 4\], got \[1, 5\]"):
+        encoder(torch.randn(1, 3, 8, 8), torch.zeros(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"image index 2 is out of range"):
+        encoder(torch.randn(1, 3, 8, 8), index=2)
 
 
-def brute_force_fps(points: np.ndarray, count: int) -> list[int]:
-    chosen = [0]
+def brute_force_fps(points: np.ndarray, count: int, start: int = 0) -> list[int]:
+    """Farthest-point sampling as written in the textbook: each step scans every point against every chosen."""
+    chosen = [start]
     for _ in range(count - 1):
         distance = np.min([((points - points[c]) ** 2).sum(-1) for c in chosen], axis=0)
         chosen.append(int(distance.argmax()))
@@ -56,27 +92,95 @@ def brute_force_fps(points: np.ndarray, count: int) -> list[int]:
 
 def test_farthest_point_sampling_matches_brute_force():
     generator = torch.Generator().manual_seed(3)
-    points = torch.randn(3, 200, 3, generator=generator, dtype=torch.float64)
+    points = torch.randn(4, 200, 3, generator=generator, dtype=torch.float64)
     chosen = farthest_point_sampling(points, 17)
-    for b in range(3):
+    for b in range(4):
         assert chosen[b].tolist() == brute_force_fps(points[b].numpy(), 17)
-    padding = torch.zeros(3, 200, dtype=torch.bool)
-    padding[:, :5] = True  # padding first: the start moves to the first real point and is never picked
+    padding = torch.zeros(4, 200, dtype=torch.bool)
+    padding[:, :5] = True  # padding first: the start moves to the first real point
+    padding[1, 150:] = True  # and a shorter cloud
+    points[1, 150:] = torch.nan  # whatever padding holds is never read
     with_padding = farthest_point_sampling(points, 17, padding)
-    assert (with_padding >= 5).all() and with_padding[:, 0].tolist() == [5, 5, 5]
-    with pytest.raises(ValueError, match=r"fewer than the 300 to sample"):
-        farthest_point_sampling(points, 300)
+    for b in range(4):
+        real = (~padding[b]).nonzero()[:, 0]
+        expected = brute_force_fps(points[b, real].numpy(), 17)
+        assert with_padding[b].tolist() == real[expected].tolist()
+    with pytest.raises(ValueError, match=r"cannot sample 300 points from a cloud with 200 real points"):
+        farthest_point_sampling(points[:1], 300)
 
 
-def test_point_groups_positions_and_locality():
-    encoder = PointEncoder(8, groups=6, group_size=5).double()
-    cloud = torch.randn(2, 64, 3, dtype=torch.float64) * 3 + 10
-    tokens, pos, padding, local = encoder(cloud)
-    assert tokens.shape == (2, 6, 8) and local.shape == (2, 6, 5, 3) and not padding.any()
-    assert (pos.norm(dim=-1) <= POINT_POSITION_SCALE + 1e-9).all()  # centered, unit ball, scaled
-    assert local[..., 0, :].abs().max() < 1e-12  # each group's nearest point is its center
-    assert (local.norm(dim=-1)[..., 1:] >= local.norm(dim=-1)[..., :-1] - 1e-12).all()
+def test_point_tokens_groups_and_positions():
+    encoder = PointEncoder(8, tokens=6, group_size=5, hidden=16).double()
+    cloud = torch.randn(2, 64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3 + 10
+    out = encoder(cloud)
+    assert out.tokens.shape == (2, 6, 8) and out.point_groups.shape == (2, 6, 5, 3) and not out.padding_mask.any()
+    # positions: the FPS centers of the centered, unit-ball cloud, times position_scale
+    centered = cloud - cloud.mean(1, keepdim=True)
+    unit = centered / centered.norm(dim=-1).amax(1)[:, None, None]
+    for b in range(2):
+        expected = unit[b, brute_force_fps(unit[b].numpy(), 6)] * 8.0
+        torch.testing.assert_close(out.pos[b], expected)
+        # each group is the 5 nearest points of its center, relative to the center
+        for g in range(6):
+            center = out.pos[b, g] / 8.0
+            nearest = (unit[b] - center).norm(dim=-1).argsort()[:5]
+            torch.testing.assert_close(out.point_groups[b, g], unit[b, nearest] - center)
     # translation and scale of the input cloud change nothing
     moved = encoder(cloud * 2 - 5)
-    torch.testing.assert_close(moved[0], tokens)
-    torch.testing.assert_close(moved[1], pos)
+    torch.testing.assert_close(moved.tokens, out.tokens)
+    torch.testing.assert_close(moved.pos, out.pos)
+
+
+def test_point_padding_every_point_mode_and_mask():
+    encoder = PointEncoder(8, tokens=None, group_size=1, hidden=16).double()  # a per-point MLP, no sampling
+    cloud = torch.randn(2, 10, 3, dtype=torch.float64)
+    padding = torch.zeros(2, 10, dtype=torch.bool)
+    padding[1, 7:] = True
+    out = encoder(cloud, padding)
+    assert out.tokens.shape == (2, 10, 8) and torch.equal(out.padding_mask, padding)
+    short = encoder(cloud[1:, :7])
+    torch.testing.assert_close(out.tokens[1, :7], short.tokens[0])  # padding changes nothing on real points
+    torch.testing.assert_close(out.pos[1, :7], short.pos[0])
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 3] = True
+    torch.testing.assert_close(encoder(cloud, padding, mask).tokens[0, 3], encoder.mask_token + encoder.type_embedding)
+    with pytest.raises(ValueError, match=r"a point cloud has 7 real points, fewer than point_group_size=1 or "
+                                         r"point_tokens=8"):
+        PointEncoder(8, tokens=8, group_size=1).double()(cloud, padding)
+    with pytest.raises(ValueError, match=r"points must be float \[batch, points, 3\], got \[2, 10, 2\]"):
+        encoder(cloud[..., :2])
+    with pytest.raises(ValueError, match=r"points contain NaN or infinite coordinates"):
+        encoder(torch.full((1, 4, 3), torch.inf, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"point_mask must have shape \[2, 10\], got \[2, 3\]"):
+        encoder(cloud, padding, torch.zeros(2, 3, dtype=torch.bool))
+
+
+def test_image_text_and_image_pair_text_share_one_position_space():
+    encoder = MultimodalEncoder(8, vocab_size=30, image_channels=1, patch_size=4, point_tokens=4,
+                                point_group_size=2, point_hidden=8)
+    images, ids = torch.randn(2, 1, 8, 8), torch.tensor([[3, 4, 5], [6, 7, 0]])
+    pair = encoder({"images": images, "images2": images.flip(-1), "text_ids": ids})
+    assert pair.segments == {"image": slice(0, 4), "image2": slice(4, 8), "text": slice(8, 11)}
+    assert pair.pos[0].tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1],
+                                    [-1, 0, 0], [-1, 0, 1], [-1, 1, 0], [-1, 1, 1],
+                                    [1, 0, 0], [2, 0, 0], [3, 0, 0]]
+    assert len({tuple(p) for p in pair.pos[0].tolist()}) == 11  # no two tokens share a position
+    assert pair.padding_mask.tolist() == [[False] * 11, [False] * 10 + [True]]
+    alone = encoder({"text_ids": ids})
+    torch.testing.assert_close(pair.tokens[:, 8:], alone.tokens)  # concatenation changes no part
+    image_text = encoder({"images": images, "text_ids": ids, "labels": torch.zeros(2)})
+    assert image_text.segments == {"image": slice(0, 4), "text": slice(4, 7)}
+    torch.testing.assert_close(image_text.tokens, torch.cat([encoder.image(images).tokens, alone.tokens], 1))
+    assert torch.equal(text_positions(3), alone.pos[0]) and torch.equal(grid_positions(2, 2, 1), pair.pos[0, 4:8])
+    with pytest.raises(ValueError, match=r"inputs of one batch must have the same batch size"):
+        encoder({"images": images[:1], "text_ids": ids})
+
+
+def test_batch_modality_names_unknown_combinations():
+    assert batch_modality({"text_ids": 0, "mlm_labels": 0}) == "text"
+    assert batch_modality({"points": 0, "labels": 0}) == "points"
+    with pytest.raises(ValueError, match=r"batch inputs \['points', 'text_ids'\] .* make no modality"):
+        batch_modality({"points": 0, "text_ids": 0})
+    with pytest.raises(ValueError, match=r"batch inputs \[\] \(keys \['labels'\]\) make no modality"):
+        batch_modality({"labels": 0})
+    assert isinstance(EncodedTokens.concat([TextEncoder(9, 4)(torch.tensor([[1]]))]), EncodedTokens)

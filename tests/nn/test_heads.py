@@ -1,4 +1,5 @@
-"""Heads: each loss equals its hand computation; masking follows the 80/10/10 rule and spares specials."""
+"""Heads: each loss equals its hand computation on tiny inputs; masking follows BERT's 80/10/10 rule and never
+touches specials or padding."""
 
 from __future__ import annotations
 
@@ -10,94 +11,188 @@ import torch.nn.functional as F
 
 from itnet_scale.nn.heads import (
     IGNORE,
+    ClassificationHead,
     ContrastiveHead,
     MaskedPatchHead,
+    MaskedPointHead,
     MLMHead,
     VQAHead,
     chamfer_distance,
     mask_tokens,
-    masked_mean,
+    mean_pool,
     patchify,
 )
 
+SPECIALS = [0, 1, 2, 3, 4, 5, 6]  # <pad> <unk> <cls> <sep> <mask> <image> <point>
+MASK_ID = 4
 
-def test_mask_tokens_statistics_and_specials():
+
+def test_mask_tokens_statistics():
     generator = torch.Generator().manual_seed(0)
-    specials = [0, 1, 2, 3, 4]
-    ids = torch.randint(5, 100, (400, 50), generator=generator)
-    ids[:, -10:] = 0  # padding
-    ids[:, 0] = 2  # <cls>
-    inputs, labels = mask_tokens(ids, mask_id=4, vocab_size=100, special_ids=specials, generator=generator)
+    ids = torch.randint(7, 100, (400, 50), generator=generator)
+    inputs, labels = mask_tokens(ids, mask_id=MASK_ID, vocab_size=100, special_ids=SPECIALS, generator=generator)
     picked = labels != IGNORE
-    assert not picked[:, -10:].any() and not picked[:, 0].any()
-    assert (labels[picked] == ids[picked]).all()
-    ordinary = (~torch.isin(ids, torch.tensor(specials))).sum()
-    assert abs(picked.sum() / ordinary - 0.15) < 0.01
-    share = lambda where: float(where.sum() / picked.sum())  # noqa: E731
-    assert abs(share(picked & (inputs == 4)) - 0.8) < 0.02
+    assert abs(float(picked.float().mean()) - 0.15) < 0.01
+    assert torch.equal(labels[picked], ids[picked]) and torch.equal(inputs[~picked], ids[~picked])
+
+    def share(where: torch.Tensor) -> float:
+        return float(where.sum() / picked.sum())
+
+    assert abs(share(picked & (inputs == MASK_ID)) - 0.8) < 0.02
     assert abs(share(picked & (inputs == ids)) - 0.1) < 0.02
-    replaced = picked & (inputs != 4) & (inputs != ids)
-    assert abs(share(replaced) - 0.1) < 0.02 and not torch.isin(inputs[replaced], torch.tensor(specials)).any()
-    assert torch.equal(inputs[~picked], ids[~picked])
+    replaced = picked & (inputs != MASK_ID) & (inputs != ids)
+    assert abs(share(replaced) - 0.1) < 0.02
+    assert (inputs[replaced] >= 7).all()  # random replacements are ordinary tokens
+
+    def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_tokens(ids, mask_id=MASK_ID, vocab_size=100, special_ids=SPECIALS,
+                           generator=torch.Generator().manual_seed(seed))
+
+    assert all(torch.equal(a, b) for a, b in zip(draw(5), draw(5), strict=True))  # a seed repeats its draw
+    assert not torch.equal(draw(5)[1], draw(6)[1])
 
 
-def test_mlm_loss_ignores_unpicked_positions_and_ties_weights():
+def test_mask_tokens_never_masks_specials_or_padding():
+    ids = torch.randint(0, 100, (300, 40), generator=torch.Generator().manual_seed(2))
+    ids[:, 0] = 2  # <cls>
+    ids[:, -12:] = 0  # padding
+    inputs, labels = mask_tokens(ids, mask_id=MASK_ID, vocab_size=100, special_ids=SPECIALS, prob=0.9,
+                                 generator=torch.Generator().manual_seed(1))
+    special = torch.isin(ids, torch.tensor(SPECIALS))
+    assert special.sum() > 3000
+    assert (labels[special] == IGNORE).all() and torch.equal(inputs[special], ids[special])
+    assert (labels[~special] != IGNORE).float().mean() > 0.85  # prob=0.9 of the ordinary ones
+
+
+def test_mask_tokens_errors():
+    ids = torch.tensor([[7, 8, 9]])
+    with pytest.raises(ValueError, match=r"prob must be in \(0, 1\), got 1.5"):
+        mask_tokens(ids, mask_id=4, vocab_size=10, special_ids=SPECIALS, prob=1.5)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 10\), got \[7, 12\]"):
+        mask_tokens(torch.tensor([[7, 12]]), mask_id=4, vocab_size=10, special_ids=SPECIALS)
+    with pytest.raises(ValueError, match=r"mask_id=10 must be ids below vocab_size=10"):
+        mask_tokens(ids, mask_id=10, vocab_size=10, special_ids=SPECIALS)
+    with pytest.raises(ValueError, match=r"ids must be an integer tensor"):
+        mask_tokens(ids.float(), mask_id=4, vocab_size=10, special_ids=SPECIALS)
+
+
+def test_mlm_loss_counts_picked_positions_only_and_ties_weights():
     embedding = torch.nn.Embedding(11, 4)
     head = MLMHead(4, 11, embedding)
     assert head.decoder.weight is embedding.weight
+    assert MLMHead(4, 11).decoder.weight is not embedding.weight
     logits = torch.randn(2, 3, 11)
     labels = torch.tensor([[IGNORE, 5, IGNORE], [7, IGNORE, IGNORE]])
-    expected = (F.cross_entropy(logits[0, 1:2], labels[0, 1:2]) + F.cross_entropy(logits[1, :1], labels[1, :1])) / 2
+    expected = (-F.log_softmax(logits[0, 1], -1)[5] - F.log_softmax(logits[1, 0], -1)[7]) / 2
     torch.testing.assert_close(MLMHead.loss(logits, labels), expected)
+    changed = logits.clone()
+    changed[0, 0] += 100 * torch.randn(11)  # an unpicked position: no effect
+    torch.testing.assert_close(MLMHead.loss(changed, labels), expected)
+    nothing = MLMHead.loss(logits.requires_grad_(), torch.full((2, 3), IGNORE))
+    assert nothing.item() == 0.0 and nothing.requires_grad  # no picked token: 0, not NaN
+    with pytest.raises(ValueError, match=r"mlm_labels must have shape \[2, 3\], got \[2, 2\]"):
+        MLMHead.loss(logits, labels[:, :2])
+    with pytest.raises(ValueError, match=r"tied embedding must be \[12, 4\]"):
+        MLMHead(4, 12, embedding)
+
+
+def manual_symmetric_ce(image: torch.Tensor, text: torch.Tensor, scale: float, targets: torch.Tensor,
+                        all_image: torch.Tensor, all_text: torch.Tensor) -> torch.Tensor:
+    """Cross-entropies written out: −log softmax of the matching pair, image→text and text→image, averaged."""
+    i2t = -(F.log_softmax(scale * image @ all_text.T, dim=1)[torch.arange(len(targets)), targets]).mean()
+    t2i = -(F.log_softmax(scale * text @ all_image.T, dim=1)[torch.arange(len(targets)), targets]).mean()
+    return (i2t + t2i) / 2
 
 
 def test_contrastive_loss_is_symmetric_infonce():
-    head = ContrastiveHead(6, 4)
-    image, text = head(torch.randn(5, 6), torch.randn(5, 6))
-    scale = math.exp(math.log(1 / 0.07))
-    logits = scale * image @ text.T
-    expected = 0.5 * (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5)))
-    torch.testing.assert_close(head.loss(image, text), expected)
-    # gathered candidates: this rank's rows sit at an offset among everyone's
-    others_i, others_t = head(torch.randn(3, 6), torch.randn(3, 6))
-    gathered = head.loss(image, text, torch.cat([others_i, image]), torch.cat([others_t, text]), offset=3)
-    manual = 0.5 * (F.cross_entropy(scale * image @ torch.cat([others_t, text]).T, torch.arange(3, 8))
-                    + F.cross_entropy(scale * text @ torch.cat([others_i, image]).T, torch.arange(3, 8)))
-    torch.testing.assert_close(gathered, manual)
+    head = ContrastiveHead(6, 4).double()
+    image, text = head(torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64))
+    torch.testing.assert_close(image.norm(dim=-1), torch.ones(5, dtype=torch.float64))
+    scale = 1 / 0.07
+    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, scale, torch.arange(5),
+                                                                           image, text))
+    # the gathered-features hook: this rank's rows sit at an offset among everyone's
+    others_i, others_t = head(torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64))
+    all_image, all_text = torch.cat([others_i, image]), torch.cat([others_t, text])
+    torch.testing.assert_close(head.loss(image, text, all_image, all_text, offset=3),
+                               manual_symmetric_ce(image, text, scale, torch.arange(3, 8), all_image, all_text))
     with torch.no_grad():
-        head.logit_scale.fill_(10.0)
-    big = head.loss(image, text)
-    torch.testing.assert_close(big, 0.5 * (F.cross_entropy(100 * image @ text.T, torch.arange(5))
-                                           + F.cross_entropy(100 * text @ image.T, torch.arange(5))))
+        head.logit_scale.fill_(10.0)  # exp(10) > 100: clamped
+    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, 100.0, torch.arange(5),
+                                                                           image, text))
+    with pytest.raises(ValueError, match=r"hold this rank's 5 rows at offset 4"):
+        head.loss(image, text, all_image, all_text, offset=4)
 
 
-def test_masked_patch_loss_counts_masked_patches_only():
-    head = MaskedPatchHead(4, patch=2, channels=1)
-    images = torch.arange(16.0).reshape(1, 1, 4, 4)
-    assert patchify(images, 2)[0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]
-    target = patchify(images, 2)
-    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-    prediction = torch.randn(1, 4, 4)
+def test_patchify_order_and_masked_patch_loss():
+    images = torch.arange(32.0).reshape(1, 2, 4, 4)  # 2 channels
+    patches = patchify(images, 2)
+    assert patches.shape == (1, 4, 8)
+    assert patches[0, 1].tolist() == [2.0, 18.0, 3.0, 19.0, 6.0, 22.0, 7.0, 23.0]  # row-major pixels, channels last
+    head = MaskedPatchHead(4, patch=2, channels=2)
+    target = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    prediction = torch.randn(1, 4, 8)
     mask = torch.tensor([[True, False, False, True]])
-    error = (prediction - target).square().mean(-1)
+    error = (prediction - target).square().mean(-1)  # per patch
     expected = (error[0, 0] + error[0, 3]) / 2
     torch.testing.assert_close(head.loss(prediction, images, mask), expected)
+    assert head(torch.randn(1, 4, 4)).shape == (1, 4, 8)
+    with pytest.raises(ValueError, match=r"image_mask \[1, 3\] do not match the images' patches \[1, 4, 8\]"):
+        head.loss(prediction, images, mask[:, :3])
 
 
 def test_chamfer_matches_brute_force():
-    a, b = torch.randn(7, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    ab = sum(min(float((p - q).square().sum()) for q in b) for p in a) / 7
-    ba = sum(min(float((p - q).square().sum()) for p in a) for q in b) / 5
-    assert float(chamfer_distance(a, b)) == pytest.approx(ab + ba)
-    assert float(chamfer_distance(a, a[torch.randperm(7)])) == pytest.approx(0.0, abs=1e-12)
+    generator = torch.Generator().manual_seed(4)
+    a, b = torch.randn(2, 7, 3, dtype=torch.float64, generator=generator), torch.randn(2, 5, 3, dtype=torch.float64,
+                                                                                          generator=generator)
+    distances = chamfer_distance(a, b)
+    for k in range(2):
+        ab = sum(min(float((p - q).square().sum()) for q in b[k]) for p in a[k]) / 7
+        ba = sum(min(float((p - q).square().sum()) for p in a[k]) for q in b[k]) / 5
+        assert float(distances[k]) == pytest.approx(ab + ba, rel=1e-12)
+    assert float(chamfer_distance(a[0], a[0, torch.randperm(7)])) == 0.0  # order-free
 
 
-def test_vqa_soft_score_bce_and_pooling():
+def test_masked_point_loss_averages_masked_groups():
+    head = MaskedPointHead(4, group_size=3).double()
+    prediction = head(torch.randn(1, 4, 4, dtype=torch.float64))
+    assert prediction.shape == (1, 4, 3, 3)
+    groups = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    mask = torch.tensor([[False, True, True, False]])
+    expected = (chamfer_distance(prediction[0, 1], groups[0, 1]) + chamfer_distance(prediction[0, 2], groups[0, 2])) / 2
+    torch.testing.assert_close(head.loss(prediction, groups, mask), expected)
+    with pytest.raises(ValueError, match=r"point_mask \[1, 3\] do not match the point groups"):
+        head.loss(prediction, groups, mask[:, :3])
+
+
+def test_classification_and_regression_losses():
+    head = ClassificationHead(4, 3)
+    pooled = torch.randn(2, 4)
+    logits = head(pooled)
+    torch.testing.assert_close(logits, head.fc(F.layer_norm(pooled, (4,), head.norm.weight, head.norm.bias, 1e-6)))
+    labels = torch.tensor([2, 0])
+    expected = -(F.log_softmax(logits, -1)[0, 2] + F.log_softmax(logits, -1)[1, 0]) / 2
+    torch.testing.assert_close(ClassificationHead.loss(logits, labels), expected)
+    score = torch.tensor([[0.5], [2.0]])
+    torch.testing.assert_close(ClassificationHead.loss(score, torch.tensor([1.0, 1.0])), torch.tensor(0.625))
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\), got \[3, 0\]"):
+        ClassificationHead.loss(logits, torch.tensor([3, 0]))
+    with pytest.raises(ValueError, match=r"labels must have shape \[2\], got \[3\]"):
+        ClassificationHead.loss(logits, torch.tensor([1, 1, 1]))
+
+
+def test_vqa_soft_score_bce_and_mean_pool():
     logits = torch.randn(2, 3)
     scores = torch.tensor([[1.0, 0.3, 0.0], [0.0, 0.0, 0.6]])
-    expected = -(scores * F.logsigmoid(logits) + (1 - scores) * F.logsigmoid(-logits)).sum() / 2
+    sigmoid = torch.sigmoid(logits)
+    expected = -(scores * sigmoid.log() + (1 - scores) * (1 - sigmoid).log()).sum() / 2
     torch.testing.assert_close(VQAHead.loss(logits, scores), expected)
-    with pytest.raises(ValueError, match=r"VQA answer scores must lie in \[0, 1\]"):
+    assert VQAHead(4, 3)(torch.randn(2, 4)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"answer_scores must lie in \[0, 1\]"):
         VQAHead.loss(logits, scores * 2)
+    with pytest.raises(ValueError, match=r"answer_scores must have shape \[2, 3\], got \[2, 2\]"):
+        VQAHead.loss(logits, scores[:, :2])
     hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
-    assert masked_mean(hidden, torch.tensor([[False, False, True]])).item() == 2.0
+    assert mean_pool(hidden, torch.tensor([[False, False, True]])).item() == 2.0
+    assert mean_pool(hidden).item() == pytest.approx(104 / 3)
+    assert math.isfinite(mean_pool(hidden, torch.ones(1, 3, dtype=torch.bool)).item())
