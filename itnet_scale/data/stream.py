@@ -52,9 +52,6 @@ from itnet_scale.data.shards import KIND_MEMBERS, read_index
 
 logger = logging.getLogger(__name__)
 
-SKIP_REASONS = ("missing_key", "corrupt_image", "bad_text", "bad_class", "bad_points", "too_long",
-                "truncated_shard")
-
 
 @dataclass
 class StreamConfig:
@@ -229,8 +226,8 @@ class _LaneStream:
     def _iterate(self, start: int) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
         visit, offset = 0, start
         shards = self.dataset.shards[self.stream]
-        while offset >= shards[self._shard(visit)][1]:  # closed-form walk over visit sizes
-            offset -= shards[self._shard(visit)][1]
+        while offset >= (size := shards[self._shard(visit)][1]):  # closed-form walk over visit sizes
+            offset -= size
             visit += 1
         config, stream = self.dataset.config, self.dataset.config.streams[self.stream]
         kind = self.dataset.kinds[self.stream]

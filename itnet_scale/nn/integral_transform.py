@@ -332,10 +332,14 @@ class IntegralTransform(nn.Module):
         if self.a_proj is not None:
             proj["a"], proj["b"] = heads(self.a_proj(x)), heads(self.b_proj(source))
         if self.decay_proj is not None:
-            rate = self.decay_proj(x)
-            rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
-            proj["rate"] = (rate * self.decay_log_rate.exp())[..., None]
+            proj["rate"] = self.decay_rate(x)[..., None]
         return proj
+
+    def decay_rate(self, x: Tensor) -> Tensor:
+        """The per-position decay rate ``[B, N, H]`` (τ's increments); requires ``decay=True``."""
+        rate = self.decay_proj(x)
+        rate = F.softplus(rate) if self.decay_activation == "softplus" else rate
+        return rate * self.decay_log_rate.exp()
 
     def assemble(self, proj: dict[str, Tensor], pos: Tensor, source_pos: Tensor,
                  heads: slice = slice(None)) -> KernelInputs:

@@ -131,5 +131,4 @@ def _shard_decay(layer: IntegralTransform, x: Tensor) -> Tensor:
     B = x.shape[0]
     if layer.decay_proj is None:
         return x.new_ones(B, layer.heads)
-    rate = layer.project(x, x)["rate"][..., 0]  # [B, n, H]
-    return torch.exp(-rate.double().sum(dim=1)).to(x.dtype)
+    return torch.exp(-layer.decay_rate(x).double().sum(dim=1)).to(x.dtype)  # only the rate, not every projection
