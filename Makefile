@@ -40,11 +40,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The embedded demo data (text, digits, captions, point clouds, tokenizer; ~5 s), then the loader against the
-# tiny model's consumption on it.
+# The embedded demo data (text, digits, captions, point clouds, tokenizer; ~5 s), then pretraining the tiny model on
+# it with DeepSpeed on 2 CPU ranks (configs/pretrain/demo.yaml; a fresh run each time: runs/demo is replaced).
 demo: $(STAMP)
 	$(BIN)/python tools/make_shards.py demo --output demo_data --overwrite
-	$(BIN)/python tools/bench.py data --shards demo_data/image_text --quick
+	rm -rf runs/demo
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_accelerators 2 launch/pretrain.py \
+		--config configs/pretrain/demo.yaml
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py operator --json bench/operator.json

@@ -3,13 +3,16 @@
 - **ceiling**: one process iterates the same tar members with webdataset's ``tarfile_samples`` and decodes them
   (PIL → tensor, caption UTF-8) in a bare loop — no mixture, shuffle, positions or DataLoader;
 - **loader**: :class:`~itnet_scale.data.stream.StreamingDataset` through its ``unit_loader`` (a DataLoader) with 0, 1
-  and 2 workers, reading as many samples;
+  and 2 workers, reading as many samples in items of ``--units-per-item`` units (a micro-batch per hand-off, as
+  the trainer reads them);
 - **consumer**: the tiny model's pretraining step (forward + backward of MLM + image–text contrastive on the same
   image–text samples, captions tokenized) in samples/s — what the loader must outpace; or the rate given with
   ``--consumer-samples-per-s`` (e.g. measured by the training benchmark), which is then not re-measured.
 
-The ceiling is a single process; ratios of loaders with workers to it are printed as they are, and the notes say
-how many CPU cores the workers had (``k`` workers can only beat the ceiling by up to ``min(k, cores)``).
+Every loader measurement sits between two ceiling measurements and is compared with their mean (the machine is
+shared and drifts over seconds). The ceiling is a single process; ratios of loaders with workers to it are printed
+as they are, and the notes say how many CPU cores the workers had (``k`` workers can only beat the ceiling by up
+to ``min(k, cores)``).
 
 The shards are the demo's image–text set (built in a temporary folder) unless ``--shards`` names one.
 """
@@ -56,6 +59,8 @@ class DataSuite(BenchmarkSuite):
         parser.add_argument("--passes", type=int, default=4,
                             help="samples read per measurement, in passes over the set (amortizes worker start-up)")
         parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+        parser.add_argument("--units-per-item", type=int, default=4,
+                            help="units (of 8 samples) per DataLoader item: one micro-batch per hand-off")
         parser.add_argument("--consumer-batch", type=int, default=32, help="samples per model step")
         parser.add_argument("--no-consumer", action="store_true", help="skip measuring the model's consumption")
         parser.add_argument("--consumer-samples-per-s", type=float, default=None, metavar="X",
@@ -95,28 +100,40 @@ class DataSuite(BenchmarkSuite):
                 sample, _ = decode_sample(raw, "image_text", limits)
                 assert sample is not None
 
-        config = DataConfig(lanes=2, unit_size=8, mix_period=1, shuffle_buffer=64, streams=[limits])
-        units = passes * -(-total // config.unit_size)
+        group = args.units_per_item
+        if group < 1:
+            raise SuiteUsageError(f"--units-per-item must be >= 1, got {group}")
+        config = DataConfig(lanes=max([*worker_counts, 1]) * group, unit_size=8, mix_period=1, shuffle_buffer=64,
+                            streams=[limits])
+        items = -(-passes * total // (config.unit_size * group))
 
         def reader(workers: int):
             def read() -> None:
-                loader = unit_loader(StreamingDataset(config, rank=0, world_size=1), workers)
-                for _ in islice(iter(loader), units):
+                loader = unit_loader(StreamingDataset(config, rank=0, world_size=1), workers, units_per_item=group)
+                for _ in islice(iter(loader), items):
                     pass
             return read
 
-        # Side by side: every repeat times the ceiling and then each loader, and a loader's ratio is taken against
-        # the ceiling of its own repeat, so drifts of this shared machine cancel.
+        # Side by side: ceiling, loader, ceiling, loader, …, ceiling; each loader's ratio is against the mean of the
+        # two ceilings around it, so drifts of this shared machine cancel.
         ceilings: list[float] = []
         rates: dict[int, list[float]] = {w: [] for w in worker_counts}
+        ratio_runs: dict[int, list[float]] = {w: [] for w in worker_counts}
         for _ in range(repeats):
-            ceilings.append(_median_rate(total * passes, bare_loop, 1))
+            before = _median_rate(total * passes, bare_loop, 1)
+            ceilings.append(before)
             for workers in worker_counts:
-                rates[workers].append(_median_rate(units * config.unit_size, reader(workers), 1))
+                rate = _median_rate(items * group * config.unit_size, reader(workers), 1)
+                after = _median_rate(total * passes, bare_loop, 1)
+                ceilings.append(after)
+                rates[workers].append(rate)
+                ratio_runs[workers].append(rate / ((before + after) / 2))
+                before = after
         ceiling = statistics.median(ceilings)
-        ratios = {w: statistics.median(r / c for r, c in zip(rates[w], ceilings)) for w in worker_counts}
+        ratios = {w: statistics.median(ratio_runs[w]) for w in worker_counts}
         table = Table(f"data: {shards.name} ({total} image–text samples, {megabytes:.1f} MB of shards), "
-                      f"{passes} pass(es) per measurement, medians of {repeats} side-by-side repeats",
+                      f"{passes} pass(es) per measurement, {group} units of {config.unit_size} samples per "
+                      f"loader item, medians of {repeats} side-by-side repeats",
                       ["reader", "samples/s", "MB/s", "vs ceiling"],
                       right_aligned={"samples/s", "MB/s", "vs ceiling"})
         table.add_row(["ceiling: bare decode loop (1 process)", f"{ceiling:.0f}", f"{ceiling / total * megabytes:.1f}",
@@ -134,7 +151,8 @@ class DataSuite(BenchmarkSuite):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         figures["cpu_cores"] = cores
         notes = [f"ceiling = one process decoding in a bare loop; every 'vs ceiling' ratio, with workers too, is "
-                 f"against it ({cores} CPU core(s) here: k workers can reach at most min(k, {cores})× the ceiling)"]
+                 f"against the mean of the ceilings measured just before and after that loader ({cores} CPU core(s) "
+                 f"here: k workers can reach at most min(k, {cores})× the ceiling)"]
         consumer, consumer_row = None, ""
         if args.consumer_samples_per_s is not None:
             consumer, consumer_row = args.consumer_samples_per_s, "consumer: given (--consumer-samples-per-s)"

@@ -13,9 +13,10 @@ units and slots (never in valid samples), so every position is a closed-form fun
   occupies exactly the shard's ``samples`` slots from ``index.json``; a bad sample still occupies its slot (it
   is skipped and counted), and a truncated tar's missing samples are counted as ``truncated_shard``. Units are
   never refilled, so a unit may hold fewer than ``unit_size`` samples — that is what makes positions history-free.
-- **Split.** Rank ``r`` of ``W`` takes units ``U ≡ r (mod W)``; its DataLoader worker ``i`` of ``n`` takes every
-  ``n``-th of those, so PyTorch's round-robin over workers returns them in global order. ``lanes`` must divide
-  by ``W × n``.
+- **Split.** Rank ``r`` of ``W`` takes units ``U ≡ r (mod W)``. A DataLoader item is a *group* of ``g``
+  consecutive units of the rank (a micro-batch: one hand-off between processes per group, not per unit); worker
+  ``i`` of ``n`` makes every ``n``-th group, so PyTorch's round-robin over workers returns them in global order.
+  Every worker owns whole lanes: ``lanes`` must divide by ``W × n × g`` (``W`` alone for in-process loading).
 - **Resume.** :meth:`StreamingDataset.set_position` (or ``start_unit``, or :meth:`~StreamingDataset.load_state_dict`)
   takes the number of units consumed *globally* (all ranks together) and re-derives every lane's and stream's
   position, skipping the consumed slots of the current visit before decoding: a run stopped at unit ``S`` and
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,15 @@ class DataConfig:
         if self.mix_period < len(self.streams):
             raise ValueError(f"mix_period={self.mix_period} must be >= the number of streams ({len(self.streams)})")
 
+    def only(self, name: str) -> DataConfig:
+        """The config of stream ``name`` alone (weight 1), with a seed of its own derived from ``seed`` and the
+        stream's name, so that streams read on their own still draw independent shard visits and shuffles."""
+        matches = [s for s in self.streams if s.name == name]
+        if not matches:
+            raise ValueError(f"no stream named {name!r}; streams: {[s.name for s in self.streams]}")
+        seed = int(np.random.SeedSequence([self.seed, *name.encode()]).generate_state(1)[0] & 0x7FFFFFFF)
+        return replace(self, seed=seed, mix_period=1, streams=[replace(matches[0], weight=1.0)])
+
     def fingerprint(self) -> str:
         """What positions depend on (not paths' locations): checked when a state is loaded."""
         shape = {k: v for k, v in asdict(self).items() if k not in ("streams", "data_root")}
@@ -121,14 +132,21 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
+def largest_remainder(weights: Sequence[float], total: int) -> np.ndarray:
+    """``total`` split among ``weights`` in proportion, rounded by largest remainder (ties to the earlier one):
+    integer counts ``[len(weights)]`` that sum to ``total``."""
+    shares = np.asarray(weights, dtype=np.float64) / sum(weights) * total
+    counts = np.floor(shares).astype(int)
+    for i in np.argsort(-(shares - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
 class MixtureSchedule:
     """Which stream each unit of a lane comes from, and how many units of a stream came before (closed form)."""
 
     def __init__(self, weights: list[float], period: int, seed: int) -> None:
-        shares = np.asarray(weights, dtype=np.float64) / sum(weights) * period
-        counts = np.floor(shares).astype(int)
-        for i in np.argsort(-(shares - counts), kind="stable")[: period - counts.sum()]:
-            counts[i] += 1  # largest remainder
+        counts = largest_remainder(weights, period)
         if (counts == 0).any():
             raise ValueError(f"mix_period={period} gives stream(s) {np.flatnonzero(counts == 0).tolist()} no unit; "
                              "raise mix_period or the weights")
@@ -266,10 +284,11 @@ class _LaneStream:
         return [next(self._slots) for _ in range(count)]
 
 
-class StreamingDataset(IterableDataset):
+class StreamingDataset:
     """Units of the configured mixture for this rank (and DataLoader worker), from ``start_unit`` on.
 
-    Read it through :func:`unit_loader` (a ``DataLoader`` with ``batch_size=None``). Each unit is
+    Read it through :func:`unit_loader` (a ``DataLoader`` whose items are groups of units) or :meth:`units`.
+    Each unit is
     ``{"stream", "kind", "unit", "samples": [decoded samples], "skipped": {reason: count}}``.
     ``rank``/``world_size`` default to ``torch.distributed``'s.
     """
@@ -302,11 +321,14 @@ class StreamingDataset(IterableDataset):
                 raise ValueError(f"streams[{i}] ({stream.name}).path: every shard of {stream.path} is empty")
         self.schedule = MixtureSchedule([s.weight for s in config.streams], config.mix_period, config.seed)
 
-    def check_workers(self, workers: int) -> None:
-        """Every worker of every rank must own whole lanes: ``lanes`` divisible by world size × workers."""
-        if self.config.lanes % (self.world_size * workers):
-            raise ValueError(f"lanes={self.config.lanes} must be divisible by world size × workers = "
-                             f"{self.world_size} × {workers}")
+    def check_workers(self, workers: int, group: int = 1) -> None:
+        """Every DataLoader worker of every rank must own whole lanes (so a lane's shard visits are read by one
+        process, in order): ``lanes`` divisible by world size × workers × units per group."""
+        if group < 1:
+            raise ValueError(f"units_per_item must be >= 1, got {group}")
+        if workers > 1 and self.config.lanes % (self.world_size * workers * group):
+            raise ValueError(f"lanes={self.config.lanes} must be divisible by world size × workers × units_per_item "
+                             f"= {self.world_size} × {workers} × {group}")
 
     def set_position(self, units_consumed: int) -> None:
         """Start (the next iteration) after ``units_consumed`` global units — the count over all ranks, e.g.
@@ -323,36 +345,36 @@ class StreamingDataset(IterableDataset):
         if count <= 10 or count % 1000 == 0:
             logger.warning("%s: sample %s skipped (%s; %d so far in this process)", shard, key, reason, count)
 
-    def units(self, workers: int = 1, worker: int = 0) -> Iterator[dict[str, Any]]:
-        """This rank's units from ``start_unit``, those of ``worker`` of ``workers`` (see the module doc)."""
-        config, W = self.config, self.world_size
-        self.check_workers(workers)
+    def units(self, workers: int = 1, worker: int = 0, group: int = 1) -> Iterator[dict[str, Any]]:
+        """This rank's units from ``start_unit``: those of ``worker`` of ``workers``, which makes every
+        ``workers``-th group of ``group`` consecutive units (see the module doc)."""
+        W = self.world_size
+        self.check_workers(workers, group)
         first = max(0, math.ceil((self.start_unit - self.rank) / W))  # the rank's k of its first unit
         readers: dict[tuple[int, int], _LaneStream] = {}
-        k = first + worker
-        while True:
-            unit = self.rank + k * W
-            lane, m = unit % config.lanes, unit // config.lanes
-            stream = self.schedule.stream_of(lane, m)
-            start = self.schedule.taken_before(lane, m, stream) * config.unit_size
-            reader = readers.get((lane, stream))
-            if reader is None or reader.position != start:
-                reader = readers[(lane, stream)] = _LaneStream(self, lane, stream, start)
-            samples, skipped = [], Counter()
-            for sample, reason in reader.take(config.unit_size):
-                if reason is None:
-                    samples.append(sample)
-                    skipped.update({"ignored_member": len(sample["ignored_members"])} if sample["ignored_members"]
-                                   else {})
-                else:
-                    skipped[reason] += 1
-            yield {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,
-                   "samples": samples, "skipped": dict(skipped)}
-            k += workers
+        for g in itertools.count(worker, workers):
+            for k in range(first + g * group, first + (g + 1) * group):
+                yield self._unit(self.rank + k * W, readers)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        return self.units(info.num_workers, info.id) if info is not None else self.units()
+    def _unit(self, unit: int, readers: dict[tuple[int, int], _LaneStream]) -> dict[str, Any]:
+        """Global unit ``unit``, read by its (lane, stream) reader (re-created when it is not at the position)."""
+        config = self.config
+        lane, m = unit % config.lanes, unit // config.lanes
+        stream = self.schedule.stream_of(lane, m)
+        start = self.schedule.taken_before(lane, m, stream) * config.unit_size
+        reader = readers.get((lane, stream))
+        if reader is None or reader.position != start:
+            reader = readers[(lane, stream)] = _LaneStream(self, lane, stream, start)
+        samples, skipped = [], Counter()
+        for sample, reason in reader.take(config.unit_size):
+            if reason is None:
+                samples.append(sample)
+                skipped.update({"ignored_member": len(sample["ignored_members"])} if sample["ignored_members"]
+                               else {})
+            else:
+                skipped[reason] += 1
+        return {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,
+                "samples": samples, "skipped": dict(skipped)}
 
     def state_dict(self, units_consumed: int) -> dict[str, Any]:
         """What a checkpoint stores: the seed, global units consumed and the config fingerprint."""
@@ -366,17 +388,39 @@ class StreamingDataset(IterableDataset):
         self.set_position(int(state["units_consumed"]))
 
 
-def _as_is(unit: dict[str, Any]) -> dict[str, Any]:
-    return unit
+class UnitGroups(IterableDataset):
+    """The items :func:`unit_loader` hands out: lists of ``group`` consecutive units of the rank, passed through
+    ``transform`` (e.g. a collator that builds the micro-batch) in the process that read them."""
+
+    def __init__(self, dataset: StreamingDataset, group: int = 1,
+                 transform: Callable[[list[dict[str, Any]]], Any] | None = None) -> None:
+        self.dataset, self.group, self.transform = dataset, group, transform
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        units = self.dataset.units(workers, worker, self.group)
+        while True:
+            items = [next(units) for _ in range(self.group)]
+            yield items if self.transform is None else self.transform(items)
 
 
-def unit_loader(dataset: StreamingDataset, num_workers: int = 0, **options: Any) -> DataLoader:
-    """The DataLoader for ``dataset``: one unit per item, delivered as produced (no conversion to tensors in the
-    worker — small tensors would each cost a shared-memory segment — and in global order across workers)."""
-    workers = max(num_workers, 1)
-    dataset.check_workers(workers)
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-                      persistent_workers=False, **options)
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def unit_loader(dataset: StreamingDataset, num_workers: int = 0, *, units_per_item: int = 1,
+                transform: Callable[[list[dict[str, Any]]], Any] | None = None, **options: Any) -> DataLoader:
+    """The DataLoader for ``dataset``: each item is a list of ``units_per_item`` consecutive units of the rank
+    (or ``transform`` of that list, computed in the worker), in global order across workers.
+
+    Items are handed over as produced (no default collation: a micro-batch's few large arrays cross between
+    processes cheaply, a unit's many small ones would each cost a shared-memory segment). Grouping units per
+    item matters: each hand-off has a fixed cost that, per unit of 8 samples, is a large share of decoding them.
+    """
+    dataset.check_workers(max(num_workers, 1), units_per_item)
+    return DataLoader(UnitGroups(dataset, units_per_item, transform), batch_size=None, num_workers=num_workers,
+                      collate_fn=_as_is, persistent_workers=False, **options)
 
 
 def _stack(arrays: list[np.ndarray], stream: str, member: str) -> torch.Tensor:

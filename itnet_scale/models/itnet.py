@@ -13,7 +13,8 @@ NLVR2, contrastive) is the mean over real tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +37,10 @@ from itnet_scale.nn.heads import (
 Gather = Callable[[Tensor], tuple[Tensor, int]]
 
 
-@dataclass
-class ITNetOutput:
+class ITNetOutput(NamedTuple):
     """The backbone's output: ``hidden`` ``[B, N, dim]`` for the tokens of ``inputs`` (their positions,
-    padding mask, segments and point groups) of a batch of ``modality``."""
+    padding mask, segments and point groups) of a batch of ``modality``. (A NamedTuple so that DeepSpeed ZeRO-3
+    sees its tensors; see :class:`~itnet_scale.nn.encoders.EncodedTokens`.)"""
 
     hidden: Tensor
     inputs: EncodedTokens

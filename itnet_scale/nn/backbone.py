@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from itnet_scale.nn.block import ITNetBlock, check_layer_settings
+
+if TYPE_CHECKING:
+    from itnet_scale.parallel.model import SequenceShards
 
 _LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -61,7 +64,8 @@ class ITNetBackbone(nn.Module):
         layers: per-layer overrides (see the module doc).
 
     ``forward(tokens [B, N, dim], pos [B, N, pos_dim], padding_mask [B, N] | None) → [B, N, dim]``.
-    ``layer_settings[i]`` holds block ``i``'s merged settings.
+    ``layer_settings[i]`` holds block ``i``'s merged settings. ``sequence_parallel`` (None, or set by
+    :func:`itnet_scale.parallel.apply_sequence_parallel`) runs the blocks on this rank's shard of the sequence.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, *, pos_dim: int, mlp_ratio: float = 4.0,
@@ -80,8 +84,13 @@ class ITNetBackbone(nn.Module):
                 raise ValueError(f"layer {index}: {error}") from None
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.sequence_parallel: SequenceShards | None = None  # not a module: no parameters, no state_dict keys
 
     def forward(self, tokens: Tensor, pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        for block in self.blocks:
-            tokens = block(tokens, pos, padding_mask)
-        return self.norm(tokens)
+        sp, length = self.sequence_parallel, tokens.shape[1]
+        if sp is not None:  # this rank's shard of the sequence (padded to a multiple of the group size)
+            tokens, pos, padding_mask = sp.shard(tokens, pos, padding_mask)
+        for index, block in enumerate(self.blocks):
+            tokens = block(tokens, pos, padding_mask, mixer=None if sp is None else sp.mixers[index])
+        tokens = self.norm(tokens)
+        return tokens if sp is None else sp.gather(tokens, length)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -82,7 +82,9 @@ class ITNetBlock(nn.Module):
         norm_eps: LayerNorm epsilon.
         layer: the transform's keyword arguments (kernel, support, integrator…; see :data:`LAYER_SETTINGS`).
 
-    ``forward(x [B, N, dim], pos [B, N, pos_dim], padding_mask [B, N] (True = padding) | None) → [B, N, dim]``.
+    ``forward(x [B, N, dim], pos [B, N, pos_dim], padding_mask [B, N] (True = padding) | None) → [B, N, dim]``;
+    ``mixer`` replaces ``self.mixer`` for the call by a transform with the same parameters (the backbone passes
+    its sequence-parallel form, :mod:`itnet_scale.parallel.model`).
     """
 
     def __init__(self, dim: int, heads: int, *, pos_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
@@ -96,6 +98,8 @@ class ITNetBlock(nn.Module):
         self.mlp = MLP(dim, round(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        x = x + self.drop_path(self.drop(self.mixer(self.norm1(x), pos, padding_mask=padding_mask)))
+    def forward(self, x: Tensor, pos: Tensor, padding_mask: Tensor | None = None,
+                mixer: Callable[..., Tensor] | None = None) -> Tensor:
+        mixer = self.mixer if mixer is None else mixer
+        x = x + self.drop_path(self.drop(mixer(self.norm1(x), pos, padding_mask=padding_mask)))
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -25,7 +25,7 @@ no ``[CLS]`` token, so every modality and every combination pools the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -43,16 +43,18 @@ INPUT_KEYS = ("images", "images2", "text_ids", "points")
 EMBEDDING_STD = 0.02  # BERT/ViT initialization of embeddings and learned tokens
 
 
-@dataclass
-class EncodedTokens:
+class EncodedTokens(NamedTuple):
     """Encoder output: ``tokens`` ``[B, N, dim]``, ``pos`` ``[B, N, 3]``, ``padding_mask`` ``[B, N]`` (True =
     padding), ``segments`` (part name → slice of N: ``text``, ``image``, ``image2``, ``points``) and, for point
-    clouds, ``point_groups`` ``[B, G, k, 3]``: each token's points relative to its center (unit-ball frame)."""
+    clouds, ``point_groups`` ``[B, G, k, 3]``: each token's points relative to its center (unit-ball frame).
+
+    A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks the tensors of a module's output to gather the module's
+    parameters for its backward, and it looks into tuples, lists and dicts only."""
 
     tokens: Tensor
     pos: Tensor
     padding_mask: Tensor
-    segments: dict[str, slice] = field(default_factory=dict)
+    segments: dict[str, slice]
     point_groups: Tensor | None = None
 
     @classmethod

@@ -105,7 +105,8 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(dim, embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # Shape [1], not a 0-d scalar: DeepSpeed's engine broadcasts parameters as byte views, which 0-d tensors lack.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         return F.normalize(self.image_proj(image), dim=-1), F.normalize(self.text_proj(text), dim=-1)

@@ -177,8 +177,10 @@ class IntegralTransform(nn.Module):
             self.a_proj = nn.Linear(dim, H * r, bias=True)  # its bias is the c of σ(a_i + b_j + c)
             self.b_proj = nn.Linear(self.source_dim, H * r, bias=False)
             self.pos_proj = nn.Linear(pos_dim, H * r, bias=False)  # Ua, shared with opposite signs
-            self.mlp_w = nn.Parameter(torch.randn(kernel_depth - 1, H, r, r) / math.sqrt(r))
-            self.mlp_c = nn.Parameter(torch.zeros(kernel_depth - 1, H, r))
+            # Hidden layers only when there are some: a 0-element parameter cannot be gathered by ZeRO-3.
+            self.mlp_w = nn.Parameter(torch.randn(kernel_depth - 1, H, r, r) / math.sqrt(r)) if kernel_depth > 1 \
+                else None
+            self.mlp_c = nn.Parameter(torch.zeros(kernel_depth - 1, H, r)) if kernel_depth > 1 else None
             self.w2 = nn.Parameter(torch.randn(H, r) / math.sqrt(r))
         else:
             self.a_proj = self.b_proj = self.pos_proj = None

@@ -1,5 +1,26 @@
-"""Parallelism beyond data parallel: sequence parallelism (DeepSpeed Ulysses, carried low-rank state)."""
+"""Parallelism beyond data parallel: sequence parallelism (DeepSpeed Ulysses, carried low-rank state).
 
+Trainer order: ``deepspeed.init_distributed()`` → ``sp = SequenceParallel.setup(size)`` → build the model →
+``apply_sequence_parallel(model, sp)`` → ``deepspeed.initialize(model=model, mpu=sp.mpu,
+config=sequence_parallel_deepspeed_config(config, sp), ...)`` → per step
+``engine.backward(loss * sp.loss_scale)``; the data loader shards by ``sp.data_parallel_rank`` /
+``sp.data_parallel_size`` (see :mod:`itnet_scale.parallel.groups` and :mod:`itnet_scale.parallel.model`).
+"""
+
+from itnet_scale.parallel.groups import (
+    SequenceParallel,
+    check_sequence_parallel_size,
+    sequence_parallel_deepspeed_config,
+)
+from itnet_scale.parallel.model import (
+    SequenceShards,
+    apply_sequence_parallel,
+    check_sequence_parallel,
+    remove_sequence_parallel,
+    sequence_parallel_problem,
+)
 from itnet_scale.parallel.ulysses import SequenceParallelIntegralTransform, gather_sequence, shard_sequence
 
-__all__ = ["SequenceParallelIntegralTransform", "gather_sequence", "shard_sequence"]
+__all__ = ["SequenceParallel", "SequenceParallelIntegralTransform", "SequenceShards", "apply_sequence_parallel",
+           "check_sequence_parallel", "check_sequence_parallel_size", "gather_sequence", "remove_sequence_parallel",
+           "sequence_parallel_deepspeed_config", "sequence_parallel_problem", "shard_sequence"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from deepspeed.sequence.layer import DistributedAttention
 from torch import Tensor, nn
 
@@ -41,9 +40,41 @@ def shard_sequence(t: Tensor, group: dist.ProcessGroup, dim: int = 1) -> Tensor:
     return t.chunk(size, dim)[rank]
 
 
+class _AllGather(torch.autograd.Function):
+    """``[P, *t.shape]``: every rank's ``t``; backward sums each rank's gradient of its slot over the group.
+
+    ``torch.distributed.nn.all_gather`` is not used: off NCCL its backward emulates the reduce-scatter with
+    scatters addressed by group rank as if it were a global rank, which fails for every group but the one
+    starting at rank 0 (e.g. the second sequence-parallel group of 4 ranks in groups of 2)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, group: dist.ProcessGroup) -> Tensor:
+        ctx.group = group
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        group, rank = ctx.group, dist.get_rank(ctx.group)
+        if dist.get_backend(group) == dist.Backend.NCCL:
+            out = torch.empty_like(grad[rank])
+            dist.reduce_scatter(out, [g.contiguous() for g in grad.unbind(0)], group=group)
+            return out, None
+        total = grad.contiguous().clone()  # gloo has no reduce-scatter: sum everything, keep this rank's slot
+        dist.all_reduce(total, group=group)
+        return total[rank], None
+
+
+def all_gather(t: Tensor, group: dist.ProcessGroup) -> Tensor:
+    """``[P, *t.shape]``: ``t`` of every rank of ``group``, in rank order (differentiable: the gradient of
+    rank ``r``'s slot, summed over the ranks, returns to rank ``r``'s ``t``)."""
+    return _AllGather.apply(t, group)
+
+
 def gather_sequence(t: Tensor, group: dist.ProcessGroup, dim: int = 1) -> Tensor:
     """The whole sequence from every rank's shard (differentiable: gradients return to their shards)."""
-    return torch.cat(dist_fn.all_gather(t.contiguous(), group=group), dim=dim)
+    return torch.cat(all_gather(t, group).unbind(0), dim=dim)
 
 
 class SequenceParallelIntegralTransform(nn.Module):
@@ -112,11 +143,11 @@ class SequenceParallelIntegralTransform(nn.Module):
         rank = dist.get_rank(self.group)
         y, alone = layer(x, pos, weights=weights, padding_mask=padding_mask, return_state=True)
         decay = _shard_decay(layer, x)  # [B, H]: exp(−Σ rate) across this shard (1 without decay)
-        states = dist_fn.all_gather(alone.contiguous(), group=self.group)
-        decays = dist_fn.all_gather(decay.contiguous(), group=self.group)
+        states = all_gather(alone, self.group)  # [P, B, H, R, e(+1)]
+        decays = all_gather(decay, self.group)  # [P, B, H]
         # Every rank's output must depend on both gathers, or the ranks that do not use them would skip the
         # gathers' backward collectives and the others would wait for them forever. The term is exactly 0.
-        anchor = 0.0 * (torch.stack([s.sum() for s in states]).sum() + torch.stack([d.sum() for d in decays]).sum())
+        anchor = 0.0 * (states.sum() + decays.sum())
         if rank == 0:
             return y + anchor
         entering = states[0]

@@ -11,17 +11,21 @@ a truncated ``latest``). Here every rank writes with ``save_latest=False``, Deep
 all of them, and only then rank 0 replaces ``latest`` atomically (temp file + ``os.replace``) and prunes old tags.
 A run killed mid-save therefore resumes from the previous checkpoint.
 
-Loading goes through :class:`WeightsOnlyLoader`, which reads DeepSpeed's files with
-``torch.load(weights_only=True)`` (allow-listing DeepSpeed's few plain record classes), so a checkpoint
-cannot run code when resumed.
+Every load reads DeepSpeed's files with ``torch.load(weights_only=True)`` (allow-listing DeepSpeed's few plain
+record classes; :func:`weights_only_loads`), so a checkpoint cannot run code when resumed or converted. A DeepSpeed
+universal checkpoint (:func:`convert_to_universal`, DeepSpeed's ``ds_to_universal``) is recognised by its layout and
+loads on any number of ranks.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 LATEST_FILE = "latest"
+UNIVERSAL_LATEST_FILE = "latest_universal"
 RANK_STATE_FILE = "rank_state-{rank:05d}.pt"
 _TAG = re.compile(r"^step(\d+)$")
 
@@ -50,11 +55,14 @@ def checkpoint_tags(save_dir: str | Path) -> list[str]:
 
 
 def read_latest(save_dir: str | Path) -> str | None:
-    """The tag ``save_dir/latest`` names, or ``None`` when there is no checkpoint yet.
+    """The tag ``save_dir/latest`` names, or ``None`` when there is no checkpoint yet. Without ``latest``, the
+    ``latest_universal`` that DeepSpeed's own ``ds_to_universal`` command leaves is read instead.
 
     A ``latest`` naming a missing folder raises ``FileNotFoundError`` naming both.
     """
     path = Path(save_dir) / LATEST_FILE
+    if not path.is_file():
+        path = Path(save_dir) / UNIVERSAL_LATEST_FILE
     if not path.is_file():
         return None
     tag = path.read_text(encoding="utf-8").strip()
@@ -137,8 +145,8 @@ def save_checkpoint(engine: Any, save_dir: str | Path, step: int, client_state: 
 
 
 def deepspeed_record_types() -> list[type]:
-    """DeepSpeed's plain record classes that its optimizer-state files hold (an enum, a fragment address, the
-    loss scalers' settings): the only non-tensor types a weights-only load of our checkpoints must accept."""
+    """DeepSpeed's plain record classes that its checkpoint files hold (an enum, a fragment address, the loss
+    scalers' settings): the only non-tensor types a weights-only load of our checkpoints must accept."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -146,24 +154,63 @@ def deepspeed_record_types() -> list[type]:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
-class WeightsOnlyLoader:
-    """Wraps DeepSpeed's checkpoint engine so its ``load`` uses ``torch.load(weights_only=True)``."""
+_torch_load = torch.load
 
-    def __init__(self, wrapped: Any) -> None:
-        self._wrapped = wrapped
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._wrapped, name)
+def load_weights_only(path: str | Path, map_location: Any = None, **_ignored: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` accepting DeepSpeed's record types; a missing file raises
+    ``FileNotFoundError`` and a truncated or corrupt one ``ValueError``, both naming ``path``."""
+    try:
+        with torch.serialization.safe_globals(deepspeed_record_types()):
+            return _torch_load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint file is missing") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: unreadable checkpoint file (truncated or corrupt?): {first}") from None
 
-    def load(self, path: str, map_location: Any = None) -> Any:
-        try:
-            with torch.serialization.safe_globals(deepspeed_record_types()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: checkpoint file is missing") from None
-        except (RuntimeError, EOFError, OSError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{path}: unreadable checkpoint file (truncated or corrupt?): {first}") from None
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block every ``torch.load`` is :func:`load_weights_only`.
+
+    DeepSpeed reads checkpoints with ``torch.load(weights_only=False)`` in several places (its checkpoint engine,
+    the universal-checkpoint loader, ``ds_to_universal``), and none takes a loader argument; replacing the function
+    for the duration of a load is the one way to make all of them refuse to run code from a checkpoint.
+    """
+    torch.load = load_weights_only
+    try:
+        yield
+    finally:
+        torch.load = _torch_load
+
+
+def is_universal_checkpoint(tag_dir: str | Path) -> bool:
+    """Whether ``tag_dir`` holds a DeepSpeed universal checkpoint (``ds_to_universal`` output: per-parameter
+    folders under ``zero/``) rather than per-rank ZeRO files."""
+    return (Path(tag_dir) / "zero").is_dir()
+
+
+def convert_to_universal(tag_dir: str | Path, output_dir: str | Path) -> Path:
+    """Convert the ZeRO 1–3 checkpoint ``tag_dir`` (``save_dir/stepN``) with DeepSpeed's ``ds_to_universal`` into
+    ``output_dir/stepN`` and point ``output_dir/latest`` at it; a run whose ``checkpoint_dir`` is ``output_dir``
+    then resumes from it on any number of ranks. Reads weights-only. Returns the new tag folder."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    tag_dir = Path(tag_dir)
+    if not tag_dir.is_dir():
+        raise FileNotFoundError(f"{tag_dir}: no such checkpoint")
+    if not list(tag_dir.glob("*optim_states.pt")):
+        raise ValueError(f"{tag_dir}: no ZeRO optimizer files (*optim_states.pt): universal checkpoints are made "
+                         "from ZeRO stage 1–3 checkpoints (a ZeRO-0 checkpoint already loads on any number of ranks)")
+    target = Path(output_dir) / tag_dir.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    args = argparse.Namespace(input_folder=str(tag_dir), output_folder=str(target), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+    with weights_only_loads():
+        ds_to_universal.main(args)
+    write_latest(output_dir, tag_dir.name)
+    return target
 
 
 def load_checkpoint(engine: Any, save_dir: str | Path, tag: str | None = None, *,
@@ -180,16 +227,18 @@ def load_checkpoint(engine: Any, save_dir: str | Path, tag: str | None = None, *
         return None
     if not (Path(save_dir) / tag).is_dir():
         raise FileNotFoundError(f"{Path(save_dir) / tag}: no such checkpoint")
-    original = engine.checkpoint_engine
-    engine.checkpoint_engine = WeightsOnlyLoader(original)
+    config = engine._config  # DeepSpeed reads its universal flag at load time; follow what the folder holds
+    universal, config.load_universal_checkpoint = config.load_universal_checkpoint, is_universal_checkpoint(
+        Path(save_dir) / tag)
     try:
-        path, client_state = engine.load_checkpoint(str(save_dir), tag=tag,
-                                                    load_optimizer_states=load_optimizer_states,
-                                                    load_lr_scheduler_states=load_optimizer_states)
+        with weights_only_loads():
+            path, client_state = engine.load_checkpoint(str(save_dir), tag=tag,
+                                                        load_optimizer_states=load_optimizer_states,
+                                                        load_lr_scheduler_states=load_optimizer_states)
     finally:
-        engine.checkpoint_engine = original
+        config.load_universal_checkpoint = universal
     if path is None:
         raise FileNotFoundError(f"{Path(save_dir) / tag}: DeepSpeed found no checkpoint files to load")
     rank_file = Path(save_dir) / tag / RANK_STATE_FILE.format(rank=_rank())
-    rank_state = WeightsOnlyLoader(original).load(str(rank_file)) if rank_file.is_file() else None
+    rank_state = load_weights_only(rank_file) if rank_file.is_file() else None
     return tag, client_state, rank_state

@@ -77,9 +77,11 @@ def build_deepspeed_config(settings: DeepSpeedSettings, *, on_cpu: bool) -> dict
     }
 
 
-def resolve_deepspeed_config(generated: dict[str, Any], user_file: str | Path | None = None) -> dict[str, Any]:
+def resolve_deepspeed_config(generated: dict[str, Any], user_file: str | Path | None = None,
+                             mpu: Any = None) -> dict[str, Any]:
     """``generated`` with the keys of the user's JSON file on top (theirs win, section by section), validated by
-    DeepSpeed's parser; errors name the file."""
+    DeepSpeed's parser (with the ``mpu`` that ``deepspeed.initialize`` will get: sequence-parallel ranks share
+    their samples, which the batch sizes count); errors name the file."""
     config = dict(generated)
     origin = "the generated DeepSpeed config"
     if user_file is not None:
@@ -97,16 +99,16 @@ def resolve_deepspeed_config(generated: dict[str, Any], user_file: str | Path | 
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
-    check_deepspeed_config(config, origin)
+    check_deepspeed_config(config, origin, mpu)
     return config
 
 
-def check_deepspeed_config(config: dict[str, Any], origin: str) -> None:
+def check_deepspeed_config(config: dict[str, Any], origin: str, mpu: Any = None) -> None:
     """Run DeepSpeed's own config parser on ``config``; its complaint is re-raised naming ``origin``."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
     try:
-        DeepSpeedConfig(config)
+        DeepSpeedConfig(config, mpu=mpu)
     except Exception as error:  # DeepSpeed raises pydantic, assertion and value errors alike
         message = " ".join(str(error).split())
         raise ValueError(f"{origin}: DeepSpeed rejects the config: {message}") from None

@@ -23,12 +23,11 @@ logger = logging.getLogger(__name__)
 class Throughput:
     """Samples/s, tokens/s, model FLOPs utilization and the share of time spent waiting for data, per interval.
 
-    ``flops_per_token`` is the model's training FLOPs per token (≈ 6 × parameters + the mixer's own term);
-    ``peak_flops`` the configured hardware peak of all ranks together (0 = MFU not reported).
+    ``peak_flops`` is the configured hardware peak of all ranks together (0 = MFU not reported); each step's model
+    FLOPs come with :meth:`add` (see :func:`itnet_scale.models.flops.training_flops`).
     """
 
-    def __init__(self, flops_per_token: float = 0.0, peak_flops: float = 0.0) -> None:
-        self.flops_per_token = flops_per_token
+    def __init__(self, peak_flops: float = 0.0) -> None:
         self.peak_flops = peak_flops
         self.reset()
 
@@ -36,12 +35,15 @@ class Throughput:
         self._start = time.perf_counter()
         self._samples = 0
         self._tokens = 0
+        self._flops = 0.0
         self._data_wait = 0.0
 
-    def add(self, samples: int, tokens: int, data_wait_s: float) -> None:
-        """Count one step's ``samples`` and ``tokens`` (all ranks) and the seconds it waited for its batch."""
+    def add(self, samples: int, tokens: int, data_wait_s: float, flops: float = 0.0) -> None:
+        """Count one step's ``samples``, ``tokens`` and training ``flops`` (all ranks) and the seconds it waited
+        for its batch."""
         self._samples += samples
         self._tokens += tokens
+        self._flops += flops
         self._data_wait += data_wait_s
 
     def rates(self) -> dict[str, float]:
@@ -49,8 +51,8 @@ class Throughput:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         rates = {"throughput/samples_per_s": self._samples / elapsed, "throughput/tokens_per_s": self._tokens / elapsed,
                  "throughput/data_wait_share": self._data_wait / elapsed}
-        if self.peak_flops > 0 and self.flops_per_token > 0:
-            rates["throughput/mfu"] = self._tokens * self.flops_per_token / elapsed / self.peak_flops
+        if self.peak_flops > 0 and self._flops > 0:
+            rates["throughput/mfu"] = self._flops / elapsed / self.peak_flops
         self.reset()
         return rates
 
@@ -81,7 +83,7 @@ class MetricsLogger:
         for name, value in scalars.items():
             self._writer.add_scalar(name, float(value), step)
         shown = {name.split("/")[-1]: value for name, value in scalars.items()
-                 if name in ("loss/total", "throughput/tokens_per_s", "throughput/samples_per_s")}
+                 if name.startswith("loss/") or name in ("throughput/tokens_per_s", "throughput/samples_per_s")}
         if self._bar is not None:
             self._bar.n = step
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=True)

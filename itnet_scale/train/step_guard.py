@@ -40,6 +40,15 @@ class StepGuard:
         self.history: deque[float] = deque(maxlen=spike_window)
         self.skipped: Counter[str] = Counter()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running loss history and skip counts (checkpointed, so a resumed run judges spikes the same)."""
+        return {"history": list(self.history), "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(float(v) for v in state["history"])
+        self.skipped = Counter({str(k): int(v) for k, v in state["skipped"].items()})
+
     def decide(self, loss: torch.Tensor, grads: Iterable[torch.Tensor | None] = ()) -> str | None:
         """The reason to skip this step (``None``: apply it). ``loss`` is this rank's loss for the step (any
         shape; non-finite anywhere counts), ``grads`` the gradients this rank holds (may be partitions)."""

@@ -141,13 +141,22 @@ def test_ranks_and_workers_partition_the_global_sequence(sets, world, workers):
     assert sorted(got) == whole
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_dataloader_workers_deliver_global_order(sets, workers):
-    """Real DataLoader workers (round-robin fetching) give rank 1 of 2 the global units 1, 3, 5, … in order."""
-    dataset = StreamingDataset(config_for(sets), rank=1, world_size=2)
-    units = keys(islice(iter(unit_loader(dataset, num_workers=workers)), 10))
-    whole = first(StreamingDataset(config_for(sets)), 20)
-    assert units == [u for u in whole if u[0] % 2 == 1]
+@pytest.mark.parametrize(("workers", "group"), [(0, 1), (2, 1), (0, 3), (2, 2)])
+def test_dataloader_workers_deliver_global_order(sets, workers, group):
+    """Real DataLoader workers (round-robin fetching) give rank 1 of 2 the global units 1, 3, 5, … in order, in
+    items of ``group`` consecutive units, each passed through the transform in the process that read it."""
+    dataset = StreamingDataset(config_for(sets, lanes=8), rank=1, world_size=2)
+    items = list(islice(iter(unit_loader(dataset, num_workers=workers, units_per_item=group,
+                                         transform=tag_with_worker)), 12 // group))
+    assert all(len(units) == group for units, _ in items)
+    assert {worker for _, worker in items} == ({None} if workers == 0 else set(range(workers)))
+    whole = first(StreamingDataset(config_for(sets, lanes=8)), 24)
+    assert keys([u for units, _ in items for u in units]) == [u for u in whole if u[0] % 2 == 1]
+
+
+def tag_with_worker(units: list[dict]) -> tuple[list[dict], int | None]:
+    info = torch.utils.data.get_worker_info()
+    return units, None if info is None else info.id
 
 
 def test_set_position_resumes_mid_visit(sets):
@@ -313,7 +322,7 @@ def test_config_errors_are_named(sets, tmp_path):
         DataConfig(streams=[StreamConfig(name="a", path="x"), StreamConfig(name="a", path="y")])
     with pytest.raises(ValueError, match=r"lanes=4 must be divisible by the world size 3"):
         StreamingDataset(config_for(sets), rank=0, world_size=3)
-    with pytest.raises(ValueError, match=r"world size × workers = 2 × 4"):
+    with pytest.raises(ValueError, match=r"world size × workers × units_per_item = 2 × 4 × 1"):
         next(StreamingDataset(config_for(sets), rank=0, world_size=2).units(4, 0))
     missing = config_for(sets)
     missing.streams[2].path = str(tmp_path / "nowhere")
@@ -336,8 +345,12 @@ def test_config_errors_are_named(sets, tmp_path):
     write_index(empty, "text", ["txt"], [("shard-000000.tar", 0)])
     with pytest.raises(ValueError, match=r"streams\[0\] \(e\)\.path: every shard of .*empty is empty"):
         StreamingDataset(DataConfig(streams=[StreamConfig(name="e", path=str(empty))]))
-    with pytest.raises(ValueError, match=r"lanes=4 must be divisible by world size × workers = 1 × 3"):
+    with pytest.raises(ValueError, match=r"lanes=4 must be divisible by .* = 1 × 3 × 1"):
         unit_loader(StreamingDataset(config_for(sets)), num_workers=3)
+    with pytest.raises(ValueError, match=r"lanes=4 must be divisible by .* = 1 × 2 × 4"):
+        unit_loader(StreamingDataset(config_for(sets)), num_workers=2, units_per_item=4)
+    with pytest.raises(ValueError, match=r"units_per_item must be >= 1, got 0"):
+        unit_loader(StreamingDataset(config_for(sets)), units_per_item=0)
     other = StreamingDataset(config_for(sets, unit_size=5))
     with pytest.raises(ValueError, match=r"data state was saved with another data config"):
         other.load_state_dict(StreamingDataset(config_for(sets)).state_dict(10))

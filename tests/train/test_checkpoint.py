@@ -11,12 +11,13 @@ import torch
 
 from itnet_scale.train.checkpoint import (
     LATEST_FILE,
-    WeightsOnlyLoader,
     checkpoint_tags,
     discard_uncommitted,
+    load_weights_only,
     prune_checkpoints,
     read_latest,
     step_tag,
+    weights_only_loads,
     write_latest,
 )
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
@@ -73,7 +74,7 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     torch.save({"rng": capture_rng_state()}, tmp_path / "state.pt")
     expected = (random.random(), np.random.rand(), torch.rand(3))
     random.random(), np.random.rand(), torch.rand(7)  # move every generator on
-    loaded = WeightsOnlyLoader(None).load(str(tmp_path / "state.pt"))
+    loaded = load_weights_only(str(tmp_path / "state.pt"))
     restore_rng_state(loaded["rng"])
     assert random.random() == expected[0] and np.random.rand() == expected[1]
     torch.testing.assert_close(torch.rand(3), expected[2], rtol=0, atol=0)
@@ -95,15 +96,19 @@ def test_loading_never_unpickles_and_names_bad_files(tmp_path):
     marker = tmp_path / "executed"
     torch.save({"state": Payload(marker)}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
-        WeightsOnlyLoader(None).load(str(tmp_path / "evil.pt"))
+        load_weights_only(str(tmp_path / "evil.pt"))
     assert not marker.exists()
     torch.save({"w": torch.randn(64, 64)}, tmp_path / "good.pt")
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"truncated\.pt: unreadable checkpoint file"):
-        WeightsOnlyLoader(None).load(str(tmp_path / "truncated.pt"))
+        load_weights_only(str(tmp_path / "truncated.pt"))
     with pytest.raises(FileNotFoundError, match=r"absent\.pt: checkpoint file is missing"):
-        WeightsOnlyLoader(None).load(str(tmp_path / "absent.pt"))
+        load_weights_only(str(tmp_path / "absent.pt"))
+    # what DeepSpeed's own loaders call inside a load is weights-only too
+    with weights_only_loads(), pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
+        torch.load(tmp_path / "evil.pt", weights_only=False)
+    assert torch.load is not load_weights_only and not marker.exists()
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ def test_rank0_writes_scalars_and_plain_lines(tmp_path):
     assert written["loss/total"] == [(1, 4.0), (2, 3.0), (3, 2.0), (4, 1.0)]
     assert [v for _, v in written["lr"]] == pytest.approx([1e-3, 2e-3, 3e-3, 4e-3])
     assert set(written) == {"loss/total", "loss/mlm", "lr", "throughput/tokens_per_s"}
-    assert stream.getvalue().splitlines() == ["step 2 total=3 tokens_per_s=200", "step 4 total=1 tokens_per_s=400"]
+    assert stream.getvalue().splitlines() == ["step 2 total=3 mlm=2 tokens_per_s=200",
+                                              "step 4 total=1 mlm=2 tokens_per_s=400"]
 
 
 def test_other_ranks_write_nothing(tmp_path):
@@ -40,10 +41,10 @@ def test_other_ranks_write_nothing(tmp_path):
 
 
 def test_throughput_rates_and_mfu():
-    meter = Throughput(flops_per_token=6e6, peak_flops=1e12)
-    meter.add(samples=8, tokens=8000, data_wait_s=0.0)
+    meter = Throughput(peak_flops=1e12)
+    meter.add(samples=8, tokens=8000, data_wait_s=0.0, flops=8000 * 6e6)
     time.sleep(0.05)
-    meter.add(samples=8, tokens=8000, data_wait_s=0.02)
+    meter.add(samples=8, tokens=8000, data_wait_s=0.02, flops=8000 * 6e6)
     rates = meter.rates()
     elapsed = 16000 / rates["throughput/tokens_per_s"]
     assert 0.05 <= elapsed < 1.0

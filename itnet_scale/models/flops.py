@@ -1,0 +1,43 @@
+"""Training FLOPs of a model, for model FLOPs utilization (MFU) — an estimate in the usual spirit (6 × parameters ×
+tokens, plus the sequence mixer), not a count of what the kernels execute.
+
+Per token of a sequence of ``N`` tokens, forward + backward (× 3 of the forward's 2 FLOPs per multiply-add):
+
+- ``6 × P`` for the ``P`` parameters every token multiplies (every parameter but the embedding tables);
+- per integral transform, per head, per source it sees: ``6 × (d + e + 1.5·r·depth)`` — the bilinear dot
+  (``d``), the kernel MLP (``r`` adds, ``σ`` and the dot with ``w2``, once per hidden layer) and the weighted value
+  (``e``). The sources per query: ``N`` for ``all``, ``N/2`` causal, ``min(N, 2·size + 1)`` for windows and radii
+  (their 1-D extent; an image's window holds more), ``R`` for low rank (the feature dimension), ``M`` for
+  Monte Carlo (the samples).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from itnet_scale.nn.integral_transform import IntegralTransform
+
+
+def _sources(layer: IntegralTransform, length: int) -> float:
+    if layer.integrator == "lowrank":
+        return float(layer.features.rank if layer.features is not None else 0)
+    if layer.integrator == "montecarlo":
+        return float(min(layer.samples, length))
+    support, size = layer.spec.support, layer.spec.support_size
+    if support == "all":
+        return float(length)
+    if support == "causal":
+        return length / 2
+    return float(min(length, 2 * size + 1))
+
+
+def training_flops(model: nn.Module, tokens: int, length: int) -> float:
+    """Training FLOPs (forward + backward) of ``tokens`` tokens in sequences of ``length`` through ``model``."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    per_token = 6.0 * sum(p.numel() for p in model.parameters() if id(p) not in tables)
+    for module in model.modules():
+        if isinstance(module, IntegralTransform):
+            d = module.head_dim if module.q_proj is not None else 0
+            pair = d + module.value_dim + 1.5 * module.kernel_width * module.kernel_depth
+            per_token += 6.0 * module.heads * _sources(module, length) * pair
+    return per_token * tokens

@@ -1,0 +1,72 @@
+"""Worker for tests/launch/test_pretrain.py, run on 2 ranks by DeepSpeed's launcher.
+
+``stages DATA OUT``: the same 20-step run at ZeRO 0, 1, 2 and 3 in one process group; writes each stage's loss
+curve to ``OUT/losses.json``.
+``nan DATA OUT``: rank 1's loss turns NaN at step 4 (save_every=4); writes what every rank saw to
+``OUT/nan-rank{r}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from itnet_scale.train import loop
+from itnet_scale.train.config import load_pretrain_config
+from tests.pretrain_fixtures import DEMO_CONFIG, fast_overrides
+
+
+def stages(data: Path, out: Path) -> None:
+    curves = {}
+    for stage in (0, 1, 2, 3):
+        config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
+            data, out / f"zero{stage}", 20, **{"deepspeed.zero_stage": stage, "checkpoint.save_every": 100}))
+        result = loop.run_pretraining(config)
+        curves[stage] = [record.losses for record in result.records]
+    if torch.distributed.get_rank() == 0:
+        (out / "losses.json").write_text(json.dumps(curves))
+
+
+def nan(data: Path, out: Path) -> None:
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
+    original = loop.micro_step_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        total, losses = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4 and torch.distributed.get_rank() == 1:
+            total = total + float("nan")
+        return total, losses
+
+    loop.micro_step_losses = poisoned
+    config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
+        data, out / "run", 6, **{"deepspeed.zero_stage": 2, "checkpoint.save_every": 4, "checkpoint.keep_last": 0}))
+    trainer = loop.Pretrainer(config)
+    result = trainer.run()
+    rank = torch.distributed.get_rank()
+    finite = all(bool(torch.isfinite(p).all()) for p in trainer.engine.module.parameters())
+    (out / f"nan-rank{rank}.json").write_text(json.dumps({
+        "applied": [r.applied for r in result.records], "reasons": [r.skip_reason for r in result.records],
+        "skipped": dict(trainer.guard.skipped), "finite": finite}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["stages", "nan"])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    {"stages": stages, "nan": nan}[args.mode](args.data, args.out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

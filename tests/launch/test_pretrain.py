@@ -1,0 +1,206 @@
+"""`deepspeed launch/pretrain.py` end to end on the CPU: config errors, ZeRO stages, kill and resume, universal
+checkpoints on another world size, two nodes on loopback, a poisoned step, sequence parallelism."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from itnet_scale.train.checkpoint import checkpoint_tags, convert_to_universal, load_weights_only, step_tag
+from tests.distributed import REPO, free_port, run_deepspeed
+from tests.pretrain_fixtures import DEMO_CONFIG, checkpoint_weights, fast_overrides, small_demo_data
+
+LAUNCH = REPO / "launch" / "pretrain.py"
+WORKER = Path(__file__).with_name("pretrain_worker.py")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return small_demo_data(tmp_path_factory.mktemp("demo"))
+
+
+def pretrain(data: Path, run_dir: Path, steps: int, ranks: int = 2, **overrides) -> str:
+    """Run ``deepspeed --num_accelerators ranks launch/pretrain.py`` on the demo config; return its output."""
+    process = run_deepspeed(LAUNCH, ["--config", str(DEMO_CONFIG), *fast_overrides(data, run_dir, steps, **overrides)],
+                            ranks=ranks)
+    assert process.returncode == 0, process.stdout[-6000:]
+    return process.stdout
+
+
+def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_bad_config_is_refused_before_anything_starts(tmp_path):
+    """A typo'd key, a wrong type, a bad model override and a micro-batch that is not whole units each exit with
+    status 2 and a message naming the key, before any process group or model exists (no run folder)."""
+    cases = {"deepspeed.zero_stag=1": r"zero_stag",
+             "steps=many": r"steps",
+             "model_overrides.dimm=64": r"dimm",
+             "deepspeed.micro_batch_size=10": r"micro_batch_size=10 must be a multiple of the data config's "
+                                              r"unit_size=4"}
+    for override, message in cases.items():
+        run_dir = tmp_path / "run"
+        process = subprocess.run([sys.executable, str(LAUNCH), "--config", str(DEMO_CONFIG), f"run_dir={run_dir}",
+                                  "data_overrides=[unit_size=4]", override], capture_output=True, text=True,
+                                 cwd=REPO, timeout=120)
+        assert process.returncode == 2, (override, process.stdout, process.stderr)
+        assert process.stderr.startswith("error: ") and re.search(message, process.stderr), (override, process.stderr)
+        assert not run_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_zero_stages_train_the_same_loss_curve(data, tmp_path):
+    """2 ranks, 20 steps: ZeRO 1, 2 and 3 follow ZeRO 0's loss curve (every objective) to float tolerance, and the
+    loss falls."""
+    process = run_deepspeed(WORKER, ["stages", str(data), str(tmp_path)], timeout=900)
+    assert process.returncode == 0, process.stdout[-6000:]
+    curves = json.loads((tmp_path / "losses.json").read_text())
+    reference = curves["0"]
+    assert len(reference) == 20 and set(reference[0]) == {"mlm", "itc", "mpm", "mpp", "total"}
+    for stage in ("1", "2", "3"):
+        for step, (want, got) in enumerate(zip(reference, curves[stage]), start=1):
+            for name in want:
+                assert got[name] == pytest.approx(want[name], rel=1e-4, abs=1e-6), (stage, step, name)
+    assert reference[-1]["total"] < 0.9 * reference[0]["total"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(data, tmp_path):
+    """An uninterrupted 12-step run, and the same run SIGKILLed at a random step and restarted with the same command:
+    the final weights agree (fp32, ≤ 1e-6 relative), and the restart resumed from a checkpoint."""
+    steps = 12
+    settings = {"deepspeed.zero_stage": 2, "checkpoint.save_every": 3, "checkpoint.keep_last": 2}
+    pretrain(data, tmp_path / "whole", steps, **settings)
+
+    kill_at = random.Random().randint(4, steps - 2)
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", "2", "--master_port",
+               str(free_port()), str(LAUNCH), "--config", str(DEMO_CONFIG),
+               *fast_overrides(data, run_dir, steps, **settings)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as process:
+        deadline = time.monotonic() + 600
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith(f"step {kill_at} "):
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "".join(seen[-50:])
+        process.wait()
+    assert any(line.startswith(f"step {kill_at} ") for line in seen), "".join(seen[-50:])
+    restarted = pretrain(data, run_dir, steps, **settings)
+    resumed = re.findall(r"^resumed from .* at step (\d+)$", restarted, flags=re.MULTILINE)
+    last_saved = kill_at // 3 * 3  # killed after printing step kill_at: a save due at it may not have finished
+    assert resumed and int(resumed[0]) in {last_saved, last_saved - 3}, (kill_at, resumed)
+
+    whole = checkpoint_weights(tmp_path / "whole" / "checkpoints" / step_tag(steps))
+    again = checkpoint_weights(run_dir / "checkpoints" / step_tag(steps))
+    assert sorted(whole) == sorted(again) and len(whole) > 20
+    for name, value in whole.items():
+        torch.testing.assert_close(again[name], value, rtol=1e-6, atol=1e-7, msg=f"{name} differs after the restart")
+    state = load_weights_only(run_dir / "checkpoints" / step_tag(steps) / "mp_rank_00_model_states.pt")
+    assert state["step"] == steps and set(state["data"]) == {"text", "image_text", "image", "points"}
+    assert state["data"]["text"]["units"] == steps * 2 * 2  # 12 steps × 2 ranks × 2 text units per micro-batch
+    assert "model_config" in state and "rng" not in state  # the random states are per rank, next to it
+    assert checkpoint_tags(run_dir / "checkpoints") == [step_tag(9), step_tag(12)]  # keep_last=2
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_universal_checkpoint_resumes_on_one_rank(data, tmp_path):
+    """2 ranks at ZeRO 2 for 6 steps → DeepSpeed's universal checkpoint → 1 rank (2 micro-steps per step, the same
+    global batch) continues to step 9: the step counter and data positions continue, and the loss goes on from
+    where it was instead of starting over."""
+    settings = {"deepspeed.zero_stage": 2, "checkpoint.save_every": 3, "checkpoint.keep_last": 0}
+    pretrain(data, tmp_path / "two", 9, **settings)
+    two = logged(tmp_path / "two")
+    convert_to_universal(tmp_path / "two" / "checkpoints" / step_tag(6), tmp_path / "one" / "checkpoints")
+    output = pretrain(data, tmp_path / "one", 9, ranks=1, **settings, **{"deepspeed.gradient_accumulation_steps": 2})
+    assert f"resumed from {tmp_path / 'one' / 'checkpoints' / step_tag(6)} at step 6" in output
+    one = logged(tmp_path / "one")
+    assert [s for s, _ in one["loss/total"]] == [7, 8, 9]
+    first, resumed = dict(two["loss/total"])[1], dict(one["loss/total"])[7]
+    assert abs(resumed - dict(two["loss/total"])[7]) < 0.1 * (first - dict(two["loss/total"])[7]) + 0.05 * resumed
+    state = load_weights_only(tmp_path / "one" / "checkpoints" / step_tag(9) / "mp_rank_00_model_states.pt")
+    assert state["step"] == 9 and state["data"]["text"]["units"] == 9 * 2 * 2 and state["world_size"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_nodes_on_loopback_train_five_steps(data, tmp_path):
+    """DeepSpeed's multi-node launch with a hostfile, as on a cluster: two launchers (``--node_rank 0`` and ``1``,
+    ``--no_ssh``), one rank each, meeting at 127.0.0.1; 5 steps train and save."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    overrides = fast_overrides(data, tmp_path / "run", 5, **{"checkpoint.save_every": 5})
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh", "--node_rank",
+         str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port), str(LAUNCH), "--config",
+         str(DEMO_CONFIG), *overrides], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True) for rank in (0, 1)]
+    outputs = []
+    try:
+        for launcher in launchers:
+            outputs.append(launcher.communicate(timeout=600)[0])
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+    assert all(launcher.returncode == 0 for launcher in launchers), [o[-4000:] for o in outputs]
+    assert "finished step 5" in outputs[0]
+    state = load_weights_only(tmp_path / "run" / "checkpoints" / step_tag(5) / "mp_rank_00_model_states.pt")
+    assert state["world_size"] == 2 and state["step"] == 5
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(data, tmp_path):
+    """Rank 1's loss is NaN at step 4: both ranks skip that step (and only it), count it, log it; the save due at
+    step 4 waits for the applied step 5, so no checkpoint comes from the poisoned step; the weights stay finite."""
+    process = run_deepspeed(WORKER, ["nan", str(data), str(tmp_path)])
+    assert process.returncode == 0, process.stdout[-6000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"nan-rank{rank}.json").read_text())
+        assert seen["applied"] == [True, True, True, False, True, True], (rank, seen)
+        assert seen["reasons"][3] == "nonfinite_loss" and seen["skipped"] == {"nonfinite_loss": 1}
+        assert seen["finite"]
+    assert checkpoint_tags(tmp_path / "run" / "checkpoints") == [step_tag(5), step_tag(6)]
+    scalars = logged(tmp_path / "run")
+    assert dict(scalars["skipped_steps"])[3] == 0 and dict(scalars["skipped_steps"])[4] == 1
+    assert "skipping the optimizer step (nonfinite_loss)" in process.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sequence_parallel_pretraining_and_its_logs(data, tmp_path):
+    """``sequence_parallel_size=2`` on 2 ranks (one data-parallel replica whose sequences are split) trains;
+    TensorBoard holds every scalar the run promises."""
+    pretrain(data, tmp_path / "run", 3, sequence_parallel_size=2, **{"checkpoint.save_every": 3})
+    scalars = logged(tmp_path / "run")
+    for name in ("loss/total", "loss/mlm", "loss/itc", "loss/mpm", "loss/mpp", "lr", "grad_norm", "skipped_steps",
+                 "throughput/samples_per_s", "throughput/tokens_per_s", "throughput/data_wait_share",
+                 "memory/rss_gib", "time/step_s"):
+        assert [s for s, _ in scalars[name]] == [1, 2, 3], name
+    assert all(value == value for _, value in scalars["loss/total"])
+    state = load_weights_only(tmp_path / "run" / "checkpoints" / step_tag(3) / "mp_rank_00_model_states.pt")
+    assert state["sequence_parallel_size"] == 2 and state["data"]["text"]["units"] == 3 * 1 * 2  # one replica
