@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itnet_scale.ops.spec import position_term
-
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -71,18 +69,14 @@ def mlp_layers(
     mlp_w: Tensor | None,
     mlp_c: Tensor | None,
     activation: str,
-    pos_weight: Tensor | None = None,
-    delta: Tensor | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Each layer's activations ``σ(pre)`` and slopes ``σ'(pre)``, ``[B, H, nq, ns, r]`` each.
 
-    The first layer's pre-activation is ``z = a_i + b_j + Ua δ_ij`` (``a`` ``[B, H, nq, r]``,
-    ``b`` ``[B, H, ns, r]``, ``Ua = pos_weight`` ``[H, r, P]``, offsets ``δ`` ``[B, nq, ns, P]``);
-    hidden layers follow (``mlp_w`` ``[L, H, r, r]``, ``mlp_c`` ``[L, H, r]``).
+    The first layer's pre-activation is ``z = a_i + b_j`` (``a`` ``[B, H, nq, r]``, ``b`` ``[B, H, ns, r]``; the
+    position term ``Ua (p_i − p_j)`` is already folded into them, see :mod:`itnet_scale.ops.tiled`); hidden
+    layers follow (``mlp_w`` ``[L, H, r, r]``, ``mlp_c`` ``[L, H, r]``).
     """
     z = a[:, :, :, None, :] + b[:, :, None, :, :]
-    if pos_weight is not None:
-        z = z + position_term(pos_weight, delta)
     h, slope = activation_and_derivative(activation, z)
     acts, slopes = [h], [slope]
     for W, c in _hidden_layers(mlp_w, mlp_c):
@@ -103,14 +97,11 @@ def mlp_backward(
     w2: Tensor,
     mlp_w: Tensor | None,
     ds: Tensor,
-    pos_weight: Tensor | None = None,
-    delta: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
     """Gradients of ``Σ_ij ds_ij · mlp_scores(acts, w2)_ij``, by hand-written backprop.
 
     ``acts``/``slopes`` come from :func:`mlp_layers` (the forward's recomputation, reused).
-    Returns ``(da, db, dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s)``; the last five are
-    None without hidden layers / without a position term.
+    Returns ``(da, db, dw2, dmlp_w, dmlp_c)``; the last two are None without hidden layers.
     """
     dsr = ds[..., None]
     dw2 = (dsr * acts[-1]).sum((0, 2, 3))
@@ -124,12 +115,7 @@ def mlp_backward(
         grad_h = torch.einsum("bhqso,hor->bhqsr", grad_pre, W)
     grad_z = grad_h * slopes[0]
     dmlp_w, dmlp_c = (torch.stack(dWs[::-1]), torch.stack(dcs[::-1])) if Ws else (None, None)
-    dpos_weight = dpos_q = dpos_s = None
-    if pos_weight is not None:
-        dpos_weight = torch.einsum("bhqsr,bqsp->hrp", grad_z, delta)
-        ddelta = torch.einsum("bhqsr,hrp->bqsp", grad_z, pos_weight)
-        dpos_q, dpos_s = ddelta.sum(2), -ddelta.sum(1)
-    return grad_z.sum(3), grad_z.sum(2), dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s
+    return grad_z.sum(3), grad_z.sum(2), dw2, dmlp_w, dmlp_c
 
 
 # -- compilation -------------------------------------------------------------------------

@@ -18,6 +18,11 @@ linear mode (``K_ij = w_j m s_ij D_ij``)::
 and from ``ds``: ``dq = β/√d · ds k``, ``dk = β/√d · dsᵀ q``, the kernel MLP by hand-written
 backprop (:func:`itnet_scale.ops.kernel_mlp.mlp_backward`), the offset table by scatter-add.
 
+The kernel MLP's position term is separable, ``Ua (p_i − p_j) = Ua (p_i − c) − Ua (p_j − c)``: each tile folds
+it into ``a_i`` and ``b_j`` with ``c`` its first query's position (small shifted positions, so fp32 rounding is
+that of offsets within a tile, not of absolute positions), and gets ``dUa`` and the position gradients back from
+``da``, ``db``; per pair the MLP then only adds, activates and reads out.
+
 The two per-tile functions are plain torch; on 16/32-bit floats they run through
 ``torch.compile`` (C++ loops on CPU, Triton on GPU), which fuses the ``r``-wide kernel-MLP
 loops instead of materializing them. Tiles that no pair of the support can reach (causal,
@@ -97,7 +102,7 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
 # --------------------------------------------------------------------------------------
 
 
-def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation: str):
+def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation: str):
     """``(s, q·kᵀ, kernel-MLP layers)`` of a tile: ``s = β q·k/√d + w2ᵀσ(…) + bias``.
 
     ``bias`` holds the table term and a float mask; it is zeros when no term is present at all.
@@ -107,7 +112,7 @@ def _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, ac
         qk = q @ k.transpose(-1, -2)
         terms.append(qk * (beta[None, :, None, None] / math.sqrt(q.shape[-1])))
     if a is not None:
-        layers = mlp_layers(a, b, mlp_w, mlp_c, activation, pos_weight, delta)
+        layers = mlp_layers(a, b, mlp_w, mlp_c, activation)
         terms.append(mlp_scores(layers[0], w2))
     return sum(terms[1:], terms[0]), qk, layers
 
@@ -129,10 +134,9 @@ def _linear_factor(m: Tensor | None, log_d: Tensor | None, w: Tensor | None) -> 
     return f
 
 
-def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, m, log_d, w, v,
-                  top, total, acc):
+def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, top, total, acc):
     """Fold one source block into a query block's running ``(max, normalizer, accumulator)``."""
-    s, _, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation)
+    s, _, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     if mode == "linear":
         return top, total, acc + (s * _linear_factor(m, log_d, w)) @ v
     logits = _softmax_logits(s, m, log_d)
@@ -144,13 +148,14 @@ def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weig
     return new_top, total * scale + p.sum(-1, keepdim=True), acc * scale + p @ v
 
 
-def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, m, log_d, w,
-                   v, do, lse, row_dot):
+def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse,
+                   row_dot):
     """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded).
 
-    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode); ``delta`` the tile's offsets ``p_i − p_j``.
+    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode). ``da``/``db`` come back whenever ``a`` is given (they also
+    carry the position term's gradient, see :meth:`_Tile.position_grads`).
     """
-    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, pos_weight, delta, bias, activation)
+    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
     if mode == "softmax":
         p_unweighted = (_softmax_logits(s, m, log_d) - lse[..., None]).exp()
@@ -166,24 +171,21 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, p
         dv = kmat.transpose(-1, -2) @ do if "v" in need else None
         dw = (dpk * s * _linear_factor(m, log_d, None)).sum(-2) if "weights" in need else None
         dlog_d = dpk * kmat
-    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = dpos_weight = dpos_q = dpos_s = None
+    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = None
     if q is not None:
         scale = beta[None, :, None, None] / math.sqrt(q.shape[-1])
         dq = (ds * scale) @ k if "q" in need else None
         dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
     if a is not None:
-        da, db, dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s = mlp_backward(*layers, w2, mlp_w, ds, pos_weight,
-                                                                              delta)
+        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
     ds_out = ds if "table" in need or "attn_mask" in need else None
-    return (dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dpos_weight, dpos_q, dpos_s, dv, dw, dtau_q, dtau_s,
-            ds_out)
+    return dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dv, dw, dtau_q, dtau_s, ds_out
 
 
-_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "pos_weight", "pos_q", "pos_s", "v", "weights",
-               "tau_q", "tau_s", "ds")
+_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
 _QUERY_INDEXED = ("q", "a", "tau_q")
 _SOURCE_INDEXED = ("k", "b", "v", "tau_s")
 
@@ -201,9 +203,15 @@ class _Tile:
         self.pos_weight = inp.pos_weight
         B, H = inp.v.shape[:2]
         nq, ns = qs.stop - qs.start, ss.stop - ss.start
-        self.delta = None
-        if inp.pos_weight is not None or inp.table is not None:
-            self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss])  # [B, nq, ns, P]
+        if inp.pos_weight is not None:
+            # Ua (p_i − p_j) = Ua (p_i − c) − Ua (p_j − c) for any c: folded into a_i and b_j, the position term
+            # costs O((nq + ns)·r·P) per tile instead of O(nq·ns·r·P). c is the block's first query, so the
+            # shifted positions stay as small as the offsets themselves (no cancellation for long sequences).
+            center = inp.pos_q[:, qs.start: qs.start + 1]
+            self.rel_q, self.rel_s = inp.pos_q[:, qs] - center, inp.pos_s[:, ss] - center  # [B, n, P]
+            self.a = self.a + torch.einsum("hrp,bqp->bhqr", inp.pos_weight, self.rel_q)
+            self.b = self.b - torch.einsum("hrp,bsp->bhsr", inp.pos_weight, self.rel_s)
+        self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]) if inp.table is not None else None  # [B, nq, ns, P]
         bias = None
         if inp.table is not None:
             bias = table_lookup(inp.table, self.delta, spec.offset_range)
@@ -218,8 +226,16 @@ class _Tile:
         self.w = source_weights(inp, ss)
 
     def score_args(self) -> tuple:
-        return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.pos_weight,
-                self.delta if self.pos_weight is not None else None, self.bias, self.m, self.log_d, self.w, self.v)
+        """The tile functions' arguments: the position term is already inside ``a`` and ``b``."""
+        return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.bias, self.m,
+                self.log_d, self.w, self.v)
+
+    def position_grads(self, da: Tensor, db: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(dUa [H, r, P], dpos_q [B, nq, P], dpos_s [B, ns, P])`` from the gradients of the shifted ``a``, ``b``
+        (the shift's centre cancels: it gets no gradient)."""
+        Ua = self.pos_weight
+        dUa = torch.einsum("bhqr,bqp->hrp", da, self.rel_q) - torch.einsum("bhsr,bsp->hrp", db, self.rel_s)
+        return dUa, torch.einsum("bhqr,hrp->bqp", da, Ua), -torch.einsum("bhsr,hrp->bsp", db, Ua)
 
 
 def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
@@ -269,9 +285,11 @@ def _backward(
         for j in keep:
             ss = sb[j]
             tile = _Tile(inp, spec, qs, ss)
-            got = run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
-                                     *tile.score_args(), do, lse_q, row_dot_q)
-            for name, g in zip(_TILE_GRADS, got):
+            got = dict(zip(_TILE_GRADS, run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation,
+                                                           need_key, *tile.score_args(), do, lse_q, row_dot_q)))
+            if tile.pos_weight is not None:  # da, db come back whatever is needed: they carry the position term
+                got["pos_weight"], got["pos_q"], got["pos_s"] = tile.position_grads(got["a"], got["b"])
+            for name, g in got.items():
                 if g is None:
                     continue
                 if name == "ds":  # the score gradient feeds the table and a float mask

@@ -148,7 +148,8 @@ class Pretrainer:
         # ds_to_universal requires the client's declaration of the universal-checkpoint format it writes for; no
         # tensor parallelism here, so the version alone (no parameter patterns) describes it.
         universal = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
-        return {UNIVERSAL_CHECKPOINT_INFO: universal, "step": self.step, "data": self.streams.state_dict(), "guard": self.guard.state_dict(),
+        return {UNIVERSAL_CHECKPOINT_INFO: universal, "step": self.step, "data": self.streams.state_dict(),
+                "guard": self.guard.state_dict(),
                 "config": to_yaml(self.config), "model_config": to_yaml(self.model_config),
                 "objectives": self.streams.objectives, "world_size": self.world_size,
                 "sequence_parallel_size": self.sp.size}

@@ -58,7 +58,7 @@ def test_each_kind_becomes_the_batch_of_its_objectives(data):
     assert by_stream["text"].tokens == int(text["text_attention_mask"].sum())
     pairs = by_stream["image_text"].batch
     assert pairs["images"].shape == (8, 1, 32, 32) and pairs["images"].dtype == torch.float32
-    assert 0.0 <= float(pairs["images"].min()) and float(pairs["images"].max()) <= 1.0 and "mlm_labels" in pairs
+    assert float(pairs["images"].min()) >= 0.0 and float(pairs["images"].max()) <= 1.0 and "mlm_labels" in pairs
     image = by_stream["image"].batch
     assert image["image_mask"].shape == (4, 64) and image["image_mask"].sum(1).tolist() == [26] * 4  # 0.4 × 64
     points = by_stream["points"].batch
