@@ -149,6 +149,7 @@ SUITES: dict[str, str] = {
     "operator": "itnet_scale.benchmarking.operator:OperatorSuite",
     "integrators": "itnet_scale.benchmarking.integrators:IntegratorSuite",
     "data": "itnet_scale.benchmarking.data:DataSuite",
+    "train": "itnet_scale.benchmarking.train:TrainSuite",
 }
 
 

@@ -50,6 +50,18 @@ from itnet_scale.ops.spec import (
 )
 
 DEFAULT_BLOCK = (256, 256)
+LOCAL_BLOCK_MIN = 64  # smallest default tile side for local supports (smaller tiles cost more in per-tile overhead)
+
+
+def default_block(spec: KernelSpec) -> tuple[int, int]:
+    """The tile shape when none is given: 256 × 256, or for a window / radius / causal window of half-width ``s``
+    square tiles of side ``next power of two ≥ 4s`` (between 64 and 256), so that a query block visits about three
+    source blocks and skips the rest instead of masking most of a few large tiles."""
+    if spec.support in ("window", "radius", "causal_window"):
+        side = 1 << max(0, math.ceil(math.log2(max(4 * spec.support_size, 1))))
+        side = min(DEFAULT_BLOCK[0], max(LOCAL_BLOCK_MIN, side))
+        return side, side
+    return DEFAULT_BLOCK
 _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows never make NaN
 
 # Bool masks get no gradient. Positions get one only through the kernel MLP's ``Ua (p_i − p_j)``
@@ -357,7 +369,7 @@ def integral_transform_tiled(
     inp: KernelInputs, spec: KernelSpec, block_size: tuple[int, int] | None = None
 ) -> Tensor:
     """Exact ``Σ_j K(i,j) v_j`` in ``[bq, bs]`` tiles: ``[B, H, Nq, e]``. See the module docstring."""
-    block = tuple(block_size or DEFAULT_BLOCK)
+    block = tuple(block_size or default_block(spec))
     if len(block) != 2 or min(block) < 1:
         raise ValueError(f"block_size must be two positive ints (queries, sources), got {block_size}")
     names = tuple(inp.names())

@@ -185,6 +185,17 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = _torch_load
 
 
+def read_client_state(tag_dir: str | Path) -> dict[str, Any]:
+    """The shared state a DeepSpeed checkpoint folder holds (step, data position, configs … plus DeepSpeed's own
+    entries), read weights-only from rank 0's model-states file — ``mp_rank_00_model_states.pt``, or
+    ``zero_pp_rank_0_mp_rank_00_model_states.pt`` at ZeRO-3."""
+    tag_dir = Path(tag_dir)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (tag_dir / name).is_file():
+            return load_weights_only(tag_dir / name)
+    raise FileNotFoundError(f"{tag_dir}: no DeepSpeed model-states file (mp_rank_00_model_states.pt) in it")
+
+
 def is_universal_checkpoint(tag_dir: str | Path) -> bool:
     """Whether ``tag_dir`` holds a DeepSpeed universal checkpoint (``ds_to_universal`` output: per-parameter
     folders under ``zero/``) rather than per-rank ZeRO files."""

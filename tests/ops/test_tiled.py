@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from itnet_scale.ops import KernelSpec, integral_transform
+from itnet_scale.ops.tiled import default_block
 
 BLOCK = (16, 32)  # small tiles, so odd sizes give partial, masked and skipped tiles
 
@@ -103,6 +104,20 @@ def test_block_size_does_not_change_the_result(make_inputs):
     outs = [integral_transform(inp, spec, backend="tiled", block_size=b) for b in [(1, 1), (7, 64), (128, 5)]]
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], rtol=1e-12, atol=1e-12)
+
+
+def test_default_tiles_follow_local_supports(make_inputs):
+    """Local supports get tiles of about four half-widths (64 to 256), so most tiles are skipped, not masked; the
+    result is that of any other tiling."""
+    assert default_block(KernelSpec(support="all")) == default_block(KernelSpec(support="causal")) == (256, 256)
+    assert default_block(KernelSpec(support="window", support_size=4)) == (64, 64)
+    assert default_block(KernelSpec(support="radius", support_size=20)) == (128, 128)
+    assert default_block(KernelSpec(support="causal_window", support_size=500)) == (256, 256)
+    spec = KernelSpec(mode="softmax", support="window", support_size=3)
+    inp = make_inputs(300, 300, spec=spec, requires_grad=False)
+    torch.testing.assert_close(integral_transform(inp, spec, backend="tiled"),
+                               integral_transform(inp, spec, backend="tiled", block_size=(256, 256)),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_fully_masked_query_gives_zero_and_finite_gradients(make_inputs):
