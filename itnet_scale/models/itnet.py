@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from itnet_scale.models.config import ModelConfig
+from itnet_scale.models.pretrained import PretrainedMixin
 from itnet_scale.nn.backbone import ITNetBackbone
 from itnet_scale.nn.encoders import POS_DIM, EncodedTokens, MultimodalEncoder, batch_modality
 from itnet_scale.nn.heads import (
@@ -70,7 +71,7 @@ class ITNetOutput(NamedTuple):
         return mean_pool(self.hidden, self.padding_mask) if segment is None else mean_pool(*self.part(segment))
 
 
-class ITNetModel(nn.Module):
+class ITNetModel(PretrainedMixin, nn.Module):
     """The modality encoders (``encoder``) and the shared backbone (``backbone``) of ``config``.
 
     ``forward(batch) → ITNetOutput``: the hidden states ``[B, N, dim]`` and the tokens' positions.
@@ -95,7 +96,7 @@ class ITNetModel(nn.Module):
         return ITNetOutput(hidden, inputs, batch_modality(batch))
 
 
-class ITNetForPretraining(nn.Module):
+class ITNetForPretraining(PretrainedMixin, nn.Module):
     """The backbone with the pretraining heads: ``mlm``, ``itc``, ``mpm`` (patches), ``mpp`` (points).
 
     ``losses(batch)`` (also ``forward``) returns every objective the batch asks for, by name:
@@ -162,7 +163,7 @@ class ITNetForPretraining(nn.Module):
         return losses
 
 
-class ITNetForClassification(nn.Module):
+class ITNetForClassification(PretrainedMixin, nn.Module):
     """Pooled backbone → ``classes`` logits: ImageNet (images), GLUE (text; ``classes=1`` is STS-B's
     regression), ModelNet40 (points). Targets: ``labels`` ``[B]``."""
 
@@ -178,7 +179,7 @@ class ITNetForClassification(nn.Module):
         return ClassificationHead.loss(self(batch), batch["labels"])
 
 
-class ITNetForVQA(nn.Module):
+class ITNetForVQA(PretrainedMixin, nn.Module):
     """Image + question → answer logits ``[B, answers]``; soft-score BCE against ``answer_scores`` ``[B, answers]``."""
 
     def __init__(self, config: ModelConfig, answers: int) -> None:

@@ -26,7 +26,9 @@ that of offsets within a tile, not of absolute positions), and gets ``dUa`` and 
 The two per-tile functions are plain torch; on 16/32-bit floats they run through
 ``torch.compile`` (C++ loops on CPU, Triton on GPU), which fuses the ``r``-wide kernel-MLP
 loops instead of materializing them. Tiles that no pair of the support can reach (causal,
-windows, radius) are skipped using the bounding boxes of the block positions.
+windows, radius) are skipped using the bounding boxes of the block positions; for local supports
+(windows, radii, causal windows) the blocks are sized to the support (:func:`default_block`) and a
+query block's visible source blocks are merged into one tile.
 """
 
 from __future__ import annotations
@@ -50,18 +52,25 @@ from itnet_scale.ops.spec import (
 )
 
 DEFAULT_BLOCK = (256, 256)
-LOCAL_BLOCK_MIN = 64  # smallest default tile side for local supports (smaller tiles cost more in per-tile overhead)
+LOCAL_QUERY_BLOCK_MIN, LOCAL_SOURCE_BLOCK_MIN = 64, 16  # local supports: smaller tiles cost more in overhead
+
+
+def _power_of_two_at_least(x: float, low: int, high: int) -> int:
+    return min(high, max(low, 1 << max(0, math.ceil(math.log2(max(x, 1))))))
 
 
 def default_block(spec: KernelSpec) -> tuple[int, int]:
-    """The tile shape when none is given: 256 × 256, or for a window / radius / causal window of half-width ``s``
-    square tiles of side ``next power of two ≥ 4s`` (between 64 and 256), so that a query block visits about three
-    source blocks and skips the rest instead of masking most of a few large tiles."""
+    """The ``(query, source)`` block shape when none is given: 256 × 256; for a window / radius / causal window
+    of half-width ``s``, query blocks of the power of two ≥ 4s (64 to 256) and source blocks of the power of two
+    ≥ s (16 to 256). The visible source blocks of a query block are merged into one tile, so a query block costs
+    about its own length plus ``2s`` sources, instead of most of a few large masked tiles."""
     if spec.support in ("window", "radius", "causal_window"):
-        side = 1 << max(0, math.ceil(math.log2(max(4 * spec.support_size, 1))))
-        side = min(DEFAULT_BLOCK[0], max(LOCAL_BLOCK_MIN, side))
-        return side, side
+        size = spec.support_size
+        return (_power_of_two_at_least(4 * size, LOCAL_QUERY_BLOCK_MIN, DEFAULT_BLOCK[0]),
+                _power_of_two_at_least(size, LOCAL_SOURCE_BLOCK_MIN, DEFAULT_BLOCK[1]))
     return DEFAULT_BLOCK
+
+
 _NEG = -1e30  # a finite "minus infinity" for the running max, so empty rows never make NaN
 
 # Bool masks get no gradient. Positions get one only through the kernel MLP's ``Ua (p_i − p_j)``
@@ -86,15 +95,16 @@ def _bounds(pos: Tensor, blocks: list[slice]) -> list[tuple[list[float], list[fl
     return list(zip(lo, hi))
 
 
-def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: list[slice]) -> list[list[int]]:
-    """For each query block, the source blocks that hold at least one pair in the support."""
+def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: list[slice]) -> list[list[slice]]:
+    """For each query block, the source slices holding every pair of the support: the source blocks whose
+    position box can reach the query block's, adjacent ones merged into one slice (one tile instead of several)."""
     if spec.support == "all":
-        return [list(range(len(sb))) for _ in qb]
+        return [list(sb) for _ in qb]
     qbox, sbox = _bounds(inp.pos_q, qb), _bounds(inp.pos_s, sb)
     size = spec.support_size
     out = []
     for qlo, qhi in qbox:
-        keep = []
+        runs: list[slice] = []
         for j, (slo, shi) in enumerate(sbox):
             gaps = [max(0.0, a - d, c - b) for a, b, c, d in zip(qlo, qhi, slo, shi)]  # box distance per dim
             if spec.support in ("causal", "causal_window"):
@@ -103,9 +113,13 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
                 ok = max(gaps) <= size
             else:  # radius
                 ok = math.fsum(g * g for g in gaps) <= size * size
-            if ok:
-                keep.append(j)
-        out.append(keep)
+            if not ok:
+                continue
+            if runs and runs[-1].stop == sb[j].start and spec.support != "causal":
+                runs[-1] = slice(runs[-1].start, sb[j].stop)  # local supports: few blocks, one tile
+            else:
+                runs.append(sb[j])
+        out.append(runs)
     return out
 
 
@@ -191,6 +205,7 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
     if a is not None:
         da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
+        da, db = da.transpose(-1, -2), db.transpose(-1, -2)  # back to [B, H, n, r]
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
     ds_out = ds if "table" in need or "attn_mask" in need else None
@@ -223,6 +238,8 @@ class _Tile:
             self.rel_q, self.rel_s = inp.pos_q[:, qs] - center, inp.pos_s[:, ss] - center  # [B, n, P]
             self.a = self.a + torch.einsum("hrp,bqp->bhqr", inp.pos_weight, self.rel_q)
             self.b = self.b - torch.einsum("hrp,bsp->bhsr", inp.pos_weight, self.rel_s)
+        if self.a is not None:  # the kernel MLP's layout: r before the positions (itnet_scale.ops.kernel_mlp)
+            self.a, self.b = self.a.transpose(-1, -2).contiguous(), self.b.transpose(-1, -2).contiguous()
         self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]) if inp.table is not None else None  # [B, nq, ns, P]
         bias = None
         if inp.table is not None:
@@ -238,7 +255,7 @@ class _Tile:
         self.w = source_weights(inp, ss)
 
     def score_args(self) -> tuple:
-        """The tile functions' arguments: the position term is already inside ``a`` and ``b``."""
+        """The tile functions' arguments: the position term is already inside ``a`` and ``b`` (``[B, H, r, n]``)."""
         return (self.q, self.k, self.beta, self.a, self.b, self.w2, self.mlp_w, self.mlp_c, self.bias, self.m,
                 self.log_d, self.w, self.v)
 
@@ -256,13 +273,13 @@ def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tup
     use_compile = compile_wanted(inp.v, block)
     out = inp.v.new_zeros(B, H, Nq, e)
     lse = inp.v.new_full((B, H, Nq), float("inf")) if spec.mode == "softmax" else None
-    for qs, keep in zip(qb, _visible_pairs(inp, spec, qb, sb)):
+    for qs, runs in zip(qb, _visible_pairs(inp, spec, qb, sb)):
         nq = qs.stop - qs.start
         top = inp.v.new_full((B, H, nq, 1), _NEG)
         total = inp.v.new_zeros(B, H, nq, 1)
         acc = inp.v.new_zeros(B, H, nq, e)
-        for j in keep:
-            tile = _Tile(inp, spec, qs, sb[j])
+        for ss in runs:
+            tile = _Tile(inp, spec, qs, ss)
             top, total, acc = run_maybe_compiled(
                 _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc)
         if spec.mode == "softmax":
@@ -290,12 +307,11 @@ def _backward(
     grads = {n: torch.zeros_like(getattr(inp, n)) for n in need}
     row_dot = (dout * out).sum(-1, keepdim=True) if spec.mode == "softmax" else None
     need_key = tuple(sorted(need))
-    for qs, keep in zip(qb, _visible_pairs(inp, spec, qb, sb)):
+    for qs, runs in zip(qb, _visible_pairs(inp, spec, qb, sb)):
         do = dout[:, :, qs]
         lse_q = None if lse is None else lse[:, :, qs]
         row_dot_q = None if row_dot is None else row_dot[:, :, qs]
-        for j in keep:
-            ss = sb[j]
+        for ss in runs:
             tile = _Tile(inp, spec, qs, ss)
             got = dict(zip(_TILE_GRADS, run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation,
                                                            need_key, *tile.score_args(), do, lse_q, row_dot_q)))

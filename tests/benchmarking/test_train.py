@@ -229,7 +229,7 @@ def test_zero3_accounting_on_one_rank(single_process):
 @pytest.mark.multiprocess
 def test_zero_memory_on_two_ranks(tokenizer_dir):
     """ZeRO-0 holds 16 B/param; ZeRO-3 with every tensor partitioned holds half of each part on each of 2 ranks,
-    plus DeepSpeed's fp32 master partition."""
+    and no separate fp32 master copy (it aliases the fp32 weights: itnet_scale.train.engine)."""
     report = run_suite(["--n", "32", "--methods", "transformer", "--warmup", "0", "--steps", "1", "--repeats", "1",
                         "--memory-seq", "32", "--tokenizer", str(tokenizer_dir)])
     memory = report.tables[1]
@@ -244,7 +244,7 @@ def test_zero_memory_on_two_ranks(tokenizer_dir):
         zero0, zero3 = records[("ZeRO-0", rank)]["counted"], records[(persist0, rank)]["counted"]
         for part in ("parameters", "gradients", "optimizer"):
             assert zero3[part] == pytest.approx(zero0[part] / 2, rel=0.01), part
-        assert zero3["master"] == pytest.approx(zero3["parameters"], rel=0.01)
+        assert zero3["master"] == 0
         assert all(records[(v, rank)]["losses"][1] < records[(v, rank)]["losses"][0] + 1 for v in rows)
     verdict = report.targets[2]
     assert verdict.status in ("met", "not met") and verdict.detail.startswith("generated config: ")

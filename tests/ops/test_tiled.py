@@ -107,11 +107,11 @@ def test_block_size_does_not_change_the_result(make_inputs):
 
 
 def test_default_tiles_follow_local_supports(make_inputs):
-    """Local supports get tiles of about four half-widths (64 to 256), so most tiles are skipped, not masked; the
-    result is that of any other tiling."""
+    """Local supports get query blocks of about four half-widths and source blocks of one (merged into one tile per
+    query block), so most pairs are skipped, not masked; the result is that of any other tiling."""
     assert default_block(KernelSpec(support="all")) == default_block(KernelSpec(support="causal")) == (256, 256)
-    assert default_block(KernelSpec(support="window", support_size=4)) == (64, 64)
-    assert default_block(KernelSpec(support="radius", support_size=20)) == (128, 128)
+    assert default_block(KernelSpec(support="window", support_size=4)) == (64, 16)
+    assert default_block(KernelSpec(support="radius", support_size=20)) == (128, 32)
     assert default_block(KernelSpec(support="causal_window", support_size=500)) == (256, 256)
     spec = KernelSpec(mode="softmax", support="window", support_size=3)
     inp = make_inputs(300, 300, spec=spec, requires_grad=False)
