@@ -2,18 +2,21 @@
 
 - :func:`open_source` opens what a tool is pointed at — a DeepSpeed tag folder (ZeRO 0–3, any world size, or a
   universal checkpoint), a run's checkpoint folder (its ``latest`` is followed), or a library folder — as a
-  :class:`WeightSource`: the model config, every tensor's name and shape, and a reader that yields tensors in
-  groups. Every DeepSpeed file is read weights-only and memory-mapped (:func:`mmap_weights_only_loads`).
+  :class:`WeightSource`: the model config, every tensor's name and shape, and a reader that yields the tensors one
+  at a time. Every DeepSpeed file is read weights-only and memory-mapped (:func:`mmap_weights_only_loads`), so the
+  Adam moments next to the fp32 weights are never read.
 - :func:`convert_to_library` streams a source into a library folder (:func:`itnet_scale.models.pretrained.
-  write_library`): ZeRO 1–3 weights come from DeepSpeed's own consolidation (``deepspeed.utils.zero_to_fp32``, its
-  lazy mode) and are written shard by shard, so at most one output shard is held besides what DeepSpeed's
-  consolidation holds (ZeRO-3: the memory-mapped partitions; ZeRO 1–2: the merged fp32 vector). ``verify=True``
-  checks the temporary folder (:func:`verify_conversion`) before it is renamed into place.
+  write_library`), after checking its tensors against the model its config builds (names and shapes). ZeRO 1–3
+  weights come from DeepSpeed's own consolidation (``deepspeed.utils.zero_to_fp32`` in its lazy mode): at ZeRO-3
+  each tensor is gathered from the memory-mapped partitions when its shard is written; at ZeRO 1–2 DeepSpeed
+  merges the partitions into one fp32 vector first. At most one output shard is held besides that, so the peak is
+  about 2× the fp32 model (``tests/tools/measure_convert_memory.py``). ``verify=True`` checks the temporary folder
+  (:func:`verify_conversion`) before it is renamed into place.
 - :func:`verify_conversion` runs :func:`verification_batches` (text, image, image + text, image pair + text, point
   clouds; fixed by a seed) through the model rebuilt from the source and the one read from the library folder and
-  raises :class:`VerificationError` unless every output agrees to ``tolerance`` in fp32.
+  raises :class:`VerificationError` unless every output (and every weight) agrees to ``tolerance`` in fp32.
 - :func:`inspect_checkpoint`: step, consumed samples per stream, objectives, model config, parameter count and
-  per-module sizes of either kind, without reading the weights.
+  per-module sizes of either kind, from the metadata alone.
 
 ``tools/convert_checkpoint.py`` and ``tools/inspect_checkpoint.py`` (console scripts ``itnet-convert-checkpoint``,
 ``itnet-inspect-checkpoint``) are :func:`convert_main` and :func:`inspect_main`.
@@ -27,7 +30,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -52,16 +54,19 @@ from itnet_scale.models.pretrained import (
     dtype_name,
     dtype_of,
     is_library_folder,
+    model_aliases,
     stored_dtype,
+    tied_groups,
     write_library,
 )
 from itnet_scale.train.checkpoint import (
     LATEST_FILE,
     checkpoint_tags,
     convert_to_universal,
-    deepspeed_record_types,
     is_universal_checkpoint,
+    load_weights_only,
     read_latest,
+    weights_only_loads,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,40 +81,19 @@ _CLIENT_SKIP = ("module", "optimizer", "frozen_param_fragments")
 # -- weights-only, memory-mapped loads ---------------------------------------------------------------------------
 
 
-def load_mapped(path: str | Path, map_location: Any = "cpu", *, mmap: bool = True) -> Any:
-    """``torch.load(path, weights_only=True, mmap=True)`` accepting DeepSpeed's few record types: nothing in the
-    file can run code, and tensors stay on disk until read (the page cache backs them). A missing file raises
-    ``FileNotFoundError``, a truncated, corrupt or code-carrying one ``ValueError``, both naming ``path``."""
-    try:
-        with torch.serialization.safe_globals(deepspeed_record_types()):
-            return torch.serialization.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint file is missing") from None
-    except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0]
-        raise ValueError(f"{path}: holds objects a weights-only load refuses (it will not be unpickled): "
-                         f"{first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: unreadable checkpoint file (truncated or corrupt?): {first}") from None
+def load_mapped(path: str | Path) -> Any:
+    """A DeepSpeed file read weights-only and memory-mapped, on the CPU (see
+    :func:`itnet_scale.train.checkpoint.load_weights_only`)."""
+    return load_weights_only(path, "cpu", mmap=True)
 
 
 @contextlib.contextmanager
 def mmap_weights_only_loads() -> Iterator[None]:
-    """Within the block every ``torch.load`` (DeepSpeed's too) is :func:`load_mapped`: weights-only, and memory-
-    mapped, so that DeepSpeed's consolidation never reads the Adam moments it discards, and stdout (DeepSpeed's
-    progress prints) goes to stderr."""
-    original = torch.load
-
-    def load(f: Any, map_location: Any = None, **_ignored: Any) -> Any:
-        return load_mapped(f, "cpu", mmap=isinstance(f, str | os.PathLike))
-
-    torch.load = load
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        torch.load = original
+    """Within the block every ``torch.load`` (DeepSpeed's too) is weights-only and memory-mapped, so that
+    DeepSpeed's consolidation never reads the Adam moments it discards; stdout (DeepSpeed's progress prints) goes
+    to stderr."""
+    with weights_only_loads(mmap=True), contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 # -- sources -----------------------------------------------------------------------------------------------------
@@ -121,12 +105,15 @@ def _natural(path: Path) -> list[Any]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The tag folder ``path`` means: itself when it holds DeepSpeed files, else the tag its ``latest`` names (a
-    run's ``checkpoints`` folder). A missing ``latest`` target raises ``FileNotFoundError`` naming both."""
+    run's ``checkpoints`` folder, or the run folder holding one). A missing ``latest`` target raises
+    ``FileNotFoundError`` naming both."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if list(path.glob("*model_states.pt")) or is_universal_checkpoint(path):
         return path
+    if not (path / LATEST_FILE).is_file() and (path / "checkpoints" / LATEST_FILE).is_file():
+        path = path / "checkpoints"  # a run folder
     tag = read_latest(path)
     if tag is None:
         tags = checkpoint_tags(path)
@@ -143,20 +130,6 @@ def model_config_from_yaml(text: str, where: str) -> ModelConfig:
 def _meta_model(task: str, config: ModelConfig, labels: int | None) -> nn.Module:
     with torch.device("meta"):
         return build_model(task, config, labels)
-
-
-def model_aliases(model: nn.Module) -> dict[str, str]:
-    """``{alias: first name}`` of a model's tied parameters and buffers (one object under several names)."""
-    first: dict[int, str] = {}
-    aliases = {}
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-    order = {name: i for i, name in enumerate(model.state_dict(keep_vars=True))}
-    for name, tensor in sorted(named, key=lambda item: order.get(item[0], math.inf)):
-        if id(tensor) in first:
-            aliases[name] = first[id(tensor)]
-        else:
-            first[id(tensor)] = name
-    return aliases
 
 
 @dataclass
@@ -296,7 +269,7 @@ def deepspeed_source(path: str | Path, model_config: ModelConfig | None = None) 
             add(name, shape, torch.float32, rank0)
     else:
         kind = "ZeRO-0"
-        tied = {**_storage_aliases(module), **shared}
+        tied = {**tied_groups(module), **shared}
         for name, tensor in module.items():
             if name not in tied and name not in buffers:
                 add(name, tensor.shape, tensor.dtype, rank0)
@@ -365,19 +338,6 @@ def _universal_param(path: Path, shape: tuple[int, ...] | None) -> Tensor:
     if param.dim() != 1 or param.numel() < numel:
         raise ValueError(f"{path}: holds {list(param.shape)}, which is not the parameter's shape {list(shape)}")
     return param[:numel].view(shape)
-
-
-def _storage_aliases(state: Mapping[str, Tensor]) -> dict[str, str]:
-    """Entries of a loaded state dict that share one storage (tied weights saved once by ``torch.save``)."""
-    first: dict[tuple, str] = {}
-    aliases = {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
-        if tensor.numel() and key in first:
-            aliases[name] = first[key]
-        else:
-            first.setdefault(key, name)
-    return aliases
 
 
 def library_source(path: str | Path) -> WeightSource:
@@ -776,6 +736,13 @@ A library folder starts a run: `launch/pretrain.py ... init_from=OUTPUT` (or `Mo
 """
 
 
+def _deepspeed_logs_to_stderr() -> None:
+    """Import DeepSpeed with stdout sent to stderr: its logger binds to the stream it sees at import (its
+    accelerator notice included), so the tools' stdout holds only their own output (``--json`` stays JSON)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401
+
+
 def _load_model_config_file(path: Path | None) -> ModelConfig | None:
     if path is None:
         return None
@@ -811,6 +778,7 @@ def convert_main(argv: list[str] | None = None) -> int:
     universal.add_argument("checkpoint", type=Path, help="a tag folder, e.g. runs/a/checkpoints/step000000200")
     universal.add_argument("output", type=Path, help="the checkpoint folder of the run that resumes it")
     args = parser.parse_args(argv)
+    _deepspeed_logs_to_stderr()
     try:
         if args.command == "universal":
             target = convert_to_universal(args.checkpoint, args.output)
@@ -846,6 +814,7 @@ def inspect_main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
+    _deepspeed_logs_to_stderr()
     try:
         report = inspect_checkpoint(args.path)
     except (ValueError, FileNotFoundError) as error:

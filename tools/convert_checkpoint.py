@@ -1,41 +1,35 @@
 #!/usr/bin/env python
-"""Convert checkpoints.
+"""Convert checkpoints (also installed as ``itnet-convert-checkpoint``).
 
 Usage::
 
+    python tools/convert_checkpoint.py library RUN/checkpoints OUT [--dtype fp32|bf16|fp16] [--max-shard-size 5GB]
+                                               [--task backbone] [--verify] [--overwrite]
+    python tools/convert_checkpoint.py verify RUN/checkpoints/stepN OUT
     python tools/convert_checkpoint.py universal RUN/checkpoints/stepN NEW_RUN/checkpoints
+
+``library``: a DeepSpeed checkpoint (ZeRO 0–3, any world size, universal; a tag folder, or a run's checkpoint
+folder whose ``latest`` is followed) → a library folder (``config.yaml`` + ``model.safetensors``, sharded with an
+index above ``--max-shard-size``), streamed through DeepSpeed's own consolidation; ``--verify`` runs a fixed batch
+through the source and the converted model and fails (exit 1, the max abs diff printed) unless they agree to 1e-5.
+The folder starts a run with ``launch/pretrain.py ... init_from=OUT`` or loads with ``Model.from_pretrained(OUT)``.
 
 ``universal``: a ZeRO 1–3 DeepSpeed checkpoint → DeepSpeed's universal checkpoint (``ds_to_universal``, reading
 weights-only), written as ``NEW_RUN/checkpoints/stepN`` with ``latest`` pointing at it, so that
 ``launch/pretrain.py ... run_dir=NEW_RUN`` resumes it on any number of ranks.
+
+Bad input exits with status 2 and a message naming the file and the tensor. The logic is
+:mod:`itnet_scale.checkpoints`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from itnet_scale.train.checkpoint import convert_to_universal
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    universal = commands.add_parser("universal", help="ZeRO 1–3 checkpoint → DeepSpeed universal checkpoint")
-    universal.add_argument("checkpoint", type=Path, help="a tag folder, e.g. runs/a/checkpoints/step000000200")
-    universal.add_argument("output", type=Path, help="the checkpoint folder of the run that resumes it")
-    args = parser.parse_args(argv)
-    try:
-        target = convert_to_universal(args.checkpoint, args.output)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"universal checkpoint: {target} (latest → {target.name})")
-    return 0
-
+from itnet_scale.checkpoints import convert_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(convert_main())

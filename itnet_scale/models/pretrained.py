@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import torch
 from omegaconf import OmegaConf
@@ -213,6 +214,20 @@ def backbone_prefix(model: nn.Module) -> str:
     return "" if task_of(model) == "backbone" else BACKBONE_PREFIX
 
 
+def model_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: first name}`` of a model's tied parameters and buffers (one object under several names)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    order = {name: i for i, name in enumerate(model.state_dict(keep_vars=True))}
+    for name, tensor in sorted(named, key=lambda item: order.get(item[0], len(order))):
+        if id(tensor) in first:
+            aliases[name] = first[id(tensor)]
+        else:
+            first[id(tensor)] = name
+    return aliases
+
+
 def tied_groups(state: Mapping[str, Tensor]) -> dict[str, str]:
     """``{alias: first name}`` for the entries of a state dict that are one tensor under several names (same
     storage, offset, shape and strides), the first name in ``state``'s order being the one stored."""
@@ -242,10 +257,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        numel = 1
-        for size in self.shape:
-            numel *= size
-        return numel * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def stored_dtype(dtype: torch.dtype, output: torch.dtype | None) -> torch.dtype:
@@ -293,10 +305,16 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         for path in temporary.iterdir():
             _fsync(path)
         old = None
-        if target.exists():
+        if target.exists():  # overwrite: move the old folder aside, put the new one in place, then delete the old
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old / target.name, target)
+                old.rmdir()
+            raise
         _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old)
@@ -355,7 +373,12 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, max_shard_size: 
     """Save ``model`` (an ITNet model) as a library folder; ``dtype`` (fp32/bf16/fp16) casts the floating-point
     tensors (default: as they are). ``source`` is recorded as provenance. Returns ``directory``."""
     state = model.state_dict()
-    tied = tied_groups(state)
+    tied = model_aliases(model)
+    partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id") and p.numel() == 0]
+    if partitioned:
+        raise ValueError(f"parameter {partitioned[0]!r} is partitioned by ZeRO-3 (empty here): gather the weights "
+                         "first (deepspeed.zero.GatheredParameters), or convert the run's checkpoint "
+                         "(tools/convert_checkpoint.py library)")
     floating = {t.dtype for t in state.values() if t.dtype.is_floating_point}
     output = dtype_of(dtype) if dtype is not None else (floating.pop() if len(floating) == 1 else torch.float32)
     config = LibraryConfig(task=task_of(model), model_class=type(model).__name__, labels=label_count(model),
@@ -512,7 +535,7 @@ def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching
     model_is = described or f"the model {folder.directory / CONFIG_FILE} describes"
     own_prefix, their_prefix = backbone_prefix(model), folder.config.backbone_prefix
     targets = model.state_dict(keep_vars=True)
-    aliases = tied_groups({name: t.detach() for name, t in targets.items()})
+    aliases = model_aliases(model)
     plan: dict[str, str] = {}  # the model's name → the folder's stored name
     head_names: dict[str, list[str]] = {}
     for name, target in targets.items():
@@ -644,6 +667,6 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, classes: int | None = None, answers: int | None = None,
-                        dtype: str | torch.dtype | None = None, **overrides: Any) -> Any:
+                        dtype: str | torch.dtype | None = None, **overrides: Any) -> Self:
         """The model of a library folder; see :func:`from_pretrained`."""
         return from_pretrained(cls, directory, classes=classes, answers=answers, dtype=dtype, **overrides)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Iterator
@@ -157,28 +158,39 @@ def deepspeed_record_types() -> list[type]:
 _torch_load = torch.load
 
 
-def load_weights_only(path: str | Path, map_location: Any = None, **_ignored: Any) -> Any:
-    """``torch.load(path, weights_only=True)`` accepting DeepSpeed's record types; a missing file raises
-    ``FileNotFoundError`` and a truncated or corrupt one ``ValueError``, both naming ``path``."""
+def load_weights_only(path: str | Path, map_location: Any = None, *, mmap: bool = False, **_ignored: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` accepting DeepSpeed's record types (``mmap``: leave the tensors on
+    disk until read, e.g. the Adam moments a consolidation skips). A missing file raises ``FileNotFoundError``; a
+    truncated or corrupt one, or one holding objects a weights-only load refuses, ``ValueError``; both name
+    ``path``."""
     try:
         with torch.serialization.safe_globals(deepspeed_record_types()):
-            return _torch_load(path, map_location=map_location, weights_only=True)
+            return _torch_load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: checkpoint file is missing") from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{path}: holds objects a weights-only load refuses (it will not be unpickled): "
+                         f"{first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: unreadable checkpoint file (truncated or corrupt?): {first}") from None
 
 
 @contextmanager
-def weights_only_loads() -> Iterator[None]:
-    """Within the block every ``torch.load`` is :func:`load_weights_only`.
+def weights_only_loads(mmap: bool = False) -> Iterator[None]:
+    """Within the block every ``torch.load`` is :func:`load_weights_only` (memory-mapped when ``mmap`` and the
+    source is a path).
 
     DeepSpeed reads checkpoints with ``torch.load(weights_only=False)`` in several places (its checkpoint engine,
-    the universal-checkpoint loader, ``ds_to_universal``), and none takes a loader argument; replacing the function
-    for the duration of a load is the one way to make all of them refuse to run code from a checkpoint.
+    the universal-checkpoint loader, ``ds_to_universal``, ``zero_to_fp32``), and none takes a loader argument;
+    replacing the function for the duration of a load is the one way to make all of them refuse to run code from a
+    checkpoint.
     """
-    torch.load = load_weights_only
+    def load(f: Any, map_location: Any = None, **_ignored: Any) -> Any:
+        return load_weights_only(f, map_location, mmap=mmap and isinstance(f, str | os.PathLike))
+
+    torch.load = load
     try:
         yield
     finally:
