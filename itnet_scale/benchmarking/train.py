@@ -15,9 +15,11 @@ project's AdamW and warm-up + cosine schedule), each wrapped by ``deepspeed.init
 A step is ``engine(batch)`` → the summed losses → ``engine.backward`` → ``engine.step``. Every method first takes
 ``--warmup`` untimed steps at each length (``torch.compile`` of the exact integrator's tiles, allocator caches),
 then ``--repeats`` rounds of ``--steps`` timed steps; within a round the methods take turns (the order rotates
-from round to round), so drift of a shared machine falls on all of them alike. Rates are tokens (all ``B × N``
-positions of a batch, masked or not) per second of the round; the table gives medians over rounds, and each
-ratio is the median of the rounds' own ratios to the baseline.
+from round to round), so drift of a shared machine falls on all of them alike. A round's rate is tokens (all
+``B × N`` positions of a batch, masked or not) per median step time of the round — the median, because each round
+starts by resetting the process's memory high-water mark (and returning freed memory), so its first step pays the
+page faults of re-growing the heap, more for the methods that allocate more; the table gives medians over rounds,
+and each ratio is the median of the rounds' own ratios to the baseline.
 
 The data is real text: the demo corpus (``pydoc_data.topics``, :func:`itnet_scale.data.demo.demo_paragraphs`)
 tokenized by the demo tokenizer, paragraphs joined by ``<sep>``, cut into rows of ``<cls>`` + ``N − 1`` tokens,
@@ -304,8 +306,8 @@ class Case:
     warmup_seconds: list[float] = field(default_factory=list)
 
     def rates(self, tokens_per_step: int) -> list[float]:
-        """Tokens/s of each round."""
-        return [tokens_per_step * len(s) / sum(s) for s in self.step_seconds]
+        """Tokens/s of each round: tokens per step / the round's median step time (see the module doc)."""
+        return [tokens_per_step / statistics.median(s) for s in self.step_seconds]
 
     def to_dict(self, tokens_per_step: int) -> dict[str, Any]:
         rates = self.rates(tokens_per_step)
@@ -396,7 +398,7 @@ def _run_length(n: int, config: TrainBenchConfig, data: TextData, engines: dict[
             case.losses.append(losses)
             case.peak_bytes.append(tracker.growth_bytes)
             say(f"N={n} {LABELS[method]} round {round_ + 1}/{config.repeats}: "
-                f"{results.tokens_per_step(n) * len(seconds) / sum(seconds):.0f} tokens/s, loss {losses[-1]:.3f}")
+                f"{results.tokens_per_step(n) / statistics.median(seconds):.0f} tokens/s, loss {losses[-1]:.3f}")
 
 
 def run_memory_benchmark(config: TrainBenchConfig, data: TextData, say: Callable[[str], None] = _log) -> list[dict]:

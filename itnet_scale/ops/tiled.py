@@ -88,11 +88,17 @@ def _blocks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _bounds(pos: Tensor, blocks: list[slice]) -> list[tuple[list[float], list[float]]]:
-    """Per block, the per-dim min and max position over batch and block (host lists)."""
-    lo = torch.stack([pos[:, s].amin((0, 1)) for s in blocks]).tolist()
-    hi = torch.stack([pos[:, s].amax((0, 1)) for s in blocks]).tolist()
-    return list(zip(lo, hi))
+def _bounds(pos: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Per block of ``size`` positions (the last may be shorter), the per-dim min and max position over batch and
+    block: ``([blocks, P], [blocks, P])``."""
+    B, N, P = pos.shape
+    pad = (-N) % size
+
+    def per_block(fill: float, reduce) -> Tensor:
+        padded = torch.cat([pos, pos.new_full((B, pad, P), fill)], 1) if pad else pos
+        return reduce(padded.detach().view(B, -1, size, P), (0, 2))
+
+    return per_block(math.inf, torch.amin), per_block(-math.inf, torch.amax)
 
 
 def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: list[slice]) -> list[list[slice]]:
@@ -100,21 +106,20 @@ def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: lis
     position box can reach the query block's, adjacent ones merged into one slice (one tile instead of several)."""
     if spec.support == "all":
         return [list(sb) for _ in qb]
-    qbox, sbox = _bounds(inp.pos_q, qb), _bounds(inp.pos_s, sb)
+    (qlo, qhi), (slo, shi) = _bounds(inp.pos_q, qb[0].stop - qb[0].start), _bounds(inp.pos_s, sb[0].stop - sb[0].start)
+    qlo, qhi, slo, shi = qlo[:, None], qhi[:, None], slo[None], shi[None]  # [queries, 1, P], [1, sources, P]
     size = spec.support_size
+    if spec.support in ("causal", "causal_window"):
+        ok = slo[..., 0] <= qhi[..., 0]
+        if spec.support == "causal_window":
+            ok &= qlo[..., 0] - shi[..., 0] <= size
+    else:
+        gaps = torch.maximum(qlo - shi, slo - qhi).clamp_min(0.0)  # box distance per dim
+        ok = gaps.amax(-1) <= size if spec.support == "window" else gaps.square().sum(-1) <= size * size
     out = []
-    for qlo, qhi in qbox:
+    for row in ok.tolist():
         runs: list[slice] = []
-        for j, (slo, shi) in enumerate(sbox):
-            gaps = [max(0.0, a - d, c - b) for a, b, c, d in zip(qlo, qhi, slo, shi)]  # box distance per dim
-            if spec.support in ("causal", "causal_window"):
-                ok = slo[0] <= qhi[0] and (spec.support == "causal" or qlo[0] - shi[0] <= size)
-            elif spec.support == "window":
-                ok = max(gaps) <= size
-            else:  # radius
-                ok = math.fsum(g * g for g in gaps) <= size * size
-            if not ok:
-                continue
+        for j in (j for j, visible in enumerate(row) if visible):
             if runs and runs[-1].stop == sb[j].start and spec.support != "causal":
                 runs[-1] = slice(runs[-1].start, sb[j].stop)  # local supports: few blocks, one tile
             else:
@@ -176,12 +181,14 @@ def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m,
 
 def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse,
                    row_dot):
-    """Gradients from one tile. Returns a tuple in the order of ``_TILE_GRADS`` (None where unneeded).
+    """Gradients from one tile, but the kernel MLP's: a tuple in the order of ``_TILE_GRADS`` (None where unneeded;
+    ``ds``, the score gradient, whenever the MLP, the table or a float mask needs it).
 
-    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode). ``da``/``db`` come back whenever ``a`` is given (they also
-    carry the position term's gradient, see :meth:`_Tile.position_grads`).
+    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode). The kernel MLP's gradients come from ``ds`` in a second
+    compiled function (:func:`_mlp_backward_tile`): fused into this one, its ``r``-wide reductions made the loop
+    nests of the whole tile slower than the two apart.
     """
-    s, qk, layers = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
+    s, qk, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
     if mode == "softmax":
         p_unweighted = (_softmax_logits(s, m, log_d) - lse[..., None]).exp()
@@ -197,19 +204,24 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         dv = kmat.transpose(-1, -2) @ do if "v" in need else None
         dw = (dpk * s * _linear_factor(m, log_d, None)).sum(-2) if "weights" in need else None
         dlog_d = dpk * kmat
-    dq = dk = dbeta = da = db = dw2 = dmlp_w = dmlp_c = None
+    dq = dk = dbeta = None
     if q is not None:
         scale = beta[None, :, None, None] / math.sqrt(q.shape[-1])
         dq = (ds * scale) @ k if "q" in need else None
         dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
-    if a is not None:
-        da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
-        da, db = da.transpose(-1, -2), db.transpose(-1, -2)  # back to [B, H, n, r]
     dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
     dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
-    ds_out = ds if "table" in need or "attn_mask" in need else None
-    return dq, dk, dbeta, da, db, dw2, dmlp_w, dmlp_c, dv, dw, dtau_q, dtau_s, ds_out
+    ds_out = ds if a is not None or "table" in need or "attn_mask" in need else None
+    return dq, dk, dbeta, None, None, None, None, None, dv, dw, dtau_q, dtau_s, ds_out
+
+
+def _mlp_backward_tile(activation, a, b, w2, mlp_w, mlp_c, ds):
+    """The kernel MLP's gradients from one tile's score gradient ``ds``: ``(da [B, H, nq, r], db [B, H, ns, r],
+    dw2, dmlp_w, dmlp_c)`` (the activations recomputed from ``a``, ``b``)."""
+    layers = mlp_layers(a, b, mlp_w, mlp_c, activation)
+    da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
+    return da.transpose(-1, -2), db.transpose(-1, -2), dw2, dmlp_w, dmlp_c  # a, b back to [B, H, n, r]
 
 
 _TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
@@ -236,9 +248,10 @@ class _Tile:
             # shifted positions stay as small as the offsets themselves (no cancellation for long sequences).
             center = inp.pos_q[:, qs.start: qs.start + 1]
             self.rel_q, self.rel_s = inp.pos_q[:, qs] - center, inp.pos_s[:, ss] - center  # [B, n, P]
-            self.a = self.a + torch.einsum("hrp,bqp->bhqr", inp.pos_weight, self.rel_q)
-            self.b = self.b - torch.einsum("hrp,bsp->bhsr", inp.pos_weight, self.rel_s)
-        if self.a is not None:  # the kernel MLP's layout: r before the positions (itnet_scale.ops.kernel_mlp)
+            Ua = inp.pos_weight[None]  # [1, H, r, P]
+            self.a = (self.a.transpose(-1, -2) + Ua @ self.rel_q.transpose(1, 2)[:, None]).contiguous()  # [B,H,r,nq]
+            self.b = (self.b.transpose(-1, -2) - Ua @ self.rel_s.transpose(1, 2)[:, None]).contiguous()
+        elif self.a is not None:  # the kernel MLP's layout: r before the positions (itnet_scale.ops.kernel_mlp)
             self.a, self.b = self.a.transpose(-1, -2).contiguous(), self.b.transpose(-1, -2).contiguous()
         self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]) if inp.table is not None else None  # [B, nq, ns, P]
         bias = None
@@ -262,18 +275,26 @@ class _Tile:
     def position_grads(self, da: Tensor, db: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(dUa [H, r, P], dpos_q [B, nq, P], dpos_s [B, ns, P])`` from the gradients of the shifted ``a``, ``b``
         (the shift's centre cancels: it gets no gradient)."""
-        Ua = self.pos_weight
-        dUa = torch.einsum("bhqr,bqp->hrp", da, self.rel_q) - torch.einsum("bhsr,bsp->hrp", db, self.rel_s)
-        return dUa, torch.einsum("bhqr,hrp->bqp", da, Ua), -torch.einsum("bhsr,hrp->bsp", db, Ua)
+        Ua = self.pos_weight  # [H, r, P]; da [B, H, nq, r], db [B, H, ns, r]
+        dUa = (da.transpose(-1, -2) @ self.rel_q[:, None] - db.transpose(-1, -2) @ self.rel_s[:, None]).sum(0)
+        return dUa, (da @ Ua).sum(1), -(db @ Ua).sum(1)
 
 
-def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-    B, H, Nq, Ns, e = inp.shape
+Tiling = list[tuple[slice, list[slice]]]  # each query block with the source slices it visits
+
+
+def _tiling(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> Tiling:
+    """The tiles to visit (computed once per forward; the backward reuses them)."""
+    _, _, Nq, Ns, _ = inp.shape
     qb, sb = _blocks(Nq, block[0]), _blocks(Ns, block[1])
-    use_compile = compile_wanted(inp.v, block)
+    return list(zip(qb, _visible_pairs(inp, spec, qb, sb)))
+
+
+def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, use_compile: bool) -> tuple[Tensor, Tensor | None]:
+    B, H, Nq, _, e = inp.shape
     out = inp.v.new_zeros(B, H, Nq, e)
     lse = inp.v.new_full((B, H, Nq), float("inf")) if spec.mode == "softmax" else None
-    for qs, runs in zip(qb, _visible_pairs(inp, spec, qb, sb)):
+    for qs, runs in tiling:
         nq = qs.stop - qs.start
         top = inp.v.new_full((B, H, nq, 1), _NEG)
         total = inp.v.new_zeros(B, H, nq, 1)
@@ -294,20 +315,18 @@ def _forward(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> tup
 def _backward(
     inp: KernelInputs,
     spec: KernelSpec,
-    block: tuple[int, int],
+    tiling: Tiling,
+    use_compile: bool,
     out: Tensor,
     lse: Tensor | None,
     dout: Tensor,
     need: set[str],
 ) -> dict[str, Tensor]:
     """Gradients of the inputs named in ``need``, recomputing each tile's score."""
-    _, _, Nq, Ns, _ = inp.shape
-    qb, sb = _blocks(Nq, block[0]), _blocks(Ns, block[1])
-    use_compile = compile_wanted(inp.v, block)
     grads = {n: torch.zeros_like(getattr(inp, n)) for n in need}
     row_dot = (dout * out).sum(-1, keepdim=True) if spec.mode == "softmax" else None
     need_key = tuple(sorted(need))
-    for qs, runs in zip(qb, _visible_pairs(inp, spec, qb, sb)):
+    for qs, runs in tiling:
         do = dout[:, :, qs]
         lse_q = None if lse is None else lse[:, :, qs]
         row_dot_q = None if row_dot is None else row_dot[:, :, qs]
@@ -315,6 +334,10 @@ def _backward(
             tile = _Tile(inp, spec, qs, ss)
             got = dict(zip(_TILE_GRADS, run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation,
                                                            need_key, *tile.score_args(), do, lse_q, row_dot_q)))
+            if tile.a is not None:
+                got["a"], got["b"], got["w2"], got["mlp_w"], got["mlp_c"] = run_maybe_compiled(
+                    _mlp_backward_tile, use_compile, spec.activation, tile.a, tile.b, tile.w2, tile.mlp_w, tile.mlp_c,
+                    got["ds"])
             if tile.pos_weight is not None:  # da, db come back whatever is needed: they carry the position term
                 got["pos_weight"], got["pos_q"], got["pos_s"] = tile.position_grads(got["a"], got["b"])
             for name, g in got.items():
@@ -360,8 +383,9 @@ class _TiledIntegralTransform(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: KernelSpec, block: tuple[int, int], names: tuple[str, ...], *tensors: Tensor):
         inp = KernelInputs(**dict(zip(names, tensors)))
-        out, lse = _forward(inp, spec, block)
-        ctx.spec, ctx.block, ctx.names = spec, block, names
+        tiling, use_compile = _tiling(inp, spec, block), compile_wanted(inp.v, block)
+        out, lse = _forward(inp, spec, tiling, use_compile)
+        ctx.spec, ctx.tiling, ctx.use_compile, ctx.names = spec, tiling, use_compile, names
         ctx.present = [t is not None for t in tensors]
         ctx.save_for_backward(*[t for t in tensors if t is not None], out, lse)
         return out
@@ -377,7 +401,7 @@ class _TiledIntegralTransform(torch.autograd.Function):
                 if g and t is not None and n not in _NOT_DIFFERENTIABLE}
         if inp.pos_weight is None:
             need -= {"pos_q", "pos_s"}
-        grads = _backward(inp, ctx.spec, ctx.block, out, lse, dout.contiguous(), need)
+        grads = _backward(inp, ctx.spec, ctx.tiling, ctx.use_compile, out, lse, dout.contiguous(), need)
         return (None, None, None, *[grads.get(n) for n in ctx.names])
 
 
