@@ -59,8 +59,9 @@ def init_single_process(backend: str = "gloo") -> bool:
     The group lives as long as the process (it is destroyed at exit): DeepSpeed caches the groups it derives
     from it, so a group destroyed and created anew would leave those stale.
     """
-    import deepspeed
     import torch.distributed as dist
+
+    from itnet_scale.parallel.process_group import init_distributed
 
     if dist.is_available() and dist.is_initialized():
         return False
@@ -68,7 +69,7 @@ def init_single_process(backend: str = "gloo") -> bool:
                        ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    deepspeed.init_distributed(dist_backend=backend)
+    init_distributed(backend)
     atexit.register(_destroy_process_group)
     return True
 

@@ -79,13 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
     args = parser.parse_args(argv)
-    import deepspeed
     import torch
     import torch.distributed as dist
     from safetensors.torch import load_file
 
+    from itnet_scale.parallel.process_group import init_distributed
+
     spec = json.loads(args.spec.read_text())
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     torch.set_num_threads(1)
     batch = {k: v.bool() if k == "text_attention_mask" else v for k, v in load_file(spec["batch"]).items()}
     records = [measure_variant(v, batch, spec["vocab_size"], spec["micro_batch_size"]) for v in spec["variants"]]

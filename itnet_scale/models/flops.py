@@ -31,13 +31,24 @@ def _sources(layer: IntegralTransform, length: int) -> float:
     return float(min(length, 2 * size + 1))
 
 
-def training_flops(model: nn.Module, tokens: int, length: int) -> float:
-    """Training FLOPs (forward + backward) of ``tokens`` tokens in sequences of ``length`` through ``model``."""
-    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    per_token = 6.0 * sum(p.numel() for p in model.parameters() if id(p) not in tables)
-    for module in model.modules():
-        if isinstance(module, IntegralTransform):
+class TrainingFlops:
+    """``flops(tokens, length)``: training FLOPs (forward + backward) of ``tokens`` tokens in sequences of ``length``
+    through ``model`` (its parameters and transforms are read once, here)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        self.dense = 6.0 * sum(p.numel() for p in model.parameters() if id(p) not in tables)
+        self.mixers = [module for module in model.modules() if isinstance(module, IntegralTransform)]
+
+    def __call__(self, tokens: int, length: int) -> float:
+        per_token = self.dense
+        for module in self.mixers:
             d = module.head_dim if module.q_proj is not None else 0
             pair = d + module.value_dim + 1.5 * module.kernel_width * module.kernel_depth
             per_token += 6.0 * module.heads * _sources(module, length) * pair
-    return per_token * tokens
+        return per_token * tokens
+
+
+def training_flops(model: nn.Module, tokens: int, length: int) -> float:
+    """Training FLOPs (forward + backward) of ``tokens`` tokens in sequences of ``length`` through ``model``."""
+    return TrainingFlops(model)(tokens, length)

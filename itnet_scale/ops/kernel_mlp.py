@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.fx.experimental._config as fx_config  # use_duck_shape: read when dynamo makes a ShapeEnv
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -147,16 +148,24 @@ def compile_wanted(t: Tensor, tile: tuple[int, int]) -> bool:
 
 
 def run_maybe_compiled(fn: Callable, use_compile: bool, *args, **kwargs):
-    """Call ``fn`` compiled (once per function; shapes that vary become dynamic) or eagerly."""
+    """Call ``fn`` compiled or eagerly.
+
+    Compiled with dynamic shapes from the first call and without duck shaping (sizes that happen to be equal get
+    no shared symbol), so the kernel a tile runs depends on its own shapes alone, not on the shapes seen before:
+    dynamo's default — static kernels first, dynamic ones after a size changes, and a later input matching a
+    newer entry — made a run resumed mid-way compute with other kernels than the uninterrupted run, i.e. other
+    roundings, which Adam amplifies in weights whose true gradient is zero (the key bias under softmax).
+    """
     global _compile_failed
     if use_compile:
         if fn not in _compiled:
             # One tile function serves every layer, integrator and grad mode: its argument pattern
             # (which terms exist, requires_grad, dtypes) varies more than dynamo's default 8 variants.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            _compiled[fn] = torch.compile(fn, fullgraph=True)
+            _compiled[fn] = torch.compile(fn, fullgraph=True, dynamic=True)
         try:
-            return _compiled[fn](*args, **kwargs)
+            with fx_config.patch(use_duck_shape=False):
+                return _compiled[fn](*args, **kwargs)
         except Exception as err:  # no C++ compiler, unsupported platform: fall back, once, loudly
             _compile_failed = True
             warnings.warn(f"torch.compile of {fn.__name__} failed ({err!r}); running it eagerly", stacklevel=2)

@@ -1,6 +1,7 @@
 """Parallelism beyond data parallel: sequence parallelism (DeepSpeed Ulysses, carried low-rank state).
 
-Trainer order: ``deepspeed.init_distributed()`` → ``sp = SequenceParallel.setup(size)`` → build the model →
+Trainer order: ``init_distributed()`` (:mod:`itnet_scale.parallel.process_group`) →
+``sp = SequenceParallel.setup(size)`` → build the model →
 ``apply_sequence_parallel(model, sp)`` → ``deepspeed.initialize(model=model, mpu=sp.mpu,
 config=sequence_parallel_deepspeed_config(config, sp), ...)`` → per step
 ``engine.backward(loss * sp.loss_scale)``; the data loader shards by ``sp.data_parallel_rank`` /
@@ -19,8 +20,10 @@ from itnet_scale.parallel.model import (
     remove_sequence_parallel,
     sequence_parallel_problem,
 )
+from itnet_scale.parallel.process_group import init_distributed
 from itnet_scale.parallel.ulysses import SequenceParallelIntegralTransform, gather_sequence, shard_sequence
 
 __all__ = ["SequenceParallel", "SequenceParallelIntegralTransform", "SequenceShards", "apply_sequence_parallel",
-           "check_sequence_parallel", "check_sequence_parallel_size", "gather_sequence", "remove_sequence_parallel",
+           "check_sequence_parallel", "check_sequence_parallel_size", "gather_sequence",
+           "init_distributed", "remove_sequence_parallel",
            "sequence_parallel_deepspeed_config", "sequence_parallel_problem", "shard_sequence"]

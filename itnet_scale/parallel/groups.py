@@ -1,6 +1,6 @@
 """Sequence-parallel process groups, made by DeepSpeed's own ``parallel_state_sp``, and what the trainer needs.
 
-``SequenceParallel.setup(size)`` — after ``deepspeed.init_distributed``, before ``deepspeed.initialize`` — splits
+``SequenceParallel.setup(size)`` — after ``init_distributed``, before ``deepspeed.initialize`` — splits
 the ``W`` ranks into ``W/size`` sequence-parallel groups of ``size`` consecutive ranks (DeepSpeed's layout: rank
 ``g·size + r`` is rank ``r`` of group ``g``). The ranks of one group hold the same samples and split their
 sequences; group ``g`` is data-parallel rank ``g`` of ``D = W/size``. ``mpu`` is the module
@@ -76,11 +76,11 @@ class SequenceParallel:
     @classmethod
     def setup(cls, size: int) -> SequenceParallel:
         """Create (once per process) the groups of ``sequence_parallel_size=size`` ranks. Call it on every rank
-        after ``deepspeed.init_distributed()`` and before ``deepspeed.initialize``. A size below 1, or one that
+        after ``init_distributed()`` and before ``deepspeed.initialize``. A size below 1, or one that
         does not divide the world, raises ``ValueError`` naming ``sequence_parallel_size``."""
         check_sequence_parallel_size(size)
         if not deepspeed.comm.is_initialized():
-            raise RuntimeError("SequenceParallel.setup needs deepspeed.init_distributed() to have run first")
+            raise RuntimeError("SequenceParallel.setup needs itnet_scale.parallel.init_distributed() to have run first")
         world, global_rank = dist.get_world_size(), dist.get_rank()
         check_sequence_parallel_size(size, world)
         if size == 1:

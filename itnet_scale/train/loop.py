@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from itnet_scale.config import to_yaml
 from itnet_scale.data.tokenizer import Tokenizer
-from itnet_scale.models.flops import training_flops
+from itnet_scale.models.flops import TrainingFlops
 from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.train.checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
@@ -79,12 +79,10 @@ class Pretrainer:
     JSON, merged over the generated one."""
 
     def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> None:
-        import deepspeed
-
-        from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel
+        from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 
         self.config = config
-        deepspeed.init_distributed()
+        init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.sp = SequenceParallel.setup(config.sequence_parallel_size)
         self.tokenizer = Tokenizer.from_dir(config.tokenizer)
@@ -99,6 +97,7 @@ class Pretrainer:
         if config.init_from is not None:
             self._load_initial_weights(model, config.init_from)
         apply_sequence_parallel(model, self.sp)
+        self.flops = TrainingFlops(model)  # before ZeRO-3 partitions the parameters (their numel becomes 0)
         self.engine, self.optimizer = build_engine(
             model, config.deepspeed, config.optimizer, config.steps, model_width=self.model_config.dim,
             deepspeed_config_file=deepspeed_config_file, sequence_parallel=self.sp)
@@ -190,7 +189,6 @@ class Pretrainer:
         sums, seen = Counter(), Counter()
         counts = {"samples": 0.0, "tokens": 0.0, "flops": 0.0, "data_wait": 0.0}
         grads_at_zero0: list[torch.Tensor] = []
-        reason = None
         for micro in range(self.accumulation):
             parts, waited = self.streams.next()
             counts["data_wait"] += waited
@@ -204,8 +202,7 @@ class Pretrainer:
                 if weight > 0:
                     counts["samples"] += part.samples
                     counts["tokens"] += part.tokens
-                    counts["flops"] += training_flops(self.engine.module, part.tokens,
-                                                      max(1, part.tokens // max(part.samples, 1)))
+                    counts["flops"] += self.flops(part.tokens, max(1, part.tokens // max(part.samples, 1)))
             if micro < self.accumulation - 1:
                 self.engine.step()  # DeepSpeed counts micro-steps; the update happens at the boundary
         if self.engine.zero_optimization_stage() == 0:

@@ -210,12 +210,14 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(data, tmp_path):
 def test_sequence_parallel_pretraining_and_its_logs(data, tmp_path):
     """``sequence_parallel_size=2`` on 2 ranks (one data-parallel replica whose sequences are split) trains;
     TensorBoard holds every scalar the run promises."""
-    pretrain(data, tmp_path / "run", 3, sequence_parallel_size=2, **{"checkpoint.save_every": 3})
+    pretrain(data, tmp_path / "run", 3, sequence_parallel_size=2,
+             **{"checkpoint.save_every": 3, "logging.peak_flops_per_rank": 1e11})
     scalars = logged(tmp_path / "run")
     for name in ("loss/total", "loss/mlm", "loss/itc", "loss/mpm", "loss/mpp", "lr", "grad_norm", "skipped_steps",
                  "throughput/samples_per_s", "throughput/tokens_per_s", "throughput/data_wait_share",
-                 "memory/rss_gib", "time/step_s"):
+                 "throughput/mfu", "memory/rss_gib", "time/step_s"):
         assert [s for s, _ in scalars[name]] == [1, 2, 3], name
+    assert all(0 < value < 1 for _, value in scalars["throughput/mfu"])  # against a 100 GFLOP/s peak per rank
     assert all(value == value for _, value in scalars["loss/total"])
     state = read_client_state(tmp_path / "run" / "checkpoints" / step_tag(3))
     assert state["sequence_parallel_size"] == 2 and state["data"]["text"]["units"] == 3 * 1 * 2  # one replica

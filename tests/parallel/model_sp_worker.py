@@ -22,7 +22,12 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
 from itnet_scale.models import LayerConfig, create_model, load_model_config
 from itnet_scale.nn.heads import mask_tokens
-from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, sequence_parallel_deepspeed_config
+from itnet_scale.parallel import (
+    SequenceParallel,
+    apply_sequence_parallel,
+    init_distributed,
+    sequence_parallel_deepspeed_config,
+)
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 LR = 0.5
@@ -170,7 +175,7 @@ def main() -> None:
     parser.add_argument("--stages", default="0,1,2,3")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     world = dist.get_world_size()
     check_refusals(world)
     sp = SequenceParallel.setup(2)

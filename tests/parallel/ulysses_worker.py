@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from itnet_scale.nn import IntegralTransform
-from itnet_scale.parallel import SequenceParallelIntegralTransform, shard_sequence
+from itnet_scale.parallel import SequenceParallelIntegralTransform, init_distributed, shard_sequence
 
 CASES = {
     "exact_causal_decay": dict(kernel_width=8, support="causal", decay=True, offset_range=3),
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--local_rank", type=int, default=0)
     parser.parse_args()
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     mesh = deepspeed.comm.initialize_mesh_device((1, dist.get_world_size()), ("data_parallel", "sequence_parallel"))
     group = mesh.get_group(mesh_dim="sequence_parallel")
     for name, options in CASES.items():

@@ -12,11 +12,11 @@ import os
 import random
 import sys
 
-import deepspeed
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from itnet_scale.parallel import init_distributed
 from itnet_scale.train.checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
 from tests.train.toy_engine import build, loss_of, shut_down, weights
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=2)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     rank = torch.distributed.get_rank()
     engine, _ = build(args.stage)
     record = os.path.join(args.save_dir, f"record-rank{rank}.safetensors")

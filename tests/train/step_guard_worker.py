@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import deepspeed
 import torch
 
+from itnet_scale.parallel import init_distributed
 from itnet_scale.train.step_guard import StepGuard, guarded_step
 from tests.train.toy_engine import build, loss_of, shut_down, weights
 
@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=0)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     rank = torch.distributed.get_rank()
     engine, optimizer = build(args.stage)
     guard = StepGuard()
