@@ -19,8 +19,10 @@ vector or less) the same loops ran 3–7× slower on CPU.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import types
 import warnings
 from collections.abc import Callable
 
@@ -127,7 +129,7 @@ def mlp_backward(
 # -- compilation -------------------------------------------------------------------------
 
 RECOMPILE_LIMIT = 64
-_compiled: dict[Callable, Callable] = {}
+_compiled: dict[tuple[Callable, bool], Callable] = {}
 _compile_failed = False
 
 
@@ -147,26 +149,70 @@ def compile_wanted(t: Tensor, tile: tuple[int, int]) -> bool:
     return t.dtype in (torch.float32, torch.bfloat16, torch.float16) and tile[0] >= 64 and tile[1] >= 16
 
 
-def run_maybe_compiled(fn: Callable, use_compile: bool, *args, **kwargs):
-    """Call ``fn`` compiled or eagerly.
+#: The query-length and source-length dims of the tile functions' tensor arguments, by parameter name (every
+#: other dim — batch, heads, ``r``, head dims — is fixed for a layer): ``q [B, H, nq, d]``, ``k``/``v``
+#: ``[B, H, ns, ·]``, ``a [B, H, r, nq]``, ``b [B, H, r, ns]``, the ``[·, ·, nq, ns]`` score-shaped terms, source
+#: weights ``w [B, ·, 1, ns]``, the running softmax state and output gradients ``[B, H, nq, ·]``, ``lse [B, H, nq]``.
+TILE_LENGTH_DIMS: dict[str, tuple[int, ...]] = {
+    "q": (-2,), "k": (-2,), "v": (-2,), "a": (-1,), "b": (-1,), "bias": (-2, -1), "m": (-2, -1), "log_d": (-2, -1),
+    "w": (-1,), "top": (-2,), "total": (-2,), "acc": (-2,), "do": (-2,), "lse": (-1,), "row_dot": (-2,),
+    "ds": (-2, -1),
+}
+_parameters: dict[Callable, list[str]] = {}
 
-    Compiled with dynamic shapes from the first call and without duck shaping (sizes that happen to be equal get
-    no shared symbol), so the kernel a tile runs depends on its own shapes alone, not on the shapes seen before:
-    dynamo's default — static kernels first, dynamic ones after a size changes, and a later input matching a
-    newer entry — made a run resumed mid-way compute with other kernels than the uninterrupted run, i.e. other
-    roundings, which Adam amplifies in weights whose true gradient is zero (the key bias under softmax).
+
+def _lengths_marked_dynamic(fn: Callable, args: tuple) -> tuple:
+    """``args`` with the tile's query/source extents marked dynamic (see :data:`TILE_LENGTH_DIMS`) on fresh views,
+    so the caller's tensors — which may go on to a whole tile — carry no mark; an extent of 1 (a broadcast dim, or
+    a one-row tile) stays static."""
+    names = _parameters.setdefault(fn, list(inspect.signature(fn).parameters))
+    marked = []
+    for name, value in zip(names, args):
+        dims = TILE_LENGTH_DIMS.get(name, ()) if isinstance(value, Tensor) else ()
+        dims = [value.dim() + d for d in dims if value.dim() >= -d and value.shape[d] > 1]
+        if dims:
+            value = value.view(value.shape)
+            for dim in dims:
+                torch._dynamo.maybe_mark_dynamic(value, dim)
+        marked.append(value)
+    return tuple(marked)
+
+
+def _renamed_copy(fn: Callable, suffix: str) -> Callable:
+    """``fn`` with a code object of its own: dynamo keeps its compiled kernels per code object, so the copies'
+    kernel caches are apart."""
+    name = f"{fn.__name__}_{suffix}"
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def run_maybe_compiled(fn: Callable, use_compile: bool, *args, whole: bool = False):
+    """Call ``fn`` (a tile function) compiled or eagerly. ``whole``: the tile is a full query block by a whole
+    number of source blocks.
+
+    The kernel a tile runs depends on that tile's own shapes alone, never on the shapes seen before it. Whole
+    tiles — the bulk of a long sequence, a few shapes per layer — run kernels specialized to their exact shape;
+    every other tile (a sequence's last block, a sequence shorter than a block) one kernel whose query and source
+    extents are dynamic from the first call. The two kinds compile from separate copies of ``fn`` (separate
+    caches), and dynamo neither generalizes a kernel once a static size changes (``automatic_dynamic_shapes``)
+    nor lets equal sizes share a symbol (duck shaping). With dynamo's defaults a run resumed mid-way ran other
+    kernels than the uninterrupted run — other roundings, which Adam amplifies in weights whose exact gradient is
+    zero (the key bias under softmax).
     """
     global _compile_failed
     if use_compile:
-        if fn not in _compiled:
+        key = (fn, whole)
+        if key not in _compiled:
             # One tile function serves every layer, integrator and grad mode: its argument pattern
             # (which terms exist, requires_grad, dtypes) varies more than dynamo's default 8 variants.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            _compiled[fn] = torch.compile(fn, fullgraph=True, dynamic=True)
+            _compiled[key] = torch.compile(_renamed_copy(fn, "whole" if whole else "edge"), fullgraph=True)
         try:
-            with fx_config.patch(use_duck_shape=False):
-                return _compiled[fn](*args, **kwargs)
+            if not whole:
+                args = _lengths_marked_dynamic(fn, args)
+            with torch._dynamo.config.patch(automatic_dynamic_shapes=False), fx_config.patch(use_duck_shape=False):
+                return _compiled[key](*args)
         except Exception as err:  # no C++ compiler, unsupported platform: fall back, once, loudly
             _compile_failed = True
             warnings.warn(f"torch.compile of {fn.__name__} failed ({err!r}); running it eagerly", stacklevel=2)
-    return fn(*args, **kwargs)
+    return fn(*args)

@@ -283,6 +283,12 @@ class _Tile:
 Tiling = list[tuple[slice, list[slice]]]  # each query block with the source slices it visits
 
 
+def _whole(qs: slice, ss: slice, block: tuple[int, int]) -> bool:
+    """A full query block by a whole number of source blocks (compiled for its exact shape; see
+    :func:`~itnet_scale.ops.kernel_mlp.run_maybe_compiled`)."""
+    return qs.stop - qs.start == block[0] and (ss.stop - ss.start) % block[1] == 0
+
+
 def _tiling(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> Tiling:
     """The tiles to visit (computed once per forward; the backward reuses them)."""
     _, _, Nq, Ns, _ = inp.shape
@@ -290,7 +296,8 @@ def _tiling(inp: KernelInputs, spec: KernelSpec, block: tuple[int, int]) -> Tili
     return list(zip(qb, _visible_pairs(inp, spec, qb, sb)))
 
 
-def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, use_compile: bool) -> tuple[Tensor, Tensor | None]:
+def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, block: tuple[int, int],
+             use_compile: bool) -> tuple[Tensor, Tensor | None]:
     B, H, Nq, _, e = inp.shape
     out = inp.v.new_zeros(B, H, Nq, e)
     lse = inp.v.new_full((B, H, Nq), float("inf")) if spec.mode == "softmax" else None
@@ -302,7 +309,8 @@ def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, use_compile: b
         for ss in runs:
             tile = _Tile(inp, spec, qs, ss)
             top, total, acc = run_maybe_compiled(
-                _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc)
+                _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc,
+                whole=_whole(qs, ss, block))
         if spec.mode == "softmax":
             seen = total > 0
             out[:, :, qs] = torch.where(seen, acc / total.masked_fill(~seen, 1.0), 0.0)
@@ -316,6 +324,7 @@ def _backward(
     inp: KernelInputs,
     spec: KernelSpec,
     tiling: Tiling,
+    block: tuple[int, int],
     use_compile: bool,
     out: Tensor,
     lse: Tensor | None,
@@ -331,13 +340,14 @@ def _backward(
         lse_q = None if lse is None else lse[:, :, qs]
         row_dot_q = None if row_dot is None else row_dot[:, :, qs]
         for ss in runs:
-            tile = _Tile(inp, spec, qs, ss)
+            tile, whole = _Tile(inp, spec, qs, ss), _whole(qs, ss, block)
             got = dict(zip(_TILE_GRADS, run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation,
-                                                           need_key, *tile.score_args(), do, lse_q, row_dot_q)))
+                                                           need_key, *tile.score_args(), do, lse_q, row_dot_q,
+                                                           whole=whole)))
             if tile.a is not None:
                 got["a"], got["b"], got["w2"], got["mlp_w"], got["mlp_c"] = run_maybe_compiled(
                     _mlp_backward_tile, use_compile, spec.activation, tile.a, tile.b, tile.w2, tile.mlp_w, tile.mlp_c,
-                    got["ds"])
+                    got["ds"], whole=whole)
             if tile.pos_weight is not None:  # da, db come back whatever is needed: they carry the position term
                 got["pos_weight"], got["pos_q"], got["pos_s"] = tile.position_grads(got["a"], got["b"])
             for name, g in got.items():
@@ -384,8 +394,8 @@ class _TiledIntegralTransform(torch.autograd.Function):
     def forward(ctx, spec: KernelSpec, block: tuple[int, int], names: tuple[str, ...], *tensors: Tensor):
         inp = KernelInputs(**dict(zip(names, tensors)))
         tiling, use_compile = _tiling(inp, spec, block), compile_wanted(inp.v, block)
-        out, lse = _forward(inp, spec, tiling, use_compile)
-        ctx.spec, ctx.tiling, ctx.use_compile, ctx.names = spec, tiling, use_compile, names
+        out, lse = _forward(inp, spec, tiling, block, use_compile)
+        ctx.spec, ctx.tiling, ctx.block, ctx.use_compile, ctx.names = spec, tiling, block, use_compile, names
         ctx.present = [t is not None for t in tensors]
         ctx.save_for_backward(*[t for t in tensors if t is not None], out, lse)
         return out
@@ -401,7 +411,7 @@ class _TiledIntegralTransform(torch.autograd.Function):
                 if g and t is not None and n not in _NOT_DIFFERENTIABLE}
         if inp.pos_weight is None:
             need -= {"pos_q", "pos_s"}
-        grads = _backward(inp, ctx.spec, ctx.tiling, ctx.use_compile, out, lse, dout.contiguous(), need)
+        grads = _backward(inp, ctx.spec, ctx.tiling, ctx.block, ctx.use_compile, out, lse, dout.contiguous(), need)
         return (None, None, None, *[grads.get(n) for n in ctx.names])
 
 
