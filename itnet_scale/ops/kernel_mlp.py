@@ -25,7 +25,7 @@ import math
 import os
 import types
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.fx.experimental._config as fx_config  # use_duck_shape: read when dynamo makes a ShapeEnv
@@ -137,10 +137,9 @@ _compile_failed = False
 def compile_wanted(t: Tensor, tile: tuple[int, int]) -> bool:
     """Whether to use the compiled loop nests for this dtype and tile.
 
-    ``ITNET_COMPILE=0`` turns compilation off, ``=1`` forces it; by default it is on for
-    16/32-bit floats on blocks of at least 64 queries × 16 sources (local supports merge their source
-    blocks into one tile per query block; where it pays for itself; float64 is the
-    tests' exactness check and stays eager).
+    ``ITNET_COMPILE=0`` turns compilation off, ``=1`` forces it; by default it is on for 16/32-bit floats on
+    blocks of at least 64 queries × 16 sources, where it pays for itself (local supports merge a query block's
+    source blocks into one tile); float64 is the tests' exactness check and stays eager.
     """
     setting = os.environ.get("ITNET_COMPILE", "auto")
     if setting == "0" or _compile_failed or torch.compiler.is_compiling():
@@ -150,26 +149,17 @@ def compile_wanted(t: Tensor, tile: tuple[int, int]) -> bool:
     return t.dtype in (torch.float32, torch.bfloat16, torch.float16) and tile[0] >= 64 and tile[1] >= 16
 
 
-#: The query-length and source-length dims of the tile functions' tensor arguments, by parameter name (every
-#: other dim — batch, heads, ``r``, head dims — is fixed for a layer): ``q [B, H, nq, d]``, ``k``/``v``
-#: ``[B, H, ns, ·]``, ``a [B, H, r, nq]``, ``b [B, H, r, ns]``, the ``[·, ·, nq, ns]`` score-shaped terms, source
-#: weights ``w [B, ·, 1, ns]``, the running softmax state and output gradients ``[B, H, nq, ·]``, ``lse [B, H, nq]``.
-TILE_LENGTH_DIMS: dict[str, tuple[int, ...]] = {
-    "q": (-2,), "k": (-2,), "v": (-2,), "a": (-1,), "b": (-1,), "bias": (-2, -1), "m": (-2, -1), "log_d": (-2, -1),
-    "w": (-1,), "top": (-2,), "total": (-2,), "acc": (-2,), "do": (-2,), "lse": (-1,), "row_dot": (-2,),
-    "ds": (-2, -1),
-}
 _parameters: dict[Callable, list[str]] = {}
 
 
-def _lengths_marked_dynamic(fn: Callable, args: tuple) -> tuple:
-    """``args`` with the tile's query/source extents marked dynamic (see :data:`TILE_LENGTH_DIMS`) on fresh views,
-    so the caller's tensors — which may go on to a whole tile — carry no mark; an extent of 1 (a broadcast dim, or
-    a one-row tile) stays static."""
+def _lengths_marked_dynamic(fn: Callable, args: tuple, length_dims: Mapping[str, tuple[int, ...]]) -> tuple:
+    """``args`` with the dims ``length_dims`` names per parameter of ``fn`` (the tile's query/source extents) marked
+    dynamic, on fresh views so the caller's tensors — which may go on to a whole tile — carry no mark; an extent of
+    1 (a broadcast dim, or a one-row tile) stays static."""
     names = _parameters.setdefault(fn, list(inspect.signature(fn).parameters))
     marked = []
     for name, value in zip(names, args):
-        dims = TILE_LENGTH_DIMS.get(name, ()) if isinstance(value, Tensor) else ()
+        dims = length_dims.get(name, ()) if isinstance(value, Tensor) else ()
         dims = [value.dim() + d for d in dims if value.dim() >= -d and value.shape[d] > 1]
         if dims:
             value = value.view(value.shape)
@@ -199,19 +189,20 @@ def _renamed_copy(fn: Callable, suffix: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
-def run_maybe_compiled(fn: Callable, use_compile: bool, *args, whole: bool = False):
+def run_maybe_compiled(fn: Callable, use_compile: bool, *args, whole: bool = False,
+                       length_dims: Mapping[str, tuple[int, ...]] | None = None):
     """Call ``fn`` (a tile function) compiled or eagerly. ``whole``: the tile is a full query block by a whole
-    number of source blocks.
+    number of source blocks; ``length_dims``: per parameter of ``fn``, the dims holding the tile's query/source
+    extents.
 
     The kernel a tile runs depends on that tile's own shapes alone, never on the shapes seen before it. Whole
     tiles — the bulk of a long sequence, a few shapes per layer — run kernels specialized to their exact shape
-    (``dynamic=False``);
-    every other tile (a sequence's last block, a sequence shorter than a block) one kernel whose query and source
-    extents are dynamic from the first call. The two kinds compile from separate copies of ``fn`` (separate
-    caches), and dynamo neither generalizes a kernel once a static size changes (``automatic_dynamic_shapes``)
-    nor lets equal sizes share a symbol (duck shaping). With dynamo's defaults a run resumed mid-way ran other
-    kernels than the uninterrupted run — other roundings, which Adam amplifies in weights whose exact gradient is
-    zero (the key bias under softmax).
+    (``dynamic=False``); every other tile (a sequence's last block, a sequence shorter than a block) one kernel
+    whose ``length_dims`` are dynamic from the first call. The two kinds compile from separate copies of ``fn``
+    (separate caches), and dynamo neither generalizes a kernel once a static size changes
+    (``automatic_dynamic_shapes``) nor lets equal sizes share a symbol (duck shaping). With dynamo's defaults a
+    run resumed mid-way ran other kernels than the uninterrupted run — other roundings, which Adam amplifies in
+    weights whose exact gradient is zero (the key bias under softmax).
     """
     global _compile_failed
     if use_compile:
@@ -226,7 +217,7 @@ def run_maybe_compiled(fn: Callable, use_compile: bool, *args, whole: bool = Fal
             if whole:
                 return _compiled[key](*args)
             with _only_marked_dims_dynamic():
-                return _compiled[key](*_lengths_marked_dynamic(fn, args))
+                return _compiled[key](*_lengths_marked_dynamic(fn, args, length_dims or {}))
         except Exception as err:  # no C++ compiler, unsupported platform: fall back, once, loudly
             _compile_failed = True
             warnings.warn(f"torch.compile of {fn.__name__} failed ({err!r}); running it eagerly", stacklevel=2)

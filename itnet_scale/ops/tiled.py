@@ -224,6 +224,23 @@ def _mlp_backward_tile(activation, a, b, w2, mlp_w, mlp_c, ds):
     return da.transpose(-1, -2), db.transpose(-1, -2), dw2, dmlp_w, dmlp_c  # a, b back to [B, H, n, r]
 
 
+#: The query-length and source-length dims of the tile functions' tensor arguments, by parameter name (every
+#: other dim — batch, heads, ``r``, head dims — is fixed for a layer): ``q [B, H, nq, d]``, ``k``/``v``
+#: ``[B, H, ns, ·]``, ``a [B, H, r, nq]``, ``b [B, H, r, ns]``, the ``[·, ·, nq, ns]`` score-shaped terms, source
+#: weights ``w [B, ·, 1, ns]``, the running softmax state and output gradients ``[B, H, nq, ·]``, ``lse [B, H, nq]``.
+TILE_LENGTH_DIMS: dict[str, tuple[int, ...]] = {
+    "q": (-2,), "k": (-2,), "v": (-2,), "a": (-1,), "b": (-1,), "bias": (-2, -1), "m": (-2, -1), "log_d": (-2, -1),
+    "w": (-1,), "top": (-2,), "total": (-2,), "acc": (-2,), "do": (-2,), "lse": (-1,), "row_dot": (-2,),
+    "ds": (-2, -1),
+}
+
+
+def _run_tile(fn, use_compile: bool, *args, whole: bool):
+    """A tile function through :func:`~itnet_scale.ops.kernel_mlp.run_maybe_compiled` (its extents per
+    :data:`TILE_LENGTH_DIMS`)."""
+    return run_maybe_compiled(fn, use_compile, *args, whole=whole, length_dims=TILE_LENGTH_DIMS)
+
+
 _TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
 _QUERY_INDEXED = ("q", "a", "tau_q")
 _SOURCE_INDEXED = ("k", "b", "v", "tau_s")
@@ -308,7 +325,7 @@ def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, block: tuple[i
         acc = inp.v.new_zeros(B, H, nq, e)
         for ss in runs:
             tile = _Tile(inp, spec, qs, ss)
-            top, total, acc = run_maybe_compiled(
+            top, total, acc = _run_tile(
                 _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc,
                 whole=_whole(qs, ss, block))
         if spec.mode == "softmax":
@@ -341,11 +358,10 @@ def _backward(
         row_dot_q = None if row_dot is None else row_dot[:, :, qs]
         for ss in runs:
             tile, whole = _Tile(inp, spec, qs, ss), _whole(qs, ss, block)
-            got = dict(zip(_TILE_GRADS, run_maybe_compiled(_backward_tile, use_compile, spec.mode, spec.activation,
-                                                           need_key, *tile.score_args(), do, lse_q, row_dot_q,
-                                                           whole=whole)))
+            got = dict(zip(_TILE_GRADS, _run_tile(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
+                                                  *tile.score_args(), do, lse_q, row_dot_q, whole=whole)))
             if tile.a is not None:
-                got["a"], got["b"], got["w2"], got["mlp_w"], got["mlp_c"] = run_maybe_compiled(
+                got["a"], got["b"], got["w2"], got["mlp_w"], got["mlp_c"] = _run_tile(
                     _mlp_backward_tile, use_compile, spec.activation, tile.a, tile.b, tile.w2, tile.mlp_w, tile.mlp_c,
                     got["ds"], whole=whole)
             if tile.pos_weight is not None:  # da, db come back whatever is needed: they carry the position term

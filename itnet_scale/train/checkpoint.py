@@ -182,7 +182,7 @@ def weights_only_loads(mmap: bool = False) -> Iterator[None]:
     """Within the block every ``torch.load`` is :func:`load_weights_only` (memory-mapped when ``mmap`` and the
     source is a path).
 
-    DeepSpeed reads checkpoints with ``torch.load(weights_only=False)`` in several places (its checkpoint engine,
+    DeepSpeed reads checkpoints with full-pickle ``torch.load`` calls in several places (its checkpoint engine,
     the universal-checkpoint loader, ``ds_to_universal``, ``zero_to_fp32``), and none takes a loader argument;
     replacing the function for the duration of a load is the one way to make all of them refuse to run code from a
     checkpoint.
