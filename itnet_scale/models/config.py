@@ -5,25 +5,45 @@ wrong types are errors naming the key). Task models (classification, VQA, NLVR2)
 plus their label count, so one pretrained backbone loads into each. Each layer's integral transform is
 ``layer`` (the defaults, a :class:`LayerConfig`) merged with the ``layers`` overrides whose key names it —
 ``"3"`` (layer 3) or ``"0-5"`` (layers 0 to 5, inclusive) — applied in the order listed
-(:func:`itnet_scale.nn.backbone.expand_layer_settings`). An override's keys and values are checked against
-:class:`LayerConfig`; a bad one is an error naming the override and the key.
+(:meth:`ModelConfig.layer_configs`). An override's keys and values are checked against :class:`LayerConfig`; a
+bad one is an error naming the override and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from itnet_scale.config import merge_config
-from itnet_scale.nn.backbone import expand_layer_settings
+from itnet_scale.nn import KernelConfig, TransformConfig
+from itnet_scale.ops import INTEGRATORS, make_integrator
+
+_LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def layer_range(key: str | int, depth: int) -> range:
+    """The layer indices an override key names (``3``, ``"3"``, ``"0-5"``); a bad key raises naming it."""
+    match = _LAYER_KEY.match(str(key).strip())
+    if match is None:
+        raise ValueError(f"layers: key {key!r} must be a layer index or an inclusive range like '0-5'")
+    first, last = int(match.group(1)), int(match.group(2) or match.group(1))
+    if first > last or last >= depth:
+        raise ValueError(f"layers: key {key!r} names layers outside 0..{depth - 1} (depth={depth})")
+    return range(first, last + 1)
 
 
 @dataclass
 class LayerConfig:
-    """The :class:`~itnet_scale.nn.IntegralTransform` settings of a layer (same names and defaults; see its
-    docstring): the kernel (``kernel_*``, ``mode``, ``bilinear``, ``offset_range``, ``decay``), the support
-    and the integrator (``exact`` / ``lowrank`` / ``montecarlo`` with their options) and the backend."""
+    """A layer's integral transform in flat YAML keys: the kernel (``kernel_width``, ``kernel_depth``,
+    ``kernel_activation``, ``mode``, ``support``, ``support_size``, ``bilinear``, ``offset_range``, ``decay``, the
+    feature maps' ``rank`` and ``feature_map``: :class:`~itnet_scale.nn.KernelConfig`), the per-head sizes and
+    biases, and the ``integrator`` (``exact`` / ``lowrank`` / ``montecarlo``) with its settings and ``backend``
+    (:mod:`itnet_scale.ops.settings`; a setting the chosen integrator does not have is ignored).
+    :meth:`transform` turns it into the block's :class:`~itnet_scale.nn.TransformConfig`; the defaults are those
+    of the typed settings."""
 
     kernel_width: int = 16
     kernel_depth: int = 1
@@ -46,6 +66,20 @@ class LayerConfig:
     proposal_window: int = 32
     sample_block: int = 64
     backend: str = "auto"
+
+    def transform(self) -> TransformConfig:
+        """The typed settings of this layer."""
+        kernel = KernelConfig(
+            mode=self.mode, support=self.support, support_size=self.support_size, width=self.kernel_width,
+            depth=self.kernel_depth, activation=self.kernel_activation, bilinear=self.bilinear,
+            offset_range=self.offset_range, decay=self.decay, rank=self.rank, feature_map=self.feature_map)
+        if self.integrator not in INTEGRATORS:
+            raise ValueError(f"integrator must be one of {tuple(INTEGRATORS)}, got {self.integrator!r}")
+        mine = {f.name for f in dataclasses.fields(self)}
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(INTEGRATORS[self.integrator])
+                    if f.name in mine}
+        return TransformConfig(kernel, make_integrator(self.integrator, **settings), head_dim=self.head_dim,
+                               value_dim=self.value_dim, bias=self.bias)
 
 
 @dataclass
@@ -101,7 +135,7 @@ class ModelConfig:
         for name in ("mlp_ratio", "norm_eps", "point_position_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        expand_layer_settings(self.depth, asdict(self.layer), self.layer_overrides())  # fail now, naming the layer
+        self.transforms()  # fail now, naming the layer
 
     def layer_overrides(self) -> dict[str, dict[str, Any]]:
         """``layers`` with each override's values checked and converted by :class:`LayerConfig`'s types."""
@@ -112,4 +146,24 @@ class ModelConfig:
             typed = merge_config(LayerConfig, [override], what="layer config", where=f"layers[{key!r}]")
             checked[str(key)] = {name: getattr(typed, name) for name in override}
         return checked
+
+    def layer_configs(self) -> list[LayerConfig]:
+        """Each layer's :class:`LayerConfig`: ``layer`` merged with the ``layers`` overrides that name it, in the
+        order listed (a later one wins where two set the same key)."""
+        merged = [asdict(self.layer) for _ in range(self.depth)]
+        for key, override in self.layer_overrides().items():
+            for index in layer_range(key, self.depth):
+                merged[index].update(override)
+        return [LayerConfig(**values) for values in merged]
+
+    def transforms(self) -> list[TransformConfig]:
+        """Each block's :class:`~itnet_scale.nn.TransformConfig`; a value or combination no layer can run raises
+        naming the layer."""
+        transforms = []
+        for index, layer in enumerate(self.layer_configs()):
+            try:
+                transforms.append(layer.transform())
+            except ValueError as error:
+                raise ValueError(f"layer {index}: {error}") from None
+        return transforms
 

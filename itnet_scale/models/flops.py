@@ -16,13 +16,14 @@ from __future__ import annotations
 from torch import nn
 
 from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.ops import LowRank, MonteCarlo
 
 
 def _sources(layer: IntegralTransform, length: int) -> float:
-    if layer.integrator == "lowrank":
-        return float(layer.features.rank if layer.features is not None else 0)
-    if layer.integrator == "montecarlo":
-        return float(min(layer.samples, length))
+    if isinstance(layer.integrator, LowRank):
+        return float(layer.features.rank)
+    if isinstance(layer.integrator, MonteCarlo):
+        return float(min(layer.integrator.samples, length))
     support, size = layer.spec.support, layer.spec.support_size
     if support == "all":
         return float(length)
@@ -44,7 +45,7 @@ class TrainingFlops:
         per_token = self.dense
         for module in self.mixers:
             d = module.head_dim if module.q_proj is not None else 0
-            pair = d + module.value_dim + 1.5 * module.kernel_width * module.kernel_depth
+            pair = d + module.value_dim + 1.5 * module.kernel.width * module.kernel.depth
             per_token += 6.0 * module.heads * _sources(module, length) * pair
         return per_token * tokens
 

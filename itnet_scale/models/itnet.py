@@ -13,7 +13,6 @@ NLVR2, contrastive) is the mean over real tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import NamedTuple
 
 import torch
@@ -87,7 +86,7 @@ class ITNetModel(PretrainedMixin, nn.Module):
         self.backbone = ITNetBackbone(
             config.dim, config.depth, config.heads, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
             dropout=config.dropout, drop_path=config.drop_path, norm_eps=config.norm_eps,
-            layer=asdict(config.layer), layers=config.layer_overrides())
+            transforms=config.transforms())
 
     def forward(self, batch: Mapping[str, Tensor]) -> ITNetOutput:
         inputs = self.encoder(batch)

@@ -1,7 +1,7 @@
 """Modules of the ITNet model."""
 
-from itnet_scale.nn.backbone import ITNetBackbone, expand_layer_settings
-from itnet_scale.nn.block import MLP, DropPath, ITNetBlock
+from itnet_scale.nn.backbone import ITNetBackbone
+from itnet_scale.nn.block import MLP, DropPath, ITNetBlock, TransformConfig
 from itnet_scale.nn.encoders import (
     EncodedTokens,
     ImageEncoder,
@@ -22,9 +22,10 @@ from itnet_scale.nn.heads import (
     mask_tokens,
     mean_pool,
 )
-from itnet_scale.nn.integral_transform import IntegralTransform, configure_integrators
+from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig, configure_integrators
 
 __all__ = ["MLP", "ClassificationHead", "ContrastiveHead", "DropPath", "EncodedTokens", "FeatureMap",
-           "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "MLMHead", "MaskedPatchHead",
-           "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "TextEncoder", "VQAHead", "chamfer_distance",
-           "configure_integrators", "expand_layer_settings", "farthest_point_sampling", "mask_tokens", "mean_pool"]
+           "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "KernelConfig", "MLMHead",
+           "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "TextEncoder",
+           "TransformConfig", "VQAHead", "chamfer_distance", "configure_integrators", "farthest_point_sampling",
+           "mask_tokens", "mean_pool"]

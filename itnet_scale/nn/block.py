@@ -7,33 +7,35 @@ integrator of its layer.
 
 from __future__ import annotations
 
-import difflib
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from itnet_scale.nn.integral_transform import IntegralTransform
-
-#: IntegralTransform arguments the block sets itself (a layer config may not give them).
-BLOCK_OWNED = ("dim", "heads", "pos_dim")
-#: The IntegralTransform keyword arguments a layer config may set.
-LAYER_SETTINGS = tuple(name for name, parameter in inspect.signature(IntegralTransform).parameters.items()
-                       if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in BLOCK_OWNED)
+from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig, check_integrator
+from itnet_scale.ops import Exact, Integrator
 
 
-def check_layer_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``settings`` as a dict after checking every key is an :class:`IntegralTransform` keyword argument a
-    layer config may set; an unknown key raises ``ValueError`` naming ``where`` and the key."""
-    for key in settings:
-        if key not in LAYER_SETTINGS:
-            owned = f" (the block sets {key!r} itself)" if key in BLOCK_OWNED else ""
-            close = difflib.get_close_matches(str(key), LAYER_SETTINGS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close and not owned else ""
-            raise ValueError(f"{where}: unknown IntegralTransform setting {key!r}{owned}{hint}")
-    return dict(settings)
+@dataclass(frozen=True)
+class TransformConfig:
+    """One block's :class:`IntegralTransform`: its kernel, its integrator and its per-head sizes (``head_dim``,
+    ``value_dim``: None for ``dim // heads``) and projection biases. The block gives the width, heads and
+    position space."""
+
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    integrator: Integrator = field(default_factory=Exact)
+    head_dim: int | None = None
+    value_dim: int | None = None
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kernel, KernelConfig):
+            raise TypeError(f"kernel must be a KernelConfig, got {self.kernel!r}")
+        check_integrator(self.kernel.spec(), self.integrator, has_features=True)  # the layer makes them if needed
+
+    def build(self, dim: int, heads: int, pos_dim: int) -> IntegralTransform:
+        return IntegralTransform(dim, heads, self.kernel, self.integrator, pos_dim=pos_dim, head_dim=self.head_dim,
+                                 value_dim=self.value_dim, bias=self.bias)
 
 
 class MLP(nn.Module):
@@ -80,26 +82,21 @@ class ITNetBlock(nn.Module):
         dropout: on the transform's output and inside the MLP.
         drop_path: stochastic-depth probability of both residual branches.
         norm_eps: LayerNorm epsilon.
-        layer: the transform's keyword arguments (kernel, support, integrator…; see :data:`LAYER_SETTINGS`).
+        transform: the transform's kernel, integrator and sizes (:class:`TransformConfig`).
 
-    ``forward(x [B, N, dim], pos [B, N, pos_dim], padding_mask [B, N] (True = padding) | None) → [B, N, dim]``;
-    ``mixer`` replaces ``self.mixer`` for the call by a transform with the same parameters (the backbone passes
-    its sequence-parallel form, :mod:`itnet_scale.parallel.model`).
+    ``forward(x [B, N, dim], pos [B, N, pos_dim], padding_mask [B, N] (True = padding) | None) → [B, N, dim]``.
     """
 
     def __init__(self, dim: int, heads: int, *, pos_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6, layer: Mapping[str, Any] | None = None) -> None:
+                 drop_path: float = 0.0, norm_eps: float = 1e-6, transform: TransformConfig | None = None) -> None:
         super().__init__()
-        settings = check_layer_settings(layer or {}, "layer")
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mixer = IntegralTransform(dim, heads, pos_dim=pos_dim, **settings)
+        self.mixer = (transform or TransformConfig()).build(dim, heads, pos_dim)
         self.drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, round(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, pos: Tensor, padding_mask: Tensor | None = None,
-                mixer: Callable[..., Tensor] | None = None) -> Tensor:
-        mixer = self.mixer if mixer is None else mixer
-        x = x + self.drop_path(self.drop(mixer(self.norm1(x), pos, padding_mask=padding_mask)))
+    def forward(self, x: Tensor, pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.drop(self.mixer(self.norm1(x), pos, padding_mask=padding_mask)))
         return x + self.drop_path(self.mlp(self.norm2(x)))

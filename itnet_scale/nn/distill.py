@@ -23,6 +23,7 @@ extreme features) are skipped and counted. Quality is the held-out relative outp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -31,24 +32,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from itnet_scale.nn.feature_map import FeatureMap
 from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.ops import Exact, LowRank, with_settings
 
 
 def relative_output_error(layer: IntegralTransform, x: torch.Tensor, backend: str | None = None) -> float:
     """``‖y_lowrank − y_exact‖ / ‖y_exact‖`` of ``layer`` on ``x`` (on ``backend``, default the layer's);
-    the layer's integrator and backend are restored."""
-    saved = layer.integrator, layer.backend
+    the layer's integrator is restored."""
+    saved = layer.integrator
+    backend = backend or saved.backend
+    lowrank = saved if isinstance(saved, LowRank) else LowRank()
     try:
-        layer.backend = backend or saved[1]
         with torch.no_grad():
-            layer.integrator = "exact"
+            layer.integrator = Exact(backend=backend)
             exact = layer(x)
-            layer.integrator = "lowrank"
+            layer.integrator = with_settings(lowrank, backend=backend)
             approx = layer(x)
     finally:
-        layer.integrator, layer.backend = saved
+        layer.integrator = saved
     return ((approx - exact).norm() / exact.norm()).item()
 
 
@@ -67,10 +71,11 @@ def with_rank(layer: IntegralTransform, rank: int, kind: str | None = None) -> I
     """Give ``layer`` fresh feature maps of rank ``rank`` (kind: the current one, or ``learned``)."""
     old = layer.features
     kind = kind or (old.kind if old is not None else "learned")
-    features = FeatureMap(layer.heads, layer.head_dim if layer.q_proj is not None else 0, layer.kernel_width, rank,
+    features = FeatureMap(layer.heads, layer.head_dim if layer.q_proj is not None else 0, layer.kernel.width, rank,
                           kind, layer.spec.mode)
     param = next(layer.parameters())
     layer.features = features.to(device=param.device, dtype=param.dtype)
+    layer.kernel = dataclasses.replace(layer.kernel, rank=rank, feature_map=kind)
     return layer
 
 
@@ -156,7 +161,7 @@ def distill(
     """Fit feature maps of ``layer`` to its exact kernel; a JSON-ready dict of the results.
 
     ``ranks=None``: fit the layer's own feature maps, in place (what a benchmark wants: the layer
-    then runs ``integrator="lowrank"`` with fitted features). ``ranks=[…]``: for each ``R`` a deep
+    then runs the lowrank integrator with fitted features). ``ranks=[…]``: for each ``R`` a deep
     copy of ``layer`` gets fresh feature maps (kind ``feature_map``, default the layer's own or
     ``learned``) and is fitted; ``layer`` itself is left as it was. Every rank is evaluated on the
     same held-out batches (``eval_batches × batch`` sequences of length ``seq``). ``save_dir``
@@ -164,7 +169,7 @@ def distill(
     ``config``, ``layer_R{R}.json``. ``lr``: Adam's step (default :data:`DEFAULT_LR` of the mode).
     ``eval_backend``: the backend of the held-out evaluation
     (``reference``, the default, materializes every pair — quick to start at fitting lengths;
-    None keeps the layer's own, e.g. ``tiled`` for long ``seq``).
+    None keeps the layer's own, e.g. ``torch`` for long ``seq``).
     """
     if steps < 0 or seq < 1 or batch < 1 or eval_batches < 1:
         raise ValueError(f"need steps >= 0, seq >= 1, batch >= 1, eval_batches >= 1; got {steps}, {seq}, {batch}, "
@@ -210,8 +215,6 @@ def distill(
 
 
 def save_fitted(layer: IntegralTransform, save_dir: Path, config: dict[str, Any] | None, kind: str) -> None:
-    from safetensors.torch import save_file
-
     rank = layer.features.rank
     save_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in layer.state_dict().items()},

@@ -175,12 +175,11 @@ def table_index(delta: Tensor, offset_range: tuple[int, ...]) -> tuple[Tensor, T
     return idx, inside
 
 
-def table_lookup(table: Tensor, delta: Tensor, offset_range: tuple[int, ...]) -> Tensor:
-    """``t(δ)`` per head: table ``[H, T]``, offsets ``[B, Nq, Ns, P]`` → ``[B, H, Nq, Ns]``.
-
-    An offset outside ``±R_k`` in any dim gives 0.
+def table_lookup(table: Tensor, index: tuple[Tensor, Tensor]) -> Tensor:
+    """``t(δ)`` per head: table ``[H, T]`` at the offsets' :func:`table_index` ``([B, Nq, Ns], [B, Nq, Ns])`` →
+    ``[B, H, Nq, Ns]``. An offset outside ``±R_k`` in any dim gives 0.
     """
-    idx, inside = table_index(delta, offset_range)
+    idx, inside = index
     H = table.shape[0]
     vals = table[:, idx.reshape(-1)].reshape(H, *idx.shape).movedim(0, 1)  # [B, H, Nq, Ns]
     return vals * inside[:, None].to(vals.dtype)
@@ -217,7 +216,7 @@ def pair_scores(inp: KernelInputs, spec: KernelSpec) -> Tensor:
             z = z + position_term(inp.pos_weight, offsets(inp.pos_q, inp.pos_s))
         s = s + kernel_mlp(z, inp, spec.activation)
     if inp.table is not None:
-        s = s + table_lookup(inp.table, offsets(inp.pos_q, inp.pos_s), spec.offset_range)
+        s = s + table_lookup(inp.table, table_index(offsets(inp.pos_q, inp.pos_s), spec.offset_range))
     if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
         s = s + mask_block(inp.attn_mask, slice(None), slice(None))
     return s

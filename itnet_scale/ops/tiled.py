@@ -34,11 +34,14 @@ query block's visible source blocks are merged into one tile.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from itnet_scale.ops.kernel_mlp import compile_wanted, mlp_backward, mlp_layers, mlp_scores, run_maybe_compiled
+from itnet_scale.ops.compile import TileFunction, compile_wanted
+from itnet_scale.ops.kernel_mlp import MLPGrads, mlp_backward, mlp_layers, mlp_scores
 from itnet_scale.ops.spec import (
     KernelInputs,
     KernelSpec,
@@ -179,14 +182,26 @@ def _forward_tile(mode, activation, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m,
     return new_top, total * scale + p.sum(-1, keepdim=True), acc * scale + p @ v
 
 
-def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse,
-                   row_dot):
-    """Gradients from one tile, but the kernel MLP's: a tuple in the order of ``_TILE_GRADS`` (None where unneeded;
-    ``ds``, the score gradient, whenever the MLP, the table or a float mask needs it).
+class TileGrads(NamedTuple):
+    """Gradients from one tile, but the kernel MLP's (None where not needed). ``ds`` is the score gradient, given
+    whenever the kernel MLP, the offset table or a float mask needs it."""
 
-    ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode). The kernel MLP's gradients come from ``ds`` in a second
-    compiled function (:func:`_mlp_backward_tile`): fused into this one, its ``r``-wide reductions made the loop
-    nests of the whole tile slower than the two apart.
+    q: Tensor | None
+    k: Tensor | None
+    beta: Tensor | None
+    v: Tensor | None
+    weights: Tensor | None
+    tau_q: Tensor | None
+    tau_s: Tensor | None
+    ds: Tensor | None
+
+
+def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, bias, m, log_d, w, v, do, lse,
+                   row_dot) -> TileGrads:
+    """The tile's :class:`TileGrads`. ``row_dot`` is ``Δ_i = do_i·o_i`` (softmax mode).
+
+    The kernel MLP's gradients come from ``ds`` in a second compiled function (:func:`_mlp_backward_tile`): fused
+    into this one, its ``r``-wide reductions made the loop nests of the whole tile slower than the two apart.
     """
     s, qk, _ = _tile_scores(q, k, beta, a, b, w2, mlp_w, mlp_c, bias, activation)
     dpk = do @ v.transpose(-1, -2)  # dP (softmax) or dK (linear): [B, H, nq, ns]
@@ -210,40 +225,34 @@ def _backward_tile(mode, activation, need, q, k, beta, a, b, w2, mlp_w, mlp_c, b
         dq = (ds * scale) @ k if "q" in need else None
         dk = (ds * scale).transpose(-1, -2) @ q if "k" in need else None
         dbeta = (ds * qk).sum((0, 2, 3)) / math.sqrt(q.shape[-1]) if "beta" in need else None
-    dtau_s = dlog_d.sum(-2) if "tau_s" in need else None
-    dtau_q = -dlog_d.sum(-1) if "tau_q" in need else None
-    ds_out = ds if a is not None or "table" in need or "attn_mask" in need else None
-    return dq, dk, dbeta, None, None, None, None, None, dv, dw, dtau_q, dtau_s, ds_out
+    return TileGrads(
+        q=dq, k=dk, beta=dbeta, v=dv, weights=dw,
+        tau_q=-dlog_d.sum(-1) if "tau_q" in need else None,
+        tau_s=dlog_d.sum(-2) if "tau_s" in need else None,
+        ds=ds if a is not None or "table" in need or "attn_mask" in need else None,
+    )
 
 
-def _mlp_backward_tile(activation, a, b, w2, mlp_w, mlp_c, ds):
-    """The kernel MLP's gradients from one tile's score gradient ``ds``: ``(da [B, H, nq, r], db [B, H, ns, r],
-    dw2, dmlp_w, dmlp_c)`` (the activations recomputed from ``a``, ``b``)."""
-    layers = mlp_layers(a, b, mlp_w, mlp_c, activation)
-    da, db, dw2, dmlp_w, dmlp_c = mlp_backward(*layers, w2, mlp_w, ds)
-    return da.transpose(-1, -2), db.transpose(-1, -2), dw2, dmlp_w, dmlp_c  # a, b back to [B, H, n, r]
+def _mlp_backward_tile(activation, a, b, w2, mlp_w, mlp_c, ds) -> MLPGrads:
+    """The kernel MLP's gradients from one tile's score gradient ``ds``, ``a`` as ``[B, H, nq, r]``, ``b`` as
+    ``[B, H, ns, r]`` (the activations recomputed from ``a``, ``b`` in the ``r``-first layout)."""
+    grads = mlp_backward(*mlp_layers(a, b, mlp_w, mlp_c, activation), w2, mlp_w, ds)
+    return grads._replace(a=grads.a.transpose(-1, -2), b=grads.b.transpose(-1, -2))
 
 
-#: The query-length and source-length dims of the tile functions' tensor arguments, by parameter name (every
-#: other dim — batch, heads, ``r``, head dims — is fixed for a layer): ``q [B, H, nq, d]``, ``k``/``v``
-#: ``[B, H, ns, ·]``, ``a [B, H, r, nq]``, ``b [B, H, r, ns]``, the ``[·, ·, nq, ns]`` score-shaped terms, source
-#: weights ``w [B, ·, 1, ns]``, the running softmax state and output gradients ``[B, H, nq, ·]``, ``lse [B, H, nq]``.
-TILE_LENGTH_DIMS: dict[str, tuple[int, ...]] = {
+#: The query-extent and source-extent dims of the tile functions' tensor arguments, by parameter name (dynamic in
+#: edge tiles; see :mod:`itnet_scale.ops.compile`): ``q [B, H, nq, d]``, ``k``/``v`` ``[B, H, ns, ·]``,
+#: ``a [B, H, r, nq]``, ``b [B, H, r, ns]``, the ``[·, ·, nq, ns]`` score-shaped terms, source weights
+#: ``w [B, ·, 1, ns]``, the running softmax state and output gradients ``[B, H, nq, ·]``, ``lse [B, H, nq]``.
+_EXTENT_DIMS: dict[str, tuple[int, ...]] = {
     "q": (-2,), "k": (-2,), "v": (-2,), "a": (-1,), "b": (-1,), "bias": (-2, -1), "m": (-2, -1), "log_d": (-2, -1),
     "w": (-1,), "top": (-2,), "total": (-2,), "acc": (-2,), "do": (-2,), "lse": (-1,), "row_dot": (-2,),
     "ds": (-2, -1),
 }
-
-
-def _run_tile(fn, use_compile: bool, *args, whole: bool):
-    """A tile function through :func:`~itnet_scale.ops.kernel_mlp.run_maybe_compiled` (its extents per
-    :data:`TILE_LENGTH_DIMS`)."""
-    return run_maybe_compiled(fn, use_compile, *args, whole=whole, length_dims=TILE_LENGTH_DIMS)
-
-
-_TILE_GRADS = ("q", "k", "beta", "a", "b", "w2", "mlp_w", "mlp_c", "v", "weights", "tau_q", "tau_s", "ds")
-_QUERY_INDEXED = ("q", "a", "tau_q")
-_SOURCE_INDEXED = ("k", "b", "v", "tau_s")
+_PER_HEAD = ("beta", "w2", "mlp_w", "mlp_c")  # parameters: no batch dim
+forward_tile = TileFunction(_forward_tile, _EXTENT_DIMS, _PER_HEAD)
+backward_tile = TileFunction(_backward_tile, _EXTENT_DIMS, _PER_HEAD)
+mlp_backward_tile = TileFunction(_mlp_backward_tile, _EXTENT_DIMS, _PER_HEAD)
 
 
 class _Tile:
@@ -253,6 +262,7 @@ class _Tile:
         def cut(t: Tensor | None, sl: slice) -> Tensor | None:
             return None if t is None else t[:, :, sl]
 
+        self.qs, self.ss = qs, ss
         self.q, self.k, self.a, self.b = cut(inp.q, qs), cut(inp.k, ss), cut(inp.a, qs), cut(inp.b, ss)
         self.v = inp.v[:, :, ss]
         self.beta, self.w2, self.mlp_w, self.mlp_c = inp.beta, inp.w2, inp.mlp_w, inp.mlp_c
@@ -270,10 +280,10 @@ class _Tile:
             self.b = (self.b.transpose(-1, -2) - Ua @ self.rel_s.transpose(1, 2)[:, None]).contiguous()
         elif self.a is not None:  # the kernel MLP's layout: r before the positions (itnet_scale.ops.kernel_mlp)
             self.a, self.b = self.a.transpose(-1, -2).contiguous(), self.b.transpose(-1, -2).contiguous()
-        self.delta = offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]) if inp.table is not None else None  # [B, nq, ns, P]
-        bias = None
+        bias = self.table_index = None
         if inp.table is not None:
-            bias = table_lookup(inp.table, self.delta, spec.offset_range)
+            self.table_index = table_index(offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
+            bias = table_lookup(inp.table, self.table_index)
         if inp.attn_mask is not None and inp.attn_mask.is_floating_point():
             extra = mask_block(inp.attn_mask, qs, ss)
             bias = extra.expand(B, H, nq, ns) if bias is None else bias + extra
@@ -301,8 +311,8 @@ Tiling = list[tuple[slice, list[slice]]]  # each query block with the source sli
 
 
 def _whole(qs: slice, ss: slice, block: tuple[int, int]) -> bool:
-    """A full query block by a whole number of source blocks (compiled for its exact shape; see
-    :func:`~itnet_scale.ops.kernel_mlp.run_maybe_compiled`)."""
+    """A full query block by a whole number of source blocks (compiled for its exact extents; see
+    :mod:`itnet_scale.ops.compile`)."""
     return qs.stop - qs.start == block[0] and (ss.stop - ss.start) % block[1] == 0
 
 
@@ -325,9 +335,8 @@ def _forward(inp: KernelInputs, spec: KernelSpec, tiling: Tiling, block: tuple[i
         acc = inp.v.new_zeros(B, H, nq, e)
         for ss in runs:
             tile = _Tile(inp, spec, qs, ss)
-            top, total, acc = _run_tile(
-                _forward_tile, use_compile, spec.mode, spec.activation, *tile.score_args(), top, total, acc,
-                whole=_whole(qs, ss, block))
+            top, total, acc = forward_tile(spec.mode, spec.activation, *tile.score_args(), top, total, acc,
+                                           whole=_whole(qs, ss, block), compiled=use_compile)
         if spec.mode == "softmax":
             seen = total > 0
             out[:, :, qs] = torch.where(seen, acc / total.masked_fill(~seen, 1.0), 0.0)
@@ -358,51 +367,71 @@ def _backward(
         row_dot_q = None if row_dot is None else row_dot[:, :, qs]
         for ss in runs:
             tile, whole = _Tile(inp, spec, qs, ss), _whole(qs, ss, block)
-            got = dict(zip(_TILE_GRADS, _run_tile(_backward_tile, use_compile, spec.mode, spec.activation, need_key,
-                                                  *tile.score_args(), do, lse_q, row_dot_q, whole=whole)))
+            tile_grads = backward_tile(spec.mode, spec.activation, need_key, *tile.score_args(), do, lse_q, row_dot_q,
+                                       whole=whole, compiled=use_compile)
+            got = tile_grads._asdict()
+            got["table"] = got["attn_mask"] = got.pop("ds")  # the score gradient feeds the table and a float mask
             if tile.a is not None:
-                got["a"], got["b"], got["w2"], got["mlp_w"], got["mlp_c"] = _run_tile(
-                    _mlp_backward_tile, use_compile, spec.activation, tile.a, tile.b, tile.w2, tile.mlp_w, tile.mlp_c,
-                    got["ds"], whole=whole)
+                got.update(mlp_backward_tile(spec.activation, tile.a, tile.b, tile.w2, tile.mlp_w, tile.mlp_c,
+                                             tile_grads.ds, whole=whole, compiled=use_compile)._asdict())
             if tile.pos_weight is not None:  # da, db come back whatever is needed: they carry the position term
                 got["pos_weight"], got["pos_q"], got["pos_s"] = tile.position_grads(got["a"], got["b"])
-            for name, g in got.items():
-                if g is None:
-                    continue
-                if name == "ds":  # the score gradient feeds the table and a float mask
-                    if "table" in need:
-                        _scatter_table_grad(grads["table"], g, inp, spec, qs, ss)
-                    if "attn_mask" in need:
-                        mask_grad = grads["attn_mask"]
-                        if mask_grad.dim() == 4:
-                            mask_grad[:, :, qs, ss] += g
-                        else:
-                            mask_grad[qs, ss] += g.sum((0, 1))
-                elif name not in need:
-                    continue
-                elif name == "pos_q":
-                    grads[name][:, qs] += g
-                elif name == "pos_s":
-                    grads[name][:, ss] += g
-                elif name in _QUERY_INDEXED:
-                    grads[name][:, :, qs] += g
-                elif name in _SOURCE_INDEXED:
-                    grads[name][:, :, ss] += g
-                elif name == "weights":
-                    if grads[name].dim() == 2:
-                        grads[name][:, ss] += g.sum(1)
-                    else:
-                        grads[name][:, :, ss] += g
-                else:
-                    grads[name] += g
+            for name in need:
+                if got.get(name) is not None:
+                    _ACCUMULATE[name](grads[name], got[name], tile)
     return grads
 
 
-def _scatter_table_grad(dtable: Tensor, ds: Tensor, inp: KernelInputs, spec: KernelSpec, qs: slice, ss: slice):
+# How one tile's gradient adds into the whole input's: ``(total, tile gradient, tile)``.
+def _add_queries(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    total[:, :, tile.qs] += g  # [B, H, Nq, ·]
+
+
+def _add_sources(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    total[:, :, tile.ss] += g  # [B, H, Ns, ·]
+
+
+def _add_query_positions(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    total[:, tile.qs] += g  # [B, Nq, P]
+
+
+def _add_source_positions(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    total[:, tile.ss] += g  # [B, Ns, P]
+
+
+def _add_weights(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    if total.dim() == 2:  # shared by the heads: [B, Ns]
+        total[:, tile.ss] += g.sum(1)
+    else:  # per head: [B, H, Ns]
+        total[:, :, tile.ss] += g
+
+
+def _add_parameter(total: Tensor, g: Tensor, tile: _Tile) -> None:
+    total += g
+
+
+def _add_mask(total: Tensor, ds: Tensor, tile: _Tile) -> None:
+    """A float ``attn_mask`` is a score bias: its gradient is ``ds``."""
+    if total.dim() == 4:
+        total[:, :, tile.qs, tile.ss] += ds
+    else:
+        total[tile.qs, tile.ss] += ds.sum((0, 1))
+
+
+def _add_table(total: Tensor, ds: Tensor, tile: _Tile) -> None:
     """``dt[h, idx(δ_ij)] += ds_ij`` over the tile's pairs whose offset lies inside the table."""
-    idx, inside = table_index(offsets(inp.pos_q[:, qs], inp.pos_s[:, ss]), spec.offset_range)
-    contrib = (ds * inside[:, None].to(ds.dtype)).transpose(0, 1).reshape(dtable.shape[0], -1)  # [H, B·nq·ns]
-    dtable.index_add_(1, idx.reshape(-1), contrib)
+    idx, inside = tile.table_index
+    contrib = (ds * inside[:, None].to(ds.dtype)).transpose(0, 1).reshape(total.shape[0], -1)  # [H, B·nq·ns]
+    total.index_add_(1, idx.reshape(-1), contrib)
+
+
+_ACCUMULATE: dict[str, Callable[[Tensor, Tensor, _Tile], None]] = {
+    "q": _add_queries, "a": _add_queries, "tau_q": _add_queries,
+    "k": _add_sources, "b": _add_sources, "v": _add_sources, "tau_s": _add_sources,
+    "pos_q": _add_query_positions, "pos_s": _add_source_positions, "weights": _add_weights,
+    "beta": _add_parameter, "w2": _add_parameter, "mlp_w": _add_parameter, "mlp_c": _add_parameter,
+    "pos_weight": _add_parameter, "table": _add_table, "attn_mask": _add_mask,
+}
 
 
 class _TiledIntegralTransform(torch.autograd.Function):

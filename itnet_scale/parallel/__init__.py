@@ -14,16 +14,22 @@ from itnet_scale.parallel.groups import (
     sequence_parallel_deepspeed_config,
 )
 from itnet_scale.parallel.model import (
-    SequenceShards,
+    SequenceParallelBackbone,
     apply_sequence_parallel,
     check_sequence_parallel,
     remove_sequence_parallel,
-    sequence_parallel_problem,
 )
 from itnet_scale.parallel.process_group import init_distributed
-from itnet_scale.parallel.ulysses import SequenceParallelIntegralTransform, gather_sequence, shard_sequence
+from itnet_scale.parallel.ulysses import (
+    SequenceParallelIntegralTransform,
+    gather_sequence,
+    parallelize_transform,
+    shard_sequence,
+    transform_problem,
+    unparallelize_transform,
+)
 
-__all__ = ["SequenceParallel", "SequenceParallelIntegralTransform", "SequenceShards", "apply_sequence_parallel",
-           "check_sequence_parallel", "check_sequence_parallel_size", "gather_sequence",
-           "init_distributed", "remove_sequence_parallel",
-           "sequence_parallel_deepspeed_config", "sequence_parallel_problem", "shard_sequence"]
+__all__ = ["SequenceParallel", "SequenceParallelBackbone", "SequenceParallelIntegralTransform",
+           "apply_sequence_parallel", "check_sequence_parallel", "check_sequence_parallel_size", "gather_sequence",
+           "init_distributed", "parallelize_transform", "remove_sequence_parallel",
+           "sequence_parallel_deepspeed_config", "shard_sequence", "transform_problem", "unparallelize_transform"]

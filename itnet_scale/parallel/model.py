@@ -1,21 +1,22 @@
 """Sequence parallelism for a whole model: the backbone runs sharded, encoders and heads see whole sequences.
 
 ``apply_sequence_parallel(model, sp)`` makes every :class:`~itnet_scale.nn.backbone.ITNetBackbone` in ``model``
-run over ``sp.group``. Per forward of the backbone (``tokens`` ``[B, N, dim]``):
+run over ``sp.group``, from outside the model, as torchtitan's parallelize step and ``fully_shard`` do: each
+backbone's class becomes :class:`SequenceParallelBackbone` and each of its transforms'
+:class:`~itnet_scale.parallel.ulysses.SequenceParallelIntegralTransform`, so :mod:`itnet_scale.nn` knows nothing
+of it and parameter names and ``state_dict`` keys do not change. Per forward of the backbone (``tokens``
+``[B, N, dim]``):
 
 1. the encoders ran on the whole sequence on every rank (replicated; they are cheap and position-wise);
 2. the sequence is padded to ``N' = ⌈N/P⌉·P`` — zero tokens, marked in ``padding_mask`` so no real token ever
    sees them, at positions continuing the last one along the first axis (causal scans need it increasing);
-3. rank ``r`` keeps positions ``[r·N'/P, (r+1)·N'/P)``; every block runs on that shard, its transform through
-   :class:`~itnet_scale.parallel.ulysses.SequenceParallelIntegralTransform` (exact: Ulysses all-to-alls;
-   causal lowrank: the carried state), its norms and MLP position-wise on the shard;
+3. rank ``r`` keeps positions ``[r·N'/P, (r+1)·N'/P)``; every block runs on that shard, its transform over the
+   group (exact: Ulysses all-to-alls; causal lowrank: the carried state), its norms and MLP position-wise;
 4. the final norm runs on the shard, the shards are all-gathered (differentiably) and the padding dropped:
    the backbone returns ``[B, N, dim]``, the same on every rank, so heads and losses run unchanged.
 
-Parameter names and ``state_dict`` keys do not change: the sequence-parallel wrappers live outside module
-registration (in :class:`SequenceShards`, a plain attribute of the backbone). For ZeRO 3, the parameters a
-wrapper reads directly are registered as external parameters of their block, so DeepSpeed gathers them for
-the block's forward and backward.
+Every transform is called as its own module, as without sequence parallelism, so ZeRO 3 gathers its parameters
+the same way.
 
 Every rank of a group must call the model together on the same batch (the collectives pair up), with the
 same random draws: dropout and drop path run on the shards, so a run with them on seeds its ranks by
@@ -25,35 +26,19 @@ repeat). The loss is replicated; see :mod:`itnet_scale.parallel.groups` for ``sp
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
-from deepspeed.runtime.zero.partition_parameters import register_external_parameter, unregister_external_parameter
 from torch import Tensor, nn
 
 from itnet_scale.nn.backbone import ITNetBackbone
-from itnet_scale.nn.integral_transform import IntegralTransform
 from itnet_scale.parallel.groups import SequenceParallel, check_sequence_parallel_size
-from itnet_scale.parallel.ulysses import SequenceParallelIntegralTransform, gather_sequence, shard_sequence
-
-
-def sequence_parallel_problem(layer: IntegralTransform, size: int) -> str | None:
-    """Why ``layer`` cannot run over ``size`` ranks, or None if it can."""
-    if size == 1:
-        return None
-    if layer.integrator == "exact":
-        if layer.heads % size:
-            return (f"heads={layer.heads} is not divisible by sequence_parallel_size={size} (Ulysses gives each "
-                    "rank heads/size heads of an exact layer)")
-        return None
-    if layer.integrator == "lowrank":
-        if not layer.spec.causal:
-            return (f"integrator='lowrank' with support={layer.spec.support!r} is not causal: only the causal scan "
-                    "has a state to carry across ranks (use support='causal', or integrator='exact')")
-        return None
-    return (f"integrator={layer.integrator!r} cannot be sequence-parallel: it draws its sources from the whole "
-            "sequence, which no rank holds (use integrator='exact', or 'lowrank' with a causal support)")
+from itnet_scale.parallel.ulysses import (
+    gather_sequence,
+    parallelize_transform,
+    shard_sequence,
+    transform_problem,
+    unparallelize_transform,
+)
 
 
 def check_sequence_parallel(model: nn.Module, size: int) -> list[ITNetBackbone]:
@@ -67,7 +52,7 @@ def check_sequence_parallel(model: nn.Module, size: int) -> list[ITNetBackbone]:
     for name, backbone in backbones:
         where = f"{name}: " if len(backbones) > 1 else ""
         for index, block in enumerate(backbone.blocks):
-            problem = sequence_parallel_problem(block.mixer, size)
+            problem = transform_problem(block.mixer, size)
             if problem is not None:
                 problems.append(f"{where}layer {index}: {problem}")
     if problems:
@@ -75,14 +60,16 @@ def check_sequence_parallel(model: nn.Module, size: int) -> list[ITNetBackbone]:
     return [backbone for _, backbone in backbones]
 
 
-class SequenceShards:
-    """What a backbone runs over a sequence-parallel group: :meth:`shard` its inputs, ``mixers[i]`` for block
-    ``i``, :meth:`gather` its output. Not a module, so nothing here registers parameters (the wrappers hold
-    the blocks' own transforms)."""
+class SequenceParallelBackbone(ITNetBackbone):
+    """An :class:`ITNetBackbone` whose blocks run on this rank's shard of the sequence (made by
+    :func:`apply_sequence_parallel`; see the module doc). ``forward`` takes and returns whole sequences."""
 
-    def __init__(self, sp: SequenceParallel, layers: list[IntegralTransform]) -> None:
-        self.sp = sp
-        self.mixers = [SequenceParallelIntegralTransform(layer, sp.group) for layer in layers]
+    sequence_parallel: SequenceParallel
+
+    def forward(self, tokens: Tensor, pos: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        length = tokens.shape[1]
+        tokens, pos, padding_mask = self.shard(tokens, pos, padding_mask)
+        return gather_sequence(super().forward(tokens, pos, padding_mask), self.sequence_parallel.group)[:, :length]
 
     def shard(self, tokens: Tensor, pos: Tensor, padding_mask: Tensor | None
               ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -91,7 +78,8 @@ class SequenceShards:
         B, N, _ = tokens.shape
         if pos.dim() == 2:
             pos = pos.expand(B, *pos.shape)
-        pad = -N % self.sp.size
+        sp = self.sequence_parallel
+        pad = -N % sp.size
         if pad:
             step = torch.zeros(pos.shape[-1], dtype=pos.dtype, device=pos.device)
             step[0] = 1
@@ -101,17 +89,8 @@ class SequenceShards:
             if padding_mask is None:
                 padding_mask = torch.zeros(B, N, dtype=torch.bool, device=tokens.device)
             padding_mask = F.pad(padding_mask, (0, pad), value=True)
-        group = self.sp.group
-        return (shard_sequence(tokens, group), shard_sequence(pos, group),
-                None if padding_mask is None else shard_sequence(padding_mask, group))
-
-    def gather(self, shard: Tensor, length: int) -> Tensor:
-        """The whole ``[B, length, dim]`` from every rank's ``shard`` (padding dropped); differentiable."""
-        return gather_sequence(shard, self.sp.group)[:, :length]
-
-    def __deepcopy__(self, memo: dict) -> SequenceShards:
-        """A copied model gets wrappers around its own (copied) transforms, over the same groups."""
-        return SequenceShards(self.sp, [copy.deepcopy(mixer.layer, memo) for mixer in self.mixers])
+        return (shard_sequence(tokens, sp.group), shard_sequence(pos, sp.group),
+                None if padding_mask is None else shard_sequence(padding_mask, sp.group))
 
 
 def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module:
@@ -124,20 +103,18 @@ def apply_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> nn.Module
     remove_sequence_parallel(model)
     for backbone in backbones:
         for block in backbone.blocks:
-            for parameter in block.mixer.parameters():  # ZeRO 3: gathered for the block (see the module doc)
-                if parameter.numel():  # (ZeRO 3 cannot gather an empty one; nothing reads it)
-                    register_external_parameter(block, parameter)
-        backbone.sequence_parallel = SequenceShards(sp, [block.mixer for block in backbone.blocks])
+            parallelize_transform(block.mixer, sp.group)
+        backbone.__class__ = SequenceParallelBackbone
+        backbone.sequence_parallel = sp
     return model
 
 
 def remove_sequence_parallel(model: nn.Module) -> nn.Module:
     """Undo :func:`apply_sequence_parallel`: every backbone of ``model`` runs whole again. Returns ``model``."""
     for backbone in model.modules():
-        if isinstance(backbone, ITNetBackbone) and backbone.sequence_parallel is not None:
+        if isinstance(backbone, SequenceParallelBackbone):
             for block in backbone.blocks:
-                for parameter in block.mixer.parameters():
-                    if id(parameter) in getattr(block, "_external_params", {}):
-                        unregister_external_parameter(block, parameter)
-            backbone.sequence_parallel = None
+                unparallelize_transform(block.mixer)
+            del backbone.sequence_parallel
+            backbone.__class__ = ITNetBackbone
     return model

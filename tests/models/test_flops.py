@@ -7,20 +7,25 @@ from torch import nn
 
 from itnet_scale.models import create_model
 from itnet_scale.models.flops import training_flops
-from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.ops import LowRank, MonteCarlo
 
 
 def test_a_single_transform_per_support():
     for support, size, sources in [("all", None, 100), ("causal", None, 50), ("window", 4.0, 9)]:
         extra = {} if size is None else {"support_size": size}
-        layer = IntegralTransform(64, heads=2, pos_dim=1, kernel_width=8, support=support, **extra)
+        layer = IntegralTransform(64, 2, KernelConfig(width=8, support=support, **extra))
         params = sum(p.numel() for p in layer.parameters())
         pair = 32 + 32 + 1.5 * 8
         assert training_flops(layer, tokens=100, length=100) == pytest.approx(100 * (6 * params + 6 * 2 * sources
                                                                                          * pair))
-    lowrank = IntegralTransform(64, heads=2, pos_dim=1, kernel_width=0, integrator="lowrank", rank=16)
+    lowrank = IntegralTransform(64, 2, KernelConfig(width=0, rank=16), LowRank())
     params = sum(p.numel() for p in lowrank.parameters())
     assert training_flops(lowrank, 10, 1000) == pytest.approx(10 * (6 * params + 6 * 2 * 16 * (32 + 32)))
+    sampled = IntegralTransform(64, 2, KernelConfig(width=0), MonteCarlo(samples=40))
+    params = sum(p.numel() for p in sampled.parameters())
+    assert training_flops(sampled, 10, 1000) == pytest.approx(10 * (6 * params + 6 * 2 * 40 * (32 + 32)))
+    assert training_flops(sampled, 10, 30) == pytest.approx(10 * (6 * params + 6 * 2 * 30 * (32 + 32)))
 
 
 def test_embedding_tables_are_not_dense_work():

@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from itnet_scale.nn import FeatureMap, IntegralTransform
-from itnet_scale.ops import KernelInputs, KernelSpec
+from itnet_scale.nn import FeatureMap, IntegralTransform, KernelConfig
+from itnet_scale.ops import KernelInputs, KernelSpec, LowRank
 from itnet_scale.ops.spec import offsets, pair_scores, position_term
 
 DIM, HEADS, HEAD_DIM = 24, 3, 8
 
 
-def layer(**kw) -> IntegralTransform:
+def layer(**kernel) -> IntegralTransform:
     torch.manual_seed(0)
-    return IntegralTransform(DIM, HEADS, **kw).double()
+    return IntegralTransform(DIM, HEADS, KernelConfig(**kernel)).double()
 
 
 def x_of(N: int = 37, B: int = 2, scale: float = 1.0) -> torch.Tensor:
@@ -26,7 +26,7 @@ def x_of(N: int = 37, B: int = 2, scale: float = 1.0) -> torch.Tensor:
 
 def test_inputs_split_into_the_bilinear_score_and_the_kernel_mlp_argument():
     """``u_i·u'_j`` on the first d entries is ``β q·k/√d``; the rest add up to ``a_i + b_j + Ua (p_i − p_j)``."""
-    m = layer(kernel_width=5, rank=4)
+    m = layer(width=5, rank=4)
     x = x_of(11)
     pos = torch.cumsum(torch.rand(2, 11, 1, dtype=torch.float64) + 0.5, 1)
     inp = m.kernel_inputs(x, pos)
@@ -41,7 +41,7 @@ def test_inputs_split_into_the_bilinear_score_and_the_kernel_mlp_argument():
 
 @pytest.mark.parametrize("kind", ["prf", "learned"])
 def test_softmax_features_are_positive_and_stay_finite_for_large_inputs(kind):
-    m = layer(support="causal", decay=True, kernel_width=16, rank=16, feature_map=kind)
+    m = layer(support="causal", decay=True, width=16, rank=16, feature_map=kind)
     phi, psi = m.features(m.kernel_inputs(x_of()))
     assert (phi > 0).all() and (psi > 0).all()
     if kind == "learned":  # away from the PRF start: a trained map must stay non-negative as well
@@ -62,7 +62,7 @@ def test_softmax_features_are_positive_and_stay_finite_for_large_inputs(kind):
     assert torch.isfinite(phi).all() and torch.isfinite(psi).all()
     assert (phi >= 0).all() and (psi > 0).all()
     torch.testing.assert_close(phi.amax(-1), torch.full_like(phi[..., 0], 1 / math.sqrt(16)))
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     assert torch.isfinite(m(x, pos)).all()
 
 
@@ -74,7 +74,7 @@ def test_many_random_features_approximate_the_exponential_kernel(kind):
     errors = {}
     big = 4096 if kind == "prf" else 1024  # learned holds an [H, R, R] MLP: R = 4096 would be 400 MB
     for rank in (8, big):
-        m = layer(mode="softmax", kernel_width=0, rank=rank, feature_map=kind)
+        m = layer(mode="softmax", width=0, rank=rank, feature_map=kind)
         with torch.no_grad():  # small inputs: |s| ≲ 1 (the PRF variance grows like exp(‖q‖² + ‖k‖²))
             m.q_proj.weight.mul_(0.6)
             m.k_proj.weight.mul_(0.6)
@@ -100,7 +100,7 @@ def test_prf_rejects_linear_mode():
     with pytest.raises(ValueError, match=r"prf.*needs mode='softmax'"):
         FeatureMap(2, 4, 4, 8, "prf", "linear")
     with pytest.raises(ValueError, match=r"prf.*needs mode='softmax'"):
-        IntegralTransform(16, 2, mode="linear", rank=8, feature_map="prf")
+        IntegralTransform(16, 2, KernelConfig(mode="linear", rank=8, feature_map="prf"))
     with pytest.raises(ValueError, match="feature_map must be one of"):
         FeatureMap(2, 4, 4, 8, "fourier", "softmax")
     with pytest.raises(ValueError, match="rank must be >= 1"):
@@ -112,12 +112,12 @@ def test_prf_rejects_linear_mode():
 def test_learned_linear_features_at_init_reproduce_a_bilinear_linear_kernel(support, decay, rank):
     """``s = β q·k/√d`` is rank d = 8; the learned linear map starts as the identity on that block, so
     with R ≥ d the lowrank layer is the exact layer — outputs and the exact parameters' gradients."""
-    m = layer(mode="linear", support=support, decay=decay, kernel_width=0, rank=rank, feature_map="learned")
+    m = layer(mode="linear", support=support, decay=decay, width=0, rank=rank, feature_map="learned")
     x = x_of()
     exact = m(x)
     exact_grads = torch.autograd.grad(exact.square().sum(), [p for n, p in m.named_parameters()
                                                               if not n.startswith("features.")])
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     out = m(x)
     torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10)
     grads = torch.autograd.grad(out.square().sum(), [p for n, p in m.named_parameters()
@@ -128,10 +128,10 @@ def test_learned_linear_features_at_init_reproduce_a_bilinear_linear_kernel(supp
 
 def test_learned_linear_features_below_the_bilinear_rank_are_not_exact():
     """The counterpart of the test above: R < d drops directions of ``q·k``, so the lowrank layer differs."""
-    m = layer(mode="linear", support="causal", kernel_width=0, rank=HEAD_DIM - 4, feature_map="learned")
+    m = layer(mode="linear", support="causal", width=0, rank=HEAD_DIM - 4, feature_map="learned")
     x = x_of()
     exact = m(x)
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     assert (m(x) - exact).norm() / exact.norm() > 1e-2
 
 
@@ -146,7 +146,7 @@ def test_feature_map_without_any_kernel_input_gives_constant_features():
 
 
 def test_detached_inputs_train_the_feature_maps_only():
-    m = layer(kernel_width=4, rank=6)
+    m = layer(width=4, rank=6)
     inp = m.kernel_inputs(x_of(9))
     phi, psi = m.features(inp, detach_inputs=True)
     (phi.sum() + psi.sum()).backward()

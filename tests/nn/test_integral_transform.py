@@ -5,19 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact
 
 OPTIONS = [
     dict(mode="softmax", support="all"),
     dict(mode="softmax", support="causal", decay=True, offset_range=8),
-    dict(mode="linear", support="causal", decay=True, kernel_depth=2),
-    dict(mode="softmax", support="window", support_size=4.0, kernel_width=0),
+    dict(mode="linear", support="causal", decay=True, depth=2),
+    dict(mode="softmax", support="window", support_size=4.0, width=0),
     dict(mode="linear", support="causal_window", support_size=6.0, bilinear=False, offset_range=6),
 ]
+BACKENDS = {"reference": Exact("reference"), "torch": Exact("torch", block_size=(8, 16))}
 
 
-def layer(**kw) -> IntegralTransform:
-    return IntegralTransform(24, 3, block_size=(8, 16), **kw).double()
+def layer(**kernel) -> IntegralTransform:
+    return IntegralTransform(24, 3, KernelConfig(**kernel), BACKENDS["torch"]).double()
 
 
 def output_and_grads(m, x, pos, **kw):
@@ -35,28 +37,28 @@ def test_backends_agree_on_outputs_and_all_gradients(options):
     pad = torch.zeros(2, 37, dtype=torch.bool)
     pad[0, -4:] = True
     results = {}
-    for backend in ("reference", "tiled"):
-        m.backend = backend
+    for backend, integrator in BACKENDS.items():
+        m.integrator = integrator
         results[backend] = output_and_grads(m, x, pos, padding_mask=pad)
-    (y_ref, g_ref), (y, g) = results["reference"], results["tiled"]
+    (y_ref, g_ref), (y, g) = results["reference"], results["torch"]
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     for a, b in zip(g, g_ref):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    if m.kernel_width:
+    if m.kernel.width:
         assert g_ref[1].abs().sum() > 0, "positions must receive gradients through the kernel MLP"
 
 
 def test_cross_transform_with_per_head_weights_and_2d_positions():
-    m = IntegralTransform(16, 2, source_dim=12, out_dim=10, pos_dim=2, value_dim=5, offset_range=(2, 2),
-                          support="radius", support_size=3.0).double()
+    m = IntegralTransform(16, 2, KernelConfig(offset_range=(2, 2), support="radius", support_size=3.0),
+                          source_dim=12, out_dim=10, pos_dim=2, value_dim=5).double()
     x, src = torch.randn(3, 9, 16, dtype=torch.float64), torch.randn(3, 20, 12, dtype=torch.float64)
     pq, ps = torch.rand(3, 9, 2, dtype=torch.float64) * 6, torch.rand(3, 20, 2, dtype=torch.float64) * 6
     w = torch.rand(3, 20, 2, dtype=torch.float64)
     outs = []
-    for backend in ("reference", "tiled"):
-        m.backend = backend
+    for integrator in BACKENDS.values():
+        m.integrator = integrator
         outs.append(m(x, pq, source=src, source_pos=ps, weights=w))
     assert outs[0].shape == (3, 9, 10)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)
@@ -84,8 +86,8 @@ def test_fully_masked_query_returns_the_output_bias_only():
     x = torch.randn(1, 6, 24, dtype=torch.float64)
     mask = torch.ones(6, 6, dtype=torch.bool)
     mask[2] = False
-    for backend in ("reference", "tiled"):
-        m.backend = backend
+    for integrator in BACKENDS.values():
+        m.integrator = integrator
         y = m(x, attn_mask=mask)
         torch.testing.assert_close(y[0, 2], m.o_proj.bias)
 
@@ -100,11 +102,15 @@ def test_kernel_matrix_rows_are_distributions_in_softmax_mode():
 
 def test_integrator_and_backend_are_switchable_and_checked():
     m = layer()
-    m.backend = "reference"
-    with pytest.raises(ValueError, match="backend"):
-        m.backend = "cuda-magic"
-    with pytest.raises(ValueError, match="integrator"):
+    m.integrator = Exact("reference")
+    assert m.integrator.backend == "reference"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Exact("cuda-magic")
+    with pytest.raises(ValueError, match=r"backend='tiled' is now called 'torch'"):
+        Exact("tiled")
+    with pytest.raises(TypeError, match=r"integrator must be Exact\(...\), LowRank\(...\) or MonteCarlo"):
         m.integrator = "quadrature"
+    assert m.integrator == Exact("reference")  # a refused assignment changes nothing
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -137,10 +143,10 @@ BAD_CALLS = [
 
 
 @pytest.mark.parametrize(("message", "call"), BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
-@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_bad_input_names_the_argument(message, call, backend):
     m = layer()
-    m.backend = backend
+    m.integrator = BACKENDS[backend]
     with pytest.raises(ValueError, match=message):
         call(m)
 
@@ -150,14 +156,28 @@ def test_bad_input_names_the_argument(message, call, backend):
     (dict(support="everywhere"), "support"),
     (dict(support="window"), "support_size"),
     (dict(decay=True), "decay=True needs a causal support"),
-    (dict(kernel_activation="swish"), "activation"),
-    (dict(kernel_width=-1), "kernel_width"),
-    (dict(offset_range=(2, 2)), "offset_range"),
+    (dict(activation="swish"), "activation"),
+    (dict(width=-1), "kernel width"),
+    (dict(depth=0), "depth"),
+    (dict(rank=0), "rank"),
+    (dict(feature_map="random"), "feature_map"),
     (dict(decay=True, support="causal", decay_activation="exp"), "decay_activation"),
 ])
 def test_bad_configuration_names_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        IntegralTransform(24, 3, **kwargs)
+        KernelConfig(**kwargs)
+
+
+def test_offset_range_needs_one_entry_per_position_dim():
+    with pytest.raises(ValueError, match=r"offset_range needs one entry per position dim \(1\)"):
+        IntegralTransform(24, 3, KernelConfig(offset_range=(2, 2)))
+    layer2d = IntegralTransform(24, 3, KernelConfig(offset_range=2), pos_dim=2)  # one int: every dim
+    assert layer2d.spec.offset_range == (2, 2) and layer2d.table.shape == (3, 25)
+
+
+def test_settings_are_typed_values():
+    with pytest.raises(TypeError, match="kernel must be a KernelConfig"):
+        IntegralTransform(24, 3, {"mode": "linear"})
 
 
 def test_heads_must_divide_dim_unless_head_dim_given():
@@ -184,7 +204,7 @@ def test_decay_stays_exact_in_fp32_when_tau_grows_large():
     only through differences: τ_i − τ_j exactly (fp64 τ), positions relative to each tile's first
     query, so the rounding is that of offsets within a tile, not of positions far into the sequence
     (the error does not grow with N: ~4e-6 at N = 500, 2000 and 8000)."""
-    m = IntegralTransform(8, 2, mode="linear", support="causal", decay=True, kernel_width=4).double()
+    m = IntegralTransform(8, 2, KernelConfig(mode="linear", support="causal", decay=True, width=4)).double()
     with torch.no_grad():
         m.decay_proj.bias.fill_(0.5)  # increments ~ softplus(0.5 + noise) ≈ 1: neighbours still matter
     x = torch.randn(1, 2000, 8, dtype=torch.float64) * 0.1

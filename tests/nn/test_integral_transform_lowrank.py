@@ -7,15 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-import itnet_scale.nn.integral_transform as integral_transform_module
-from itnet_scale.nn import IntegralTransform
+import itnet_scale.ops.lowrank.integrator as lowrank_integrator
+from itnet_scale.nn import FeatureMap, IntegralTransform, KernelConfig
+from itnet_scale.nn.integral_transform import DEFAULT_RANK
+from itnet_scale.ops import Exact, LowRank
 
 DIM, HEADS = 24, 3
 
 
-def layer(**kw) -> IntegralTransform:
+def layer(integrator=None, *, source_dim=None, **kernel) -> IntegralTransform:
     torch.manual_seed(0)
-    return IntegralTransform(DIM, HEADS, **kw).double()
+    return IntegralTransform(DIM, HEADS, KernelConfig(**kernel), integrator, source_dim=source_dim).double()
 
 
 def x_of(N: int = 37, B: int = 2) -> torch.Tensor:
@@ -31,13 +33,13 @@ def test_switching_integrators_keeps_the_exact_parameters_and_output():
     x = x_of()
     before = {n: p.clone() for n, p in m.named_parameters()}
     exact = m(x)
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     approx = m(x)
     approx.sum().backward()  # a lowrank training step's backward must not touch the parameters
     assert (approx - exact).abs().max() > 1e-3  # the two integrators really differ here
-    m.integrator = "exact"
+    m.integrator = Exact()
     close(m(x), exact, 0)
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     close(m(x), approx, 0)
     assert all(torch.equal(before[n], p) for n, p in m.named_parameters())
     assert {n for n, _ in m.named_parameters()} == set(before)
@@ -46,20 +48,18 @@ def test_switching_integrators_keeps_the_exact_parameters_and_output():
 def test_lowrank_needs_feature_maps():
     m = layer()
     assert m.features is None
-    with pytest.raises(ValueError, match=r"integrator='lowrank' needs feature maps.*rank=R"):
-        m.integrator = "lowrank"
-    assert m.integrator == "exact"
-    with pytest.raises(ValueError, match="integrator must be one of"):
-        m.integrator = "fft"
-    # documented: integrator='lowrank' at construction without a rank builds R = DEFAULT_RANK features
-    built = layer(integrator="lowrank")
-    assert built.features.rank == integral_transform_module.DEFAULT_RANK
+    with pytest.raises(ValueError, match=r"the lowrank integrator needs feature maps.*KernelConfig\(rank=R\)"):
+        m.integrator = LowRank()
+    assert m.integrator == Exact()
+    # documented: a LowRank integrator at construction without a rank builds R = DEFAULT_RANK features
+    built = layer(LowRank())
+    assert built.features.rank == DEFAULT_RANK
 
 
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_streaming_one_position_at_a_time_equals_the_whole_sequence(mode):
     """Each step gets its absolute position (the kernel MLP reads ``Ua p``) and the state of the last."""
-    m = layer(mode=mode, support="causal", decay=True, integrator="lowrank", rank=8, offset_range=2)
+    m = layer(LowRank(), mode=mode, support="causal", decay=True, rank=8, offset_range=2)
     N = 30
     x = x_of(N)
     pos = torch.arange(N, dtype=torch.float64)[:, None] * 1.5 + 3
@@ -77,7 +77,7 @@ def test_streaming_one_position_at_a_time_equals_the_whole_sequence(mode):
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_a_prompt_then_uneven_pieces_equal_the_whole_sequence(mode):
     """Pieces of 17, 1, 9 and 13 positions (the chunked scan, the one-step path) with padding carried per piece."""
-    m = layer(mode=mode, support="causal", decay=True, integrator="lowrank", rank=8, chunk_size=8)
+    m = layer(LowRank(chunk_size=8), mode=mode, support="causal", decay=True, rank=8)
     N = 40
     x = x_of(N)
     pos = torch.arange(N, dtype=torch.float64)[:, None]
@@ -96,9 +96,9 @@ def test_a_prompt_then_uneven_pieces_equal_the_whole_sequence(mode):
 
 @pytest.mark.parametrize("per_head", [False, True], ids=["shared-weights", "per-head-weights"])
 def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(monkeypatch, per_head):
-    """A sequence longer than ``LOWRANK_SEGMENT`` is streamed in pieces (projections included), with
-    padding, weights, explicit positions and an initial state cut along with it."""
-    m = layer(support="causal", decay=True, integrator="lowrank", rank=8, chunk_size=16)
+    """A causal pass longer than ``SEGMENT`` runs in segments (features computed per segment), with padding,
+    weights, explicit positions, ``τ`` and an initial state cut along with it."""
+    m = layer(LowRank(chunk_size=16), support="causal", decay=True, rank=8)
     N = 100
     x = x_of(N).requires_grad_(True)
     pad = torch.zeros(2, N, dtype=torch.bool)
@@ -112,12 +112,12 @@ def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(mo
         return y, s, torch.autograd.grad(y.square().sum() + s.sum(), [x, *m.parameters()], allow_unused=True)
 
     y1, s1, g1 = run()
-    monkeypatch.setattr(integral_transform_module, "LOWRANK_SEGMENT", 33)
+    monkeypatch.setattr(lowrank_integrator, "SEGMENT", 33)
     calls = []
-    monkeypatch.setattr(m, "kernel_inputs", lambda *a, **k: calls.append(a[0].shape[1]) or
-                        IntegralTransform.kernel_inputs(m, *a, **k))
+    monkeypatch.setattr(m.features, "forward", lambda inp, **k: calls.append(inp.v.shape[2]) or
+                        FeatureMap.forward(m.features, inp, **k))
     y2, s2, g2 = run()
-    assert calls == [33, 33, 33, 1]  # really in pieces, the projections too
+    assert calls == [33, 33, 33, 1]  # really in segments, the features too
     close(y2, y1)
     close(s2, s1)
     for a, b in zip(g1, g2):
@@ -128,8 +128,8 @@ def test_long_sequences_in_segments_give_the_same_outputs_state_and_gradients(mo
 
 def test_long_sequences_check_their_inputs_whole(monkeypatch):
     """Errors name the whole sequence's sizes, and an order break at a piece boundary is caught."""
-    monkeypatch.setattr(integral_transform_module, "LOWRANK_SEGMENT", 8)
-    m = layer(support="causal", decay=True, integrator="lowrank", rank=8)
+    monkeypatch.setattr(lowrank_integrator, "SEGMENT", 8)
+    m = layer(LowRank(), support="causal", decay=True, rank=8)
     x = x_of(20)
     with pytest.raises(ValueError, match=r"weights must be \[batch=2, sources=20\]"):
         m(x, weights=torch.ones(2, 21, dtype=torch.float64))
@@ -146,8 +146,8 @@ def test_long_sequences_check_their_inputs_whole(monkeypatch):
 def test_reference_and_default_lowrank_backends_agree_on_outputs_and_all_gradients(mode, support, decay):
     """``backend='reference'`` (φψᵀ materialized) against the default chunked scan, with padding, per-head
     weights, a deep kernel MLP and (causal) an initial state; every parameter's gradient."""
-    m = layer(mode=mode, support=support, decay=decay, integrator="lowrank", rank=8, chunk_size=16, kernel_depth=2)
-    assert m.backend == "auto"
+    m = layer(LowRank(chunk_size=16), mode=mode, support=support, decay=decay, rank=8, depth=2)
+    assert m.integrator.backend == "auto"
     N = 45
     x = x_of(N).requires_grad_(True)
     pad = torch.zeros(2, N, dtype=torch.bool)
@@ -157,7 +157,7 @@ def test_reference_and_default_lowrank_backends_agree_on_outputs_and_all_gradien
     s0 = torch.rand(2, HEADS, 8, 8 + (mode == "softmax"), dtype=torch.float64, requires_grad=True) if causal else None
     results = []
     for backend in ("reference", "auto"):
-        m.backend = backend
+        m.integrator = LowRank(chunk_size=16, backend=backend)
         y, state = m(x, padding_mask=pad, weights=w, initial_state=s0, return_state=True)
         loss = y.square().sum() + (state.sum() if causal else 0)
         wrt = [x, *m.parameters()] + ([s0] if causal else [])
@@ -177,7 +177,7 @@ def test_reference_and_default_lowrank_backends_agree_on_outputs_and_all_gradien
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_padded_sources_are_the_same_as_absent_sources(mode):
     """A cross-transform over all sources: padding sources (and giving them zero weight) equals dropping them."""
-    m = layer(mode=mode, source_dim=16, integrator="lowrank", rank=8)
+    m = layer(LowRank(), mode=mode, source_dim=16, rank=8)
     x = x_of(7)
     src = torch.randn(2, 12, 16, dtype=torch.float64)
     src_pos = torch.arange(12, dtype=torch.float64)[:, None] * 0.7
@@ -192,7 +192,7 @@ def test_padded_sources_are_the_same_as_absent_sources(mode):
 
 
 def test_weights_per_head_and_shared_weights_agree():
-    m = layer(support="causal", decay=True, integrator="lowrank", rank=8)
+    m = layer(LowRank(), support="causal", decay=True, rank=8)
     x = x_of(20)
     w = torch.rand(2, 20, dtype=torch.float64)
     close(m(x, weights=w[..., None].expand(2, 20, HEADS)), m(x, weights=w))
@@ -219,7 +219,7 @@ def test_weights_per_head_and_shared_weights_agree():
 def test_a_constant_softmax_kernel_is_rank_one_for_every_feature_map(feature_map):
     """No bilinear term, no kernel MLP, a zero offset table: ``s ≡ 0`` and φ·ψ is constant — the normalizer,
     decay, weights and padding paths must then match the exact layer, also when streamed."""
-    m = layer(mode="softmax", support="causal", decay=True, bilinear=False, kernel_width=0, offset_range=3,
+    m = layer(mode="softmax", support="causal", decay=True, bilinear=False, width=0, offset_range=3,
               rank=4, feature_map=feature_map)
     N = 37
     x = x_of(N)
@@ -228,7 +228,7 @@ def test_a_constant_softmax_kernel_is_rank_one_for_every_feature_map(feature_map
     pad[0, :2] = True  # rows 0-1 of batch 0 see nothing: both integrators give 0 there
     w = torch.rand(2, N, HEADS, dtype=torch.float64)
     exact = m(x, padding_mask=pad, weights=w)
-    m.integrator = "lowrank"
+    m.integrator = LowRank()
     close(m(x, padding_mask=pad, weights=w), exact)
     state, outs = None, []
     for t in range(N):
@@ -242,18 +242,21 @@ def test_what_lowrank_cannot_integrate_is_refused_clearly():
     x = x_of(6)
     for support in ("window", "radius", "causal_window"):
         with pytest.raises(ValueError, match=rf"support 'all' or 'causal', got '{support}'"):
-            layer(support=support, support_size=2.0, integrator="lowrank")(x)
+            layer(LowRank(), support=support, support_size=2.0)(x)
     with pytest.raises(ValueError, match="takes no attn_mask"):
-        layer(integrator="lowrank")(x, attn_mask=torch.ones(6, 6, dtype=torch.bool))
+        layer(LowRank())(x, attn_mask=torch.ones(6, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="takes no attn_mask"):
-        layer(integrator="lowrank")(x, attn_mask=torch.zeros(6, 6, dtype=torch.float64))
+        layer(LowRank())(x, attn_mask=torch.zeros(6, 6, dtype=torch.float64))
     unsorted = torch.tensor([[0.0], [1.0], [3.0], [2.0], [4.0], [5.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="first coordinate increases strictly"):
-        layer(support="causal", integrator="lowrank")(x, unsorted)
-    layer(integrator="lowrank")(x, unsorted)  # without causality the order does not matter
+        layer(LowRank(), support="causal")(x, unsorted)
+    layer(LowRank())(x, unsorted)  # without causality the order does not matter
     with pytest.raises(ValueError, match=r"initial_state must be \[2, 3, 4, 9\]"):
-        layer(support="causal", integrator="lowrank", rank=4)(x, initial_state=torch.zeros(2, 3, 5, 9))
-    with pytest.raises(ValueError, match="initial_state is only defined for a causal"):
-        layer(integrator="lowrank", rank=4)(x, initial_state=torch.zeros(2, 3, 4, 9))
-    with pytest.raises(ValueError, match="initial_state/return_state need integrator='lowrank'"):
+        layer(LowRank(), support="causal", rank=4)(x, initial_state=torch.zeros(2, 3, 5, 9))
+    with pytest.raises(ValueError, match="initial_state needs the lowrank integrator with a causal support, not "
+                                         "lowrank with support 'all'"):
+        layer(LowRank(), rank=4)(x, initial_state=torch.zeros(2, 3, 4, 9))
+    with pytest.raises(ValueError, match="return_state needs the lowrank integrator"):
         layer(support="causal")(x, return_state=True)
+    with pytest.raises(ValueError, match="initial_state needs the lowrank integrator with a causal support"):
+        layer(support="causal")(x, initial_state=torch.zeros(2, 3, 4, 9))

@@ -62,7 +62,7 @@ def assert_all_close(a, b, tol=1e-10):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_enumeration_reproduces_exact_outputs_and_gradients(case, backend):
     spec = spec_of(case)
     N = 29
@@ -90,7 +90,7 @@ def test_naive_and_tiled_agree_on_the_same_draw(case, shape):
     g = torch.Generator().manual_seed(5)
     draw = uniform(BlockLayout(Nq, Ns, bq, causal), inp.v.shape[0], M, device=CPU, generator=g)
     naive = integral_transform_montecarlo(inp, spec, draw, bq, backend="reference")
-    tiled = integral_transform_montecarlo(inp, spec, draw, bq, backend="tiled")
+    tiled = integral_transform_montecarlo(inp, spec, draw, bq, backend="torch")
     torch.testing.assert_close(tiled, naive, rtol=1e-10, atol=1e-10)
     assert_all_close(grads(tiled, inp), grads(naive, inp))
 
@@ -305,9 +305,9 @@ def test_blocks_split_over_several_backend_calls_give_the_same_outputs_and_gradi
     spec = spec_of(CASES[0])
     inp = random_inputs(40, 40, spec=spec, **CASES[0]["kw"])
     draw = uniform(BlockLayout(40, 40, 6, False), 2, 9, device=CPU, generator=torch.Generator().manual_seed(2))
-    whole = integral_transform_montecarlo(inp, spec, draw, 6, backend="tiled")
+    whole = integral_transform_montecarlo(inp, spec, draw, 6, backend="torch")
     g_whole = grads(whole, inp)
     monkeypatch.setattr(estimator, "PAIRS_PER_CALL", 6 * 9 * 3)  # 3 of the 14 blocks per call
-    parts = integral_transform_montecarlo(inp, spec, draw, 6, backend="tiled")
+    parts = integral_transform_montecarlo(inp, spec, draw, 6, backend="torch")
     torch.testing.assert_close(parts, whole, rtol=1e-12, atol=1e-12)
     assert_all_close(grads(parts, inp), g_whole, tol=1e-12)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from itnet_scale.ops import KernelSpec, integral_transform
+from itnet_scale.ops import Exact, KernelSpec, integrate
 from itnet_scale.ops.tiled import default_block
 
 BLOCK = (16, 32)  # small tiles, so odd sizes give partial, masked and skipped tiles
@@ -15,7 +15,7 @@ BLOCK = (16, 32)  # small tiles, so odd sizes give partial, masked and skipped t
 
 def run(inp, spec, backend, block=BLOCK):
     """Output and gradients of a fixed random projection of it w.r.t. every input that has one."""
-    out = integral_transform(inp, spec, backend=backend, block_size=block)
+    out = integrate(inp, spec, Exact(backend, block)).out
     probe = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
     leaves = [(n, t) for n, t in zip(inp.names(), inp.tensors()) if t is not None and t.requires_grad]
     grads = torch.autograd.grad((out * probe).sum(), [t for _, t in leaves], allow_unused=True)
@@ -24,7 +24,7 @@ def run(inp, spec, backend, block=BLOCK):
 
 def assert_same(inp, spec, block=BLOCK, tol=1e-10):
     ref, ref_grads = run(inp, spec, "reference")
-    out, grads = run(inp, spec, "tiled", block)
+    out, grads = run(inp, spec, "torch", block)
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     assert ref_grads.keys() == grads.keys()
     for name in ref_grads:
@@ -91,17 +91,17 @@ def test_kernel_width(make_inputs, r):
 def test_fp32_agrees_with_fp64_reference(make_inputs):
     spec = KernelSpec(mode="softmax", support="causal", offset_range=(4,))
     inp64 = make_inputs(129, 129, spec=spec, table=True, decay=True, weights="shared", requires_grad=False)
-    ref = integral_transform(inp64, spec, backend="reference")
+    ref = integrate(inp64, spec, Exact("reference")).out
     inp32 = type(inp64)(**{n: t.float() if t is not None and t.is_floating_point() else t
                            for n, t in zip(inp64.names(), inp64.tensors())})
-    out = integral_transform(inp32, spec, backend="tiled", block_size=BLOCK)
+    out = integrate(inp32, spec, Exact("torch", BLOCK)).out
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_block_size_does_not_change_the_result(make_inputs):
     spec = KernelSpec(mode="softmax", support="window", support_size=12)
     inp = make_inputs(70, 70, spec=spec, requires_grad=False)
-    outs = [integral_transform(inp, spec, backend="tiled", block_size=b) for b in [(1, 1), (7, 64), (128, 5)]]
+    outs = [integrate(inp, spec, Exact("torch", b)).out for b in [(1, 1), (7, 64), (128, 5)]]
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], rtol=1e-12, atol=1e-12)
 
@@ -115,8 +115,8 @@ def test_default_tiles_follow_local_supports(make_inputs):
     assert default_block(KernelSpec(support="causal_window", support_size=500)) == (256, 256)
     spec = KernelSpec(mode="softmax", support="window", support_size=3)
     inp = make_inputs(300, 300, spec=spec, requires_grad=False)
-    torch.testing.assert_close(integral_transform(inp, spec, backend="tiled"),
-                               integral_transform(inp, spec, backend="tiled", block_size=(256, 256)),
+    torch.testing.assert_close(integrate(inp, spec, Exact("torch")).out,
+                               integrate(inp, spec, Exact("torch", (256, 256))).out,
                                rtol=1e-12, atol=1e-12)
 
 
@@ -127,7 +127,7 @@ def test_fully_masked_query_gives_zero_and_finite_gradients(make_inputs):
     ref = assert_same(inp, spec, block=(4, 4))
     assert torch.all(ref[:, :, :5] == 0)
     assert torch.all(ref[:, :, 5:].abs().sum(-1) > 0)
-    _, grads = run(inp, spec, "tiled", (4, 4))
+    _, grads = run(inp, spec, "torch", (4, 4))
     assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
 
 
@@ -135,13 +135,13 @@ def test_zero_weights_hide_sources(make_inputs):
     spec = KernelSpec(mode="softmax")
     inp = make_inputs(10, 12, spec=spec, weights="shared", requires_grad=False)
     inp.weights[:, 6:] = 0
-    full = integral_transform(inp, spec, backend="tiled", block_size=(4, 4))
+    full = integrate(inp, spec, Exact("torch", (4, 4))).out
     inp.weights, inp.v, inp.k, inp.b, inp.pos_s = (
         inp.weights[:, :6], inp.v[:, :, :6], inp.k[:, :, :6], inp.b[:, :, :6], inp.pos_s[:, :6])
-    torch.testing.assert_close(full, integral_transform(inp, spec, backend="tiled"), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(full, integrate(inp, spec, Exact("torch")).out, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("mode", ["softmax", "linear"])
 def test_gradcheck_fp64(make_inputs, backend, mode):
     spec = KernelSpec(mode=mode, support="causal", offset_range=(3,))
@@ -153,7 +153,7 @@ def test_gradcheck_fp64(make_inputs, backend, mode):
         for n, t in zip(names, tensors):
             setattr(inp, n, t)
         inp.tau_q = inp.tau_s  # one decay coordinate, as the layer passes it
-        return integral_transform(inp, spec, backend=backend, block_size=(4, 4))
+        return integrate(inp, spec, Exact(backend, (4, 4))).out
 
     names.remove("tau_q")
     for n in ("pos_q", "pos_s"):  # the causal mask and the table are steps in the positions: see below
@@ -161,7 +161,7 @@ def test_gradcheck_fp64(make_inputs, backend, mode):
     assert torch.autograd.gradcheck(f, [getattr(inp, n) for n in names], eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_gradcheck_positions_fp64(make_inputs, backend):
     """Positions reach the score smoothly only through the kernel MLP's ``Ua (p_i − p_j)``."""
     spec = KernelSpec(mode="softmax")
@@ -169,7 +169,7 @@ def test_gradcheck_positions_fp64(make_inputs, backend):
 
     def f(pos_q, pos_s):
         inp.pos_q, inp.pos_s = pos_q, pos_s
-        return integral_transform(inp, spec, backend=backend, block_size=(2, 3))
+        return integrate(inp, spec, Exact(backend, (2, 3))).out
 
     pos = [(inp.pos_q + 0.25).detach().requires_grad_(), inp.pos_s.detach().requires_grad_()]
     assert torch.autograd.gradcheck(f, pos, eps=1e-6, atol=1e-7)
@@ -181,12 +181,12 @@ def test_softmax_with_bilinear_only_is_attention(make_inputs):
     inp = make_inputs(50, 50, spec=spec, r=0, requires_grad=False)
     inp.beta = torch.ones_like(inp.beta)
     expect = torch.nn.functional.scaled_dot_product_attention(inp.q, inp.k, inp.v, is_causal=True)
-    for backend in ("reference", "tiled"):
-        torch.testing.assert_close(integral_transform(inp, spec, backend=backend), expect, rtol=1e-10, atol=1e-10)
+    for backend in ("reference", "torch"):
+        torch.testing.assert_close(integrate(inp, spec, Exact(backend)).out, expect, rtol=1e-10, atol=1e-10)
 
 
 def test_linear_mode_is_the_raw_kernel_sum(make_inputs):
     spec = KernelSpec(mode="linear")
     inp = make_inputs(9, 11, spec=spec, r=0, requires_grad=False)
     s = inp.beta[None, :, None, None] * inp.q @ inp.k.transpose(-1, -2) / math.sqrt(inp.q.shape[-1])
-    torch.testing.assert_close(integral_transform(inp, spec, backend="tiled"), s @ inp.v)
+    torch.testing.assert_close(integrate(inp, spec, Exact("torch")).out, s @ inp.v)

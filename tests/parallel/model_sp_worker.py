@@ -21,11 +21,14 @@ import torch.distributed as dist
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
 from itnet_scale.models import LayerConfig, create_model, load_model_config
+from itnet_scale.nn import IntegralTransform, ITNetBackbone
 from itnet_scale.nn.heads import mask_tokens
 from itnet_scale.parallel import (
     SequenceParallel,
+    SequenceParallelBackbone,
     apply_sequence_parallel,
     init_distributed,
+    remove_sequence_parallel,
     sequence_parallel_deepspeed_config,
 )
 
@@ -104,6 +107,12 @@ def check_model(name: str, case: str, reference: torch.nn.Module, sp: SequencePa
     for key, grad in sp_grads.items():
         dist.all_reduce(grad)
         close(grad / sp.data_parallel_size, grads[key], f"{name}/{case}: gradient of {key} differs")
+    backbones = [m for m in parallel.modules() if isinstance(m, ITNetBackbone)]
+    assert all(isinstance(b, SequenceParallelBackbone) for b in backbones), f"{name}: not sequence-parallel"
+    remove_sequence_parallel(parallel)  # back to whole sequences, on this rank alone
+    assert all(type(b) is ITNetBackbone and all(type(k.mixer) is IntegralTransform for k in b.blocks)
+               for b in backbones), f"{name}: classes not restored"
+    close(run(parallel, batch)[0], hidden, f"{name}/{case}: hidden states differ after remove_sequence_parallel")
     print(f"rank {dist.get_rank()}: {name}/{case} matches", flush=True)
 
 

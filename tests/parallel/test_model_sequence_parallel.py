@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 from itnet_scale.models import create_model
+from itnet_scale.nn import IntegralTransform, ITNetBackbone
 from itnet_scale.parallel import (
     SequenceParallel,
     apply_sequence_parallel,
@@ -60,10 +61,12 @@ def test_layers_that_cannot_be_sequence_parallel_are_named():
     with pytest.raises(ValueError) as error:
         apply_sequence_parallel(model, fake(2))
     message = str(error.value)
-    assert message.startswith("sequence_parallel_size=2 cannot run this model: layer 2: integrator='montecarlo'")
-    assert "layer 3: integrator='lowrank' with support='all' is not causal" in message
+    assert message.startswith("sequence_parallel_size=2 cannot run this model: layer 2: the montecarlo integrator "
+                              "cannot be sequence-parallel")
+    assert "layer 3: the lowrank integrator with support='all' is not causal" in message
     assert "layer 0" not in message and "layer 1" not in message
-    assert model.itnet.backbone.sequence_parallel is None  # refused before anything changed
+    assert type(model.itnet.backbone) is ITNetBackbone  # refused before anything changed
+    assert all(type(block.mixer) is IntegralTransform for block in model.itnet.backbone.blocks)
     assert apply_sequence_parallel(model, fake(1)) is model  # size 1: nothing to check, nothing to do
 
 

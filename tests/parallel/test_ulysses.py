@@ -27,5 +27,6 @@ def test_sequence_parallel_matches_one_rank(ranks):
             assert f"rank {rank}: {name} matches" in process.stdout, (rank, name, process.stdout[-3000:])
         assert f"rank {rank}: refused: sequence length {4 * ranks + 1} is not divisible by " \
                f"sequence_parallel_size={ranks}" in process.stdout
-        assert f"rank {rank}: refused: sequence parallelism supports integrator='exact'" in process.stdout
+        assert f"rank {rank}: refused: the montecarlo integrator cannot be sequence-parallel" in process.stdout
+        assert f"rank {rank}: refused at the call: the montecarlo integrator cannot be" in process.stdout
         assert f"rank {rank}: refused: heads=3 is not divisible by sequence_parallel_size={ranks}" in process.stdout

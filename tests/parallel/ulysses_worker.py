@@ -9,23 +9,24 @@ import deepspeed.comm
 import torch
 import torch.distributed as dist
 
-from itnet_scale.nn import IntegralTransform
-from itnet_scale.parallel import SequenceParallelIntegralTransform, init_distributed, shard_sequence
+from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact, LowRank, MonteCarlo
+from itnet_scale.parallel import init_distributed, parallelize_transform, shard_sequence
 
 CASES = {
-    "exact_causal_decay": dict(kernel_width=8, support="causal", decay=True, offset_range=3),
-    "exact_window_linear": dict(kernel_width=8, support="window", support_size=5.0, mode="linear"),
-    "exact_all_padding": dict(kernel_width=8, kernel_depth=2),
-    "exact_per_head_weights": dict(kernel_width=0),
-    "lowrank_causal_decay": dict(kernel_width=8, support="causal", decay=True, integrator="lowrank", rank=8),
-    "lowrank_causal_linear": dict(kernel_width=0, support="causal", integrator="lowrank", rank=8, mode="linear"),
+    "exact_causal_decay": (KernelConfig(width=8, support="causal", decay=True, offset_range=3), Exact()),
+    "exact_window_linear": (KernelConfig(width=8, support="window", support_size=5.0, mode="linear"), Exact()),
+    "exact_all_padding": (KernelConfig(width=8, depth=2), Exact()),
+    "exact_per_head_weights": (KernelConfig(width=0), Exact()),
+    "lowrank_causal_decay": (KernelConfig(width=8, support="causal", decay=True, rank=8), LowRank()),
+    "lowrank_causal_linear": (KernelConfig(width=0, support="causal", rank=8, mode="linear"), LowRank()),
 }
 
 
-def check(name: str, options: dict, group: dist.ProcessGroup) -> None:
+def check(name: str, options: tuple[KernelConfig, Exact | LowRank], group: dist.ProcessGroup) -> None:
     torch.manual_seed(0)
     B, N, dim, H = 2, 24, 16, 4
-    layer = IntegralTransform(dim, H, pos_dim=1, **options).double()
+    layer = IntegralTransform(dim, H, *options).double()
     x = torch.randn(B, N, dim, dtype=torch.float64, requires_grad=True)
     pos = torch.arange(N, dtype=torch.float64)[None, :, None].expand(B, N, 1).contiguous()
     weights = padding = None
@@ -46,8 +47,10 @@ def check(name: str, options: dict, group: dist.ProcessGroup) -> None:
     x.grad = None
     if weights is not None:
         weights.grad = None
-    # the same sequence, sharded over the group
-    parallel = SequenceParallelIntegralTransform(layer, group)
+    # the same sequence, sharded over the group: the same layer (parameters and state_dict) made sequence-parallel
+    keys = list(layer.state_dict())
+    parallel = parallelize_transform(layer, group)
+    assert parallel is layer and list(layer.state_dict()) == keys
     local = parallel(shard_sequence(x, group), shard_sequence(pos, group),
                      weights=None if weights is None else shard_sequence(weights, group),
                      padding_mask=None if padding is None else shard_sequence(padding, group))
@@ -80,11 +83,17 @@ def main() -> None:
     except ValueError as error:
         print(f"rank {dist.get_rank()}: refused: {error}", flush=True)
     x, pos = torch.randn(1, 4, 12), torch.arange(4.0)[None, :, None]
-    for layer in (IntegralTransform(12, 4, integrator="montecarlo"), IntegralTransform(12, 3)):
+    for layer in (IntegralTransform(12, 4, integrator=MonteCarlo()), IntegralTransform(12, 3)):
         try:
-            SequenceParallelIntegralTransform(layer, group)(x, pos)
+            parallelize_transform(layer, group)(x, pos)
         except ValueError as error:
             print(f"rank {dist.get_rank()}: refused: {error}", flush=True)
+    layer = parallelize_transform(IntegralTransform(12, 4), group)
+    layer.integrator = MonteCarlo()  # switched after it was made sequence-parallel: refused at the call
+    try:
+        layer(x, pos)
+    except ValueError as error:
+        print(f"rank {dist.get_rank()}: refused at the call: {error}", flush=True)
     dist.barrier()
     dist.destroy_process_group()
 

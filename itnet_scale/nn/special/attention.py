@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact
 
 
 class ITNetMultiheadAttention(nn.Module):
@@ -54,7 +55,7 @@ class ITNetMultiheadAttention(nn.Module):
         add_zero_attn: append one token whose key and value are zero.
         batch_first: inputs and outputs are ``[B, N, E]`` instead of ``[N, B, E]``.
         dropout: PyTorch's attention dropout probability; only 0 can be used while training.
-        backend, block_size: passed to the :class:`IntegralTransform` (``auto``/``reference``/``tiled``).
+        integrator: the transform's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
 
     Attributes:
         transform: the :class:`IntegralTransform`. Its sources are, per token,
@@ -74,8 +75,7 @@ class ITNetMultiheadAttention(nn.Module):
         add_zero_attn: bool = False,
         batch_first: bool = False,
         dropout: float = 0.0,
-        backend: str = "auto",
-        block_size: tuple[int, int] | None = None,
+        integrator: Exact | None = None,
     ) -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
@@ -91,19 +91,13 @@ class ITNetMultiheadAttention(nn.Module):
         self.transform = IntegralTransform(
             embed_dim,
             num_heads,
+            KernelConfig(mode="softmax", support="all", width=0, bilinear=True),
+            integrator,
             head_dim=head_dim,
             value_dim=head_dim,
             source_dim=self.kdim + self.vdim + self.extra_tokens,
             out_dim=embed_dim,
-            kernel_width=0,
-            mode="softmax",
-            support="all",
-            bilinear=True,
-            offset_range=None,
-            decay=False,
             bias=bias,
-            backend=backend,
-            block_size=block_size,
         )
         t = self.transform
         with torch.no_grad():
@@ -270,9 +264,8 @@ def _check_mask_dtype(name: str, mask: Tensor) -> None:
         raise ValueError(f"{name} must be bool or floating point, got {mask.dtype}")
 
 
-def from_multihead_attention(
-    mha: nn.MultiheadAttention, *, backend: str = "auto", block_size: tuple[int, int] | None = None
-) -> ITNetMultiheadAttention:
+def from_multihead_attention(mha: nn.MultiheadAttention, *, integrator: Exact | None = None
+                             ) -> ITNetMultiheadAttention:
     """An :class:`ITNetMultiheadAttention` that computes exactly what ``mha`` computes.
 
     Copies ``mha``'s projections into the transform (``q_proj`` ← ``Wq``; ``k_proj``/``v_proj`` ←
@@ -282,8 +275,7 @@ def from_multihead_attention(
     Args:
         mha: the module to convert (any ``kdim``/``vdim``, ``bias``, ``add_bias_kv``,
             ``add_zero_attn``, ``batch_first``; ``dropout > 0`` only usable in eval mode).
-        backend: the :class:`IntegralTransform` backend, ``auto`` | ``reference`` | ``tiled``.
-        block_size: ``(queries, sources)`` per tile of the tiled backend (None: its default).
+        integrator: the transform's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
     """
     if not isinstance(mha, nn.MultiheadAttention):
         raise TypeError(f"mha must be a torch.nn.MultiheadAttention, got {type(mha).__name__}")
@@ -294,7 +286,7 @@ def from_multihead_attention(
     module = ITNetMultiheadAttention(
         E, mha.num_heads, kdim=kdim, vdim=vdim, bias=bias, add_bias_kv=mha.bias_k is not None,
         add_zero_attn=mha.add_zero_attn, batch_first=mha.batch_first, dropout=mha.dropout,
-        backend=backend, block_size=block_size,
+        integrator=integrator,
     )
     weight = mha.out_proj.weight
     module.to(device=weight.device, dtype=weight.dtype)

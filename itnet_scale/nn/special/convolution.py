@@ -17,7 +17,7 @@ term, ``r = 0``: no kernel MLP), with ONE HEAD PER TAP:
       groups: an output channel reads only its group's input channels);
     * ``o_proj`` sums the heads (identity blocks) and adds the conv bias;
     * a window support of half-width ``max_k (K_k − 1)·dilation_k`` (the taps' reach) lets the
-      tiled backend skip source tiles no tap can reach.
+      torch backend skip source tiles no tap can reach.
 
 Every factor of the kernel is exactly 0 or 1, so the result differs from ``F.conv1d`` /
 ``F.conv2d`` only by the order of the floating-point sums.
@@ -36,7 +36,8 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact
 
 
 class ITNetConv(nn.Module):
@@ -53,7 +54,7 @@ class ITNetConv(nn.Module):
             ``2·padding`` only for ``padding="same"`` with an odd total).
         groups: channel groups (``C_in`` and ``C_out`` divisible by it).
         bias: add a per-output-channel bias.
-        backend, block_size: passed to the :class:`IntegralTransform`.
+        integrator: the transform's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
 
     Attributes:
         transform: the :class:`IntegralTransform`; head ``h`` is tap ``taps[h]``.
@@ -72,8 +73,7 @@ class ITNetConv(nn.Module):
         dilation: tuple[int, ...],
         groups: int = 1,
         bias: bool = True,
-        backend: str = "auto",
-        block_size: tuple[int, int] | None = None,
+        integrator: Exact | None = None,
     ) -> None:
         super().__init__()
         n = len(kernel_size)
@@ -92,21 +92,15 @@ class ITNetConv(nn.Module):
         self.transform = IntegralTransform(
             1,
             len(self.taps),
+            KernelConfig(mode="linear", support="window", support_size=float(max(reach)), width=0, bilinear=False,
+                         offset_range=reach),
+            integrator,
             head_dim=1,  # unused: no bilinear term
             value_dim=out_channels,
             source_dim=in_channels,
             out_dim=out_channels,
             pos_dim=n,
-            kernel_width=0,
-            mode="linear",
-            support="window",
-            support_size=float(max(reach)),
-            bilinear=False,
-            offset_range=reach,
-            decay=False,
             bias=bias,
-            backend=backend,
-            block_size=block_size,
         )
         with torch.no_grad():
             table = self.transform.table
@@ -209,7 +203,7 @@ def _grid(axes: list[range], like: Tensor) -> Tensor:
     return torch.stack(torch.meshgrid(*coords, indexing="ij"), -1).reshape(-1, len(axes))
 
 
-def _from_conv(conv: nn.Conv1d | nn.Conv2d, backend: str, block_size: tuple[int, int] | None) -> ITNetConv:
+def _from_conv(conv: nn.Conv1d | nn.Conv2d, integrator: Exact | None) -> ITNetConv:
     if conv.padding_mode != "zeros":
         raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported: only 'zeros' (padding positions are "
                          "simply absent sources)")
@@ -225,7 +219,7 @@ def _from_conv(conv: nn.Conv1d | nn.Conv2d, backend: str, block_size: tuple[int,
     module = ITNetConv(
         conv.in_channels, conv.out_channels, kernel, stride=tuple(conv.stride), padding=before,
         padding_total=total, dilation=dilation, groups=conv.groups, bias=conv.bias is not None,
-        backend=backend, block_size=block_size,
+        integrator=integrator,
     )
     module.to(device=conv.weight.device, dtype=conv.weight.dtype)
     module.load_conv_weight(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
@@ -233,22 +227,18 @@ def _from_conv(conv: nn.Conv1d | nn.Conv2d, backend: str, block_size: tuple[int,
     return module
 
 
-def from_conv1d(
-    conv: nn.Conv1d, *, backend: str = "auto", block_size: tuple[int, int] | None = None
-) -> ITNetConv:
+def from_conv1d(conv: nn.Conv1d, *, integrator: Exact | None = None) -> ITNetConv:
     """An :class:`ITNetConv` equal to ``conv``: ``[B, C_in, L]`` → ``[B, C_out, L_out]``.
 
     Any stride, padding (int, tuple, ``"same"``, ``"valid"``), dilation, groups and bias;
-    ``padding_mode`` must be ``"zeros"``. ``backend``/``block_size`` go to the transform.
+    ``padding_mode`` must be ``"zeros"``. ``integrator`` is the transform's (backend, tile size).
     """
     if not isinstance(conv, nn.Conv1d):
         raise TypeError(f"conv must be a torch.nn.Conv1d, got {type(conv).__name__}")
-    return _from_conv(conv, backend, block_size)
+    return _from_conv(conv, integrator)
 
 
-def from_conv2d(
-    conv: nn.Conv2d, *, backend: str = "auto", block_size: tuple[int, int] | None = None
-) -> ITNetConv:
+def from_conv2d(conv: nn.Conv2d, *, integrator: Exact | None = None) -> ITNetConv:
     """An :class:`ITNetConv` equal to ``conv``: ``[B, C_in, H, W]`` → ``[B, C_out, H_out, W_out]``.
 
     Positions are 2-D ``(row, col)``; heads are the ``kH·kW`` taps in row-major order. Same
@@ -256,7 +246,7 @@ def from_conv2d(
     """
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
-    return _from_conv(conv, backend, block_size)
+    return _from_conv(conv, integrator)
 
 
 __all__ = ["ITNetConv", "from_conv1d", "from_conv2d"]

@@ -67,7 +67,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from itnet_scale.nn.integral_transform import IntegralTransform
+from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact
 
 __all__ = [
     "S4LTI",
@@ -88,15 +89,19 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
+#: The kernel of the state-space scans: linear, causal, the decay's increments given as they are (Δ·(−A) ≥ 0).
+_SCAN_KERNEL = KernelConfig(mode="linear", support="causal", width=0, decay=True, decay_activation="identity")
+
+
 def _work_dtype(*tensors: Tensor | None) -> torch.dtype:
     """The common floating dtype, at least fp32 (half inputs are computed in fp32, like Mamba)."""
     return reduce(torch.promote_types, [t.dtype for t in tensors if t is not None], torch.float32)
 
 
-def _skeleton(**kwargs: object) -> IntegralTransform:
+def _skeleton(dim: int, heads: int, kernel: KernelConfig, integrator: Exact | None, **sizes: int) -> IntegralTransform:
     """An ``IntegralTransform`` on the meta device: its parameters are all supplied per call."""
     with torch.device("meta"):
-        return IntegralTransform(**kwargs)
+        return IntegralTransform(dim, heads, kernel, integrator, **sizes)
 
 
 def _select(rows: Tensor, cols: Tensor, shape: tuple[int, int], like: Tensor,
@@ -107,11 +112,8 @@ def _select(rows: Tensor, cols: Tensor, shape: tuple[int, int], like: Tensor,
     return m.index_put((rows.to(like.device), cols.to(like.device)), vals)
 
 
-def _run(layer: IntegralTransform, params: dict[str, Tensor], feats: Tensor, weights: Tensor | None,
-         backend: str, block_size: tuple[int, int] | None) -> Tensor:
+def _run(layer: IntegralTransform, params: dict[str, Tensor], feats: Tensor, weights: Tensor | None) -> Tensor:
     """``layer(feats, weights=weights)`` with ``params`` as its parameters."""
-    layer.backend = backend
-    layer.block_size = block_size
     kwargs = {} if weights is None else {"weights": weights}
     return functional_call(layer, params, (feats,), kwargs, strict=True)
 
@@ -189,8 +191,7 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     *,
-    backend: str = "auto",
-    block_size: tuple[int, int] | None = None,
+    integrator: Exact | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba-1's selective scan, computed by one ``IntegralTransform`` (linear, causal, decay).
 
@@ -216,7 +217,7 @@ def selective_scan(
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return ``x_L`` ``[batch, dim, dstate]`` (through the operator,
             as ``dstate`` extra one-hot queries; differentiable).
-        backend, block_size: the layer's exact-integrator backend and tile size.
+        integrator: the layer's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
 
     Returns ``out`` ``[batch, dim, length]`` in ``u``'s dtype (computed in at least fp32), and
     ``last_state`` if asked.
@@ -290,9 +291,8 @@ def selective_scan(
     if extra:
         weights = torch.cat([weights, weights.new_zeros(b, extra, H)], 1)
 
-    layer = _skeleton(dim=n_feat, heads=H, head_dim=1, value_dim=1, out_dim=d, kernel_width=0,
-                      mode="linear", support="causal", decay=True, decay_activation="identity")
-    y_all = _run(layer, p, feats, weights, backend, block_size)  # [b, L + extra, d]
+    layer = _skeleton(n_feat, H, _SCAN_KERNEL, integrator, head_dim=1, value_dim=1, out_dim=d)
+    y_all = _run(layer, p, feats, weights)  # [b, L + extra, d]
 
     y = y_all[:, :L]
     if D is not None:
@@ -319,8 +319,7 @@ def ssd(
     D: Tensor | None = None,
     *,
     return_final_state: bool = False,
-    backend: str = "auto",
-    block_size: tuple[int, int] | None = None,
+    integrator: Exact | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba-2's SSD layer (scalar decay per head), computed by one ``IntegralTransform``.
 
@@ -345,7 +344,7 @@ def ssd(
         return_final_state: also return ``h_L`` ``[batch, heads, head_dim, dstate]`` (computed by
             the operator as ``dstate`` extra one-hot queries; ``ssd_minimal_discrete`` returns it
             with a groups axis, ``[batch, 1, heads, head_dim, dstate]``).
-        backend, block_size: the layer's exact-integrator backend and tile size.
+        integrator: the layer's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
 
     Returns ``y`` ``[batch, length, heads, head_dim]`` in ``x``'s dtype, and the final state if asked.
     """
@@ -402,9 +401,8 @@ def ssd(
     if extra:
         p["q_proj.weight"] = p["q_proj.weight"] + _select(rows_qk, off_E + nq, (h * n, n_feat), like)
     weights = dts if not extra else torch.cat([dts, dts.new_zeros(b, extra, h)], 1)
-    layer = _skeleton(dim=n_feat, heads=h, head_dim=n, value_dim=P, out_dim=h * P, kernel_width=0,
-                      mode="linear", support="causal", decay=True, decay_activation="identity")
-    y_all = _run(layer, p, feats, weights, backend, block_size).unflatten(-1, (h, P))  # [b, L+extra, h, P]
+    layer = _skeleton(n_feat, h, _SCAN_KERNEL, integrator, head_dim=n, value_dim=P, out_dim=h * P)
+    y_all = _run(layer, p, feats, weights).unflatten(-1, (h, P))  # [b, L+extra, h, P]
     y = y_all[:, :L]
     if D is not None:
         y = y + xs * D.to(wd)[:, None]
@@ -461,9 +459,12 @@ def _s4_table(K: Tensor) -> Tensor:
     return torch.cat([K.new_zeros(K.shape[0], K.shape[1] - 1), K], -1)
 
 
-def _s4_layer(H: int, max_length: int) -> dict[str, object]:
-    return dict(dim=H, heads=H, head_dim=1, value_dim=1, kernel_width=0, bilinear=False, mode="linear",
-                support="causal", offset_range=max_length - 1)
+def _s4_layer(H: int, max_length: int, integrator: Exact | None = None, meta: bool = False) -> IntegralTransform:
+    """One head per channel, value dim 1, linear causal, the offset table up to lag ``max_length − 1``."""
+    kernel = KernelConfig(mode="linear", support="causal", width=0, bilinear=False, offset_range=max_length - 1)
+    if meta:
+        return _skeleton(H, H, kernel, integrator, head_dim=1, value_dim=1)
+    return IntegralTransform(H, H, kernel, integrator, head_dim=1, value_dim=1)
 
 
 def s4_lti(
@@ -473,8 +474,7 @@ def s4_lti(
     C: Tensor,
     D: Tensor | None = None,
     *,
-    backend: str = "auto",
-    block_size: tuple[int, int] | None = None,
+    integrator: Exact | None = None,
 ) -> Tensor:
     """An S4 layer in its LTI form, computed by one ``IntegralTransform`` with an offset table.
 
@@ -486,7 +486,7 @@ def s4_lti(
     Args:
         u: ``[batch, length, channels]``.
         A_bar, B_bar, C: as in :func:`s4_kernel`. D: optional ``[channels]`` skip.
-        backend, block_size: the layer's exact-integrator backend and tile size.
+        integrator: the layer's :class:`~itnet_scale.ops.Exact` setting (backend, tile size).
 
     Returns ``[batch, length, channels]``.
     """
@@ -504,7 +504,7 @@ def s4_lti(
     zeros = u.new_zeros(H, dtype=wd)
     p = {"v_proj.weight": eye, "v_proj.bias": zeros, "o_proj.weight": eye, "o_proj.bias": zeros,
          "table": _s4_table(K)}
-    y = _run(_skeleton(**_s4_layer(H, L)), p, u.to(wd), None, backend, block_size)
+    y = _run(_s4_layer(H, L, integrator, meta=True), p, u.to(wd), None)
     if D is not None:
         y = y + u.to(wd) * D.to(wd)
     return y.to(u.dtype)
@@ -546,7 +546,7 @@ def from_s4(A_bar: Tensor, B_bar: Tensor, C: Tensor, D: Tensor | None = None, *,
         raise _shape_error("D", f"[channels={H}]", D)
     with torch.no_grad():
         K = s4_kernel(A_bar, B_bar, C, max_length)
-        layer = IntegralTransform(**_s4_layer(H, max_length)).to(K.dtype)
+        layer = _s4_layer(H, max_length).to(K.dtype)
         eye = torch.eye(H, dtype=K.dtype)
         layer.v_proj.weight.copy_(eye)
         layer.v_proj.bias.zero_()
@@ -576,9 +576,8 @@ def _gated_layer(in_dim: int, hidden: int, W_gate: Tensor, b_gate: Tensor, W_v: 
     One head per hidden unit (value dim 1): decay increment ``softplus(g_t) = −log σ(−g_t)``,
     score ``σ(b_j + c)`` from a width-1 sigmoid kernel MLP (``a_i`` = c, ``w2 = 1``), ``v = W_v x + b_v``.
     """
-    layer = IntegralTransform(in_dim, hidden, head_dim=1, value_dim=1, out_dim=hidden, kernel_width=1,
-                              kernel_activation="sigmoid", bilinear=False, mode="linear", support="causal",
-                              decay=True, decay_activation="softplus").to(W_gate.dtype)
+    kernel = KernelConfig(mode="linear", support="causal", width=1, activation="sigmoid", bilinear=False, decay=True)
+    layer = IntegralTransform(in_dim, hidden, kernel, head_dim=1, value_dim=1, out_dim=hidden).to(W_gate.dtype)
     with torch.no_grad():
         layer.decay_proj.weight.copy_(W_gate)
         layer.decay_proj.bias.copy_(b_gate)

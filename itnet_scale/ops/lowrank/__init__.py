@@ -7,19 +7,31 @@ flash-linear-attention's ``ops/``):
 - :mod:`.chunk` runs causal sequences as a chunked scan with decay, non-causal ones in one pass;
 - :mod:`.recurrent` walks one position at a time with an explicit state (streaming).
 
-The feature maps ``φ, ψ`` themselves are parameters of the layer
-(:class:`itnet_scale.nn.FeatureMap`); these functions take their values.
+:mod:`.integrator` puts them behind :func:`itnet_scale.ops.integrate`: features from the exact
+kernel's inputs, the form the backend names, long causal passes in segments. The feature maps
+``φ, ψ`` themselves are parameters of the layer (:class:`itnet_scale.nn.FeatureMap`).
 """
 
 from itnet_scale.ops.lowrank.chunk import lowrank_chunk
+from itnet_scale.ops.lowrank.integrator import (
+    check_lowrank_support,
+    integrate_lowrank,
+    lowrank_inputs,
+    lowrank_kernel,
+)
 from itnet_scale.ops.lowrank.naive import lowrank_kernel_matrix, lowrank_naive
 from itnet_scale.ops.lowrank.recurrent import lowrank_recurrent, lowrank_step
-from itnet_scale.ops.lowrank.spec import LowRankInputs, check_lowrank_inputs, readout, state_width
+from itnet_scale.ops.lowrank.spec import FeatureMapFn, LowRankInputs, check_lowrank_inputs, readout, state_width
 
 __all__ = [
+    "FeatureMapFn",
     "LowRankInputs",
     "check_lowrank_inputs",
+    "check_lowrank_support",
+    "integrate_lowrank",
     "lowrank_chunk",
+    "lowrank_inputs",
+    "lowrank_kernel",
     "lowrank_kernel_matrix",
     "lowrank_naive",
     "lowrank_recurrent",

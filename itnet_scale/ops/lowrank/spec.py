@@ -19,10 +19,15 @@ ranks rely on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+#: ``feature_map(inputs, detach_inputs=False) → (φ [B, H, Nq, R], ψ [B, H, Ns, R])``: a layer's feature maps
+#: (:class:`itnet_scale.nn.FeatureMap`) applied to the exact kernel's :class:`~itnet_scale.ops.KernelInputs`.
+FeatureMapFn = Callable[..., tuple[Tensor, Tensor]]
 
 
 @dataclass

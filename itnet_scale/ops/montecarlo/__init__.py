@@ -2,8 +2,9 @@
 
 :mod:`.proposals` draws the sources (uniform, window-stratified, learned from the low-rank
 features); :mod:`.estimator` evaluates the exact kernel on them through the exact
-integrator's backends (``reference``: naive; ``tiled``: fused). ``M ≥ N`` enumerates every
-source and reproduces the exact integral.
+integrator's backends (``reference``: naive; ``torch``: fused tiles); :mod:`.integrator` puts the two
+together behind :func:`itnet_scale.ops.integrate`. ``M ≥ N`` enumerates every source and
+reproduces the exact integral.
 """
 
 from itnet_scale.ops.montecarlo.estimator import (
@@ -12,13 +13,14 @@ from itnet_scale.ops.montecarlo.estimator import (
     sampled_inputs,
     select_blocks,
 )
-from itnet_scale.ops.montecarlo.proposals import PROPOSALS, BlockLayout, Samples, learned, uniform, window
+from itnet_scale.ops.montecarlo.integrator import integrate_montecarlo
+from itnet_scale.ops.montecarlo.proposals import BlockLayout, Samples, learned, uniform, window
 
 __all__ = [
-    "PROPOSALS",
     "BlockLayout",
     "Samples",
     "integral_transform_montecarlo",
+    "integrate_montecarlo",
     "learned",
     "proposal_loss",
     "sampled_inputs",

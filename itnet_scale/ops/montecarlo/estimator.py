@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from itnet_scale.ops.dispatch import integral_transform
+from itnet_scale.ops.exact import integrate_exact
 from itnet_scale.ops.montecarlo.proposals import Samples
 from itnet_scale.ops.reference import kernel_matrix
+from itnet_scale.ops.settings import Exact, resolve_backend
 from itnet_scale.ops.spec import KernelInputs, KernelSpec
 
 PAIRS_PER_CALL = 1 << 20  # query-source pairs (per head) handed to the exact backend in one call
@@ -113,12 +114,11 @@ def integral_transform_montecarlo(
                          f"make {-(-Nq // block_queries)} blocks of {block_queries}")
     if sampled is None:
         sampled = sampled_inputs(inp, samples, block_queries)
-    block = None if backend == "reference" else (block_queries, M)
+    exact = Exact(backend=backend, block_size=None if resolve_backend(backend) == "reference" else (block_queries, M))
     # A few blocks per call: the tiled backend's tile spans the whole batch, so one call over all
     # B·nb blocks would hold B·nb·bq·M·r kernel-MLP values at once (1 GiB at N = 16k).
     rows = max(1, PAIRS_PER_CALL // (block_queries * M))
-    outs = [integral_transform(part, spec, backend=backend, block_size=block, check=False)
-            for part in sampled.split(rows)]                                  # [rows, H, bq, e] each
+    outs = [integrate_exact(part, spec, exact) for part in sampled.split(rows)]    # [rows, H, bq, e] each
     out = torch.cat(outs, 0)
     return out.view(B, nb, H, block_queries, e).transpose(1, 2).flatten(2, 3)[:, :, :Nq]
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PROPOSALS = ("uniform", "window", "learned")
-
 
 @dataclass
 class Samples:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-BACKENDS = ("reference", "tiled")
+from itnet_scale.ops import Exact
+
 BLOCK = (16, 16)  # small tiles, so odd sizes give several, partial and skipped tiles
+EXACT = {"reference": Exact("reference"), "torch": Exact("torch", block_size=BLOCK)}  # each backend's setting
+BACKENDS = tuple(EXACT)
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 ON_BACKENDS = pytest.mark.parametrize("backend", BACKENDS)

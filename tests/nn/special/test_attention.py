@@ -15,7 +15,7 @@ from torch import nn
 
 from itnet_scale.nn.integral_transform import IntegralTransform
 from itnet_scale.nn.special.attention import ITNetMultiheadAttention, from_multihead_attention
-from tests.nn.special.equivalence import BLOCK, DTYPES, ON_BACKENDS, assert_close
+from tests.nn.special.equivalence import DTYPES, EXACT, ON_BACKENDS, assert_close
 
 E, HEADS, BATCH = 8, 2, 2
 
@@ -31,7 +31,7 @@ def make_mha(dtype: torch.dtype = torch.float64, **kw) -> nn.MultiheadAttention:
 
 
 def convert(mha: nn.MultiheadAttention, backend: str) -> ITNetMultiheadAttention:
-    return from_multihead_attention(mha, backend=backend, block_size=BLOCK)
+    return from_multihead_attention(mha, integrator=EXACT[backend])
 
 
 def sequences(mha: nn.MultiheadAttention, L: int, S: int, dtype: torch.dtype, B: int = BATCH):
@@ -94,7 +94,7 @@ def test_construction_is_the_attention_parameterization():
     t = module.transform
     assert isinstance(t, IntegralTransform)
     assert t.spec.mode == "softmax" and t.spec.support == "all" and t.spec.offset_range is None
-    assert t.kernel_width == 0 and t.a_proj is None and t.table is None and t.decay_proj is None
+    assert t.kernel.width == 0 and t.a_proj is None and t.table is None and t.decay_proj is None
     assert torch.equal(t.beta, torch.ones(HEADS, dtype=torch.float64))
     assert t.source_dim == 5 + 3 and t.head_dim == t.value_dim == E // HEADS
     assert torch.equal(t.k_proj.weight[:, :5], mha.k_proj_weight) and not t.k_proj.weight[:, 5:].any()
@@ -105,7 +105,7 @@ def test_construction_is_the_attention_parameterization():
 def test_direct_construction_keeps_the_multihead_structure():
     """Without a source MHA: key reads only key, value only value, and the zero token is zero."""
     module = ITNetMultiheadAttention(E, HEADS, kdim=5, vdim=3, add_bias_kv=True, add_zero_attn=True,
-                                     backend="reference").double()
+                                     integrator=EXACT["reference"]).double()
     t = module.transform
     assert not t.k_proj.weight[:, 5:8].any() and not t.v_proj.weight[:, :5].any()
     source_zero_token = torch.zeros(1, 1, 5 + 3 + 2, dtype=torch.float64)
@@ -287,7 +287,7 @@ def test_gradients_match_multihead_attention_fp64(widths, backend):
         assert_close(ours[name], theirs[name], dtype)
 
 
-@pytest.mark.parametrize("backend", ["reference", "tiled"])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("which", ["attn_mask", "key_padding_mask"])
 def test_learned_float_mask_gets_mha_gradient(which, backend):
     """A float mask that requires grad (e.g. a learned bias) is differentiated like PyTorch's."""
@@ -310,7 +310,7 @@ def test_learned_float_mask_gets_mha_gradient(which, backend):
 def test_module_is_trainable():
     """All weights are registered parameters; one optimizer step changes the output."""
     mha = make_mha(torch.float32).train()
-    module = convert(mha, "tiled")
+    module = convert(mha, "torch")
     params = dict(module.named_parameters())
     assert {"transform.q_proj.weight", "transform.k_proj.weight", "transform.v_proj.weight",
             "transform.o_proj.weight", "transform.beta"} <= set(params)

@@ -16,7 +16,7 @@ from torch import nn
 
 from itnet_scale.nn.integral_transform import IntegralTransform
 from itnet_scale.nn.special.convolution import ITNetConv, from_conv1d, from_conv2d
-from tests.nn.special.equivalence import BLOCK, DTYPES, ON_BACKENDS, assert_close
+from tests.nn.special.equivalence import DTYPES, EXACT, ON_BACKENDS, assert_close
 
 C_IN, C_OUT, BATCH = 4, 6, 2
 
@@ -45,7 +45,7 @@ CONV1D_CASES = [
 def test_conv1d_matches(case, backend, dtype):
     conv = nn.Conv1d(C_IN, C_OUT, case["k"], stride=case["stride"], padding=case["padding"],
                      dilation=case["dilation"], groups=case["groups"], bias=case["bias"]).to(dtype)
-    module = from_conv1d(conv, backend=backend, block_size=BLOCK)
+    module = from_conv1d(conv, integrator=EXACT[backend])
     x = torch.randn(BATCH, C_IN, case["n"], dtype=dtype)
     with torch.no_grad():
         expected, got = conv(x), module(x)
@@ -68,7 +68,7 @@ CONV2D_CASES = [
 def test_conv2d_matches(case, backend, dtype):
     conv = nn.Conv2d(C_IN, C_OUT, case["k"], stride=case["stride"], padding=case["padding"],
                      dilation=case["dilation"], groups=case["groups"], bias=case["bias"]).to(dtype)
-    module = from_conv2d(conv, backend=backend, block_size=BLOCK)
+    module = from_conv2d(conv, integrator=EXACT[backend])
     x = torch.randn(BATCH, C_IN, *case["n"], dtype=dtype)
     with torch.no_grad():
         expected, got = conv(x), module(x)
@@ -99,8 +99,7 @@ def test_conv1d_and_conv2d_full_grid(backend, dtype):
     checked = 0
     for conv, sizes in itertools.chain(*grids):
         conv = conv.to(dtype)
-        module = (from_conv1d if isinstance(conv, nn.Conv1d) else from_conv2d)(conv, backend=backend,
-                                                                               block_size=BLOCK)
+        module = (from_conv1d if isinstance(conv, nn.Conv1d) else from_conv2d)(conv, integrator=EXACT[backend])
         for size in sizes:
             x = torch.randn(BATCH, C_IN, *size, dtype=dtype)
             if min(module.output_size(size)) < 1:  # PyTorch refuses too; so must the module
@@ -118,7 +117,7 @@ def test_conv1d_and_conv2d_full_grid(backend, dtype):
 @pytest.mark.parametrize("dims", [1, 2])
 def test_unbatched_input_matches(dims):
     conv = (nn.Conv1d(C_IN, C_OUT, 3, padding=1) if dims == 1 else nn.Conv2d(C_IN, C_OUT, 3, stride=2)).double()
-    module = (from_conv1d if dims == 1 else from_conv2d)(conv, backend="tiled", block_size=BLOCK)
+    module = (from_conv1d if dims == 1 else from_conv2d)(conv, integrator=EXACT["torch"])
     x = torch.randn(C_IN, *(9,) * dims, dtype=torch.float64)
     with torch.no_grad():
         assert_close(module(x), conv(x), torch.float64)
@@ -139,7 +138,7 @@ GRAD_CASES = {
 def test_gradients_match_fp64(kind, backend):
     """d/dinput, d/dweight (v_proj's gradient read back in conv layout) and d/dbias agree."""
     conv = GRAD_CASES[kind]().double()
-    module = (from_conv1d if kind == "conv1d" else from_conv2d)(conv, backend=backend, block_size=BLOCK)
+    module = (from_conv1d if kind == "conv1d" else from_conv2d)(conv, integrator=EXACT[backend])
     x = torch.randn(BATCH, C_IN, *((21,) if kind == "conv1d" else (9, 7)), dtype=torch.float64)
     grads = []
     for m in (conv, module):
@@ -165,7 +164,7 @@ def test_construction_is_the_convolution_parameterization():
     module = from_conv2d(conv)
     t = module.transform
     assert isinstance(t, IntegralTransform)
-    assert t.spec.mode == "linear" and t.q_proj is None and t.kernel_width == 0 and t.decay_proj is None
+    assert t.spec.mode == "linear" and t.q_proj is None and t.kernel.width == 0 and t.decay_proj is None
     assert t.heads == 6 and t.value_dim == C_OUT and t.pos_dim == 2
     assert t.spec.support == "window" and t.spec.support_size == 4  # the taps reach 2·2 rows, 1·3 columns
     assert t.spec.offset_range == (4, 3)
@@ -182,7 +181,7 @@ def test_construction_is_the_convolution_parameterization():
 def test_window_support_lets_the_tiled_backend_skip_far_tiles():
     """A long input: result still exact while most source tiles lie outside every query tile's window."""
     conv = nn.Conv1d(C_IN, C_OUT, 3, padding=1).double()
-    module = from_conv1d(conv, backend="tiled", block_size=BLOCK)
+    module = from_conv1d(conv, integrator=EXACT["torch"])
     x = torch.randn(1, C_IN, 257, dtype=torch.float64)
     with torch.no_grad():
         assert_close(module(x), conv(x), torch.float64)
@@ -233,7 +232,7 @@ def test_weight_readback_checks_its_shape():
 def test_direct_construction_is_a_grouped_convolution():
     """Built without a source conv: the cross-group blocks are zero, so it is still a convolution."""
     module = ITNetConv(C_IN, C_OUT, (3,), stride=(1,), padding=(1,), padding_total=(2,), dilation=(1,), groups=2,
-                       block_size=BLOCK)
+                       integrator=EXACT["torch"])
     conv = nn.Conv1d(C_IN, C_OUT, 3, padding=1, groups=2)
     with torch.no_grad():
         conv.weight.copy_(module.conv_weight_from(module.transform.v_proj.weight))

@@ -24,11 +24,11 @@ from itnet_scale.nn.special.recurrence import (
     selective_scan,
     ssd,
 )
+from tests.nn.special.equivalence import BACKENDS, EXACT
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 GRAD_TOL = 1e-9
 LENGTHS = (1, 7, 63)
-BACKENDS = {"reference": None, "tiled": (16, 16)}
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -120,7 +120,7 @@ SCAN_KINDS = [("const", "const"), ("var", "var"), ("const", "group"), ("group", 
 @pytest.mark.parametrize("kinds", SCAN_KINDS, ids=lambda k: f"B{k[0]}-C{k[1]}")
 def test_selective_scan_matches_recurrence(kinds, L, dtype, backend):
     args = make_scan(2, 4, 3, L, *kinds, dtype)
-    out = selective_scan(**args, backend=backend, block_size=BACKENDS[backend])
+    out = selective_scan(**args, integrator=EXACT[backend])
     ref, _ = scan_ref(**args)
     assert out.dtype == dtype and out.shape == (2, 4, L)
     assert_close(out, ref, TOL[dtype])
@@ -135,7 +135,7 @@ def test_selective_scan_plain_delta_and_optional_terms(dtype, backend):
     """delta_softplus=False, no delta_bias / D / z."""
     args = make_scan(2, 3, 4, 63, "var", "var", dtype, softplus=False, seed=3)
     args.update(D=None, z=None)
-    out = selective_scan(**args, backend=backend, block_size=BACKENDS[backend])
+    out = selective_scan(**args, integrator=EXACT[backend])
     assert_close(out, scan_ref(**args)[0], TOL[dtype])
 
 
@@ -145,7 +145,7 @@ def test_selective_scan_plain_delta_and_optional_terms(dtype, backend):
 @pytest.mark.parametrize("L", (1, 63))
 def test_selective_scan_last_state(L, kinds, dtype, backend):
     args = make_scan(2, 4, 3, L, *kinds, dtype, seed=5)
-    out, last = selective_scan(**args, return_last_state=True, backend=backend, block_size=BACKENDS[backend])
+    out, last = selective_scan(**args, return_last_state=True, integrator=EXACT[backend])
     ref, ref_last = scan_ref(**args)
     assert last.shape == (2, 4, 3)
     assert_close(out, ref, TOL[dtype])
@@ -158,7 +158,7 @@ def test_selective_scan_gradients(kinds, backend):
     args = make_scan(2, 4, 3, 37, *kinds, torch.float64, seed=7)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     leaves = [args[k].requires_grad_() for k in names]
-    out = selective_scan(**args, return_last_state=True, backend=backend, block_size=BACKENDS[backend])
+    out = selective_scan(**args, return_last_state=True, integrator=EXACT[backend])
     got = grads(out, leaves)
     want = grads(scan_ref(**args), leaves)
     for name, a, b in zip(names, got, want):
@@ -237,12 +237,12 @@ def make_ssd(b, L, h, p, n, g, dtype, seed=0):
 @pytest.mark.parametrize("groups", (1, 2, 4))
 def test_ssd_matches_recurrence(groups, L, dtype, backend):
     args = make_ssd(2, L, 4, 3, 5, groups, dtype)
-    y, final = ssd(**args, return_final_state=True, backend=backend, block_size=BACKENDS[backend])
+    y, final = ssd(**args, return_final_state=True, integrator=EXACT[backend])
     ref, ref_final = ssd_ref(**args)
     assert y.shape == (2, L, 4, 3) and final.shape == (2, 4, 3, 5)
     assert_close(y, ref, TOL[dtype])
     assert_close(final, ref_final, TOL[dtype])
-    assert_close(ssd(**{**args, "D": None}, backend=backend, block_size=BACKENDS[backend]),
+    assert_close(ssd(**{**args, "D": None}, integrator=EXACT[backend]),
                  ssd_ref(**{**args, "D": None})[0], TOL[dtype])
 
 
@@ -251,7 +251,7 @@ def test_ssd_gradients(backend):
     args = make_ssd(2, 37, 4, 3, 4, 2, torch.float64, seed=2)
     names = ["x", "dt", "A", "B", "C", "D"]
     leaves = [args[k].requires_grad_() for k in names]
-    got = grads(ssd(**args, return_final_state=True, backend=backend, block_size=BACKENDS[backend]), leaves)
+    got = grads(ssd(**args, return_final_state=True, integrator=EXACT[backend]), leaves)
     want = grads(ssd_ref(**args), leaves)
     for name, a, b in zip(names, got, want):
         assert rel_err(a, b) <= GRAD_TOL, f"grad of {name}: {rel_err(a, b):.3g}"
@@ -327,14 +327,14 @@ def make_s4(H, N, dtype, diagonal=False, seed=0):
 def test_s4_lti_matches_scan_and_convolution(diagonal, L, dtype, backend):
     p = make_s4(3, 4, dtype, diagonal)
     u = torch.randn(2, L, 3, dtype=dtype)
-    y = s4_lti(u, **p, backend=backend, block_size=BACKENDS[backend])
+    y = s4_lti(u, **p, integrator=EXACT[backend])
     assert y.shape == u.shape and y.dtype == dtype
     assert_close(y, s4_scan_ref(u, **p), TOL[dtype])
     K = s4_kernel(p["A_bar"], p["B_bar"], p["C"], L)
     assert_close(y, causal_conv_fft(u, K) + p["D"] * u, TOL[dtype])
     # the module form, built for a longer max_length, on the same input
     m = from_s4(**p, max_length=70)
-    m.transform.backend, m.transform.block_size = backend, BACKENDS[backend]
+    m.transform.integrator = EXACT[backend]
     assert_close(m(u), s4_scan_ref(u, **p), TOL[dtype])
 
 
@@ -356,7 +356,7 @@ def test_s4_lti_gradients(backend):
     p = {k: v.requires_grad_() for k, v in make_s4(3, 4, torch.float64, seed=1).items()}
     u = torch.randn(2, 37, 3, dtype=torch.float64, requires_grad=True)
     leaves = [u, *p.values()]
-    got = grads(s4_lti(u, **p, backend=backend, block_size=BACKENDS[backend]), leaves)
+    got = grads(s4_lti(u, **p, integrator=EXACT[backend]), leaves)
     want = grads(s4_scan_ref(u, **p), leaves)
     for name, a, b in zip(["u", *p], got, want):
         assert rel_err(a, b) <= GRAD_TOL, f"grad of {name}: {rel_err(a, b):.3g}"
@@ -422,7 +422,7 @@ def test_min_gru_and_min_lstm_match_loops(L, dtype, backend):
     lf, li, lh2 = linears(3, 5, 6, dtype)
     lstm = from_min_lstm(lf, li, lh2)
     for m in (gru, lstm):
-        m.transform.backend, m.transform.block_size = backend, BACKENDS[backend]
+        m.transform.integrator = EXACT[backend]
     with torch.no_grad():
         assert_close(gru(x), min_gru_ref(x, lz, lh), TOL[dtype])
         assert_close(lstm(x), min_lstm_ref(x, lf, li, lh2), TOL[dtype])
@@ -442,7 +442,7 @@ def test_min_gru_and_min_lstm_gradients(backend):
     dt = torch.float64
     lz, lh = linears(2, 5, 6, dt)
     gru = from_min_gru(lz, lh)
-    gru.transform.backend, gru.transform.block_size = backend, BACKENDS[backend]
+    gru.transform.integrator = EXACT[backend]
     x = torch.randn(2, 37, 5, dtype=dt, requires_grad=True)
     t = gru.transform
     got = grads(gru(x), [x, t.decay_proj.weight, t.b_proj.weight, t.decay_proj.bias, t.a_proj.bias,
@@ -455,7 +455,7 @@ def test_min_gru_and_min_lstm_gradients(backend):
 
     lf, li, lh2 = linears(3, 5, 6, dt)
     lstm = from_min_lstm(lf, li, lh2)
-    lstm.transform.backend, lstm.transform.block_size = backend, BACKENDS[backend]
+    lstm.transform.integrator = EXACT[backend]
     got = grads(lstm(x), [x, lstm.linear_f.weight, lstm.linear_i.bias])
     want = grads(min_lstm_ref(x, lf, li, lh2), [x, lf.weight, li.bias])
     for a, b in zip(got, want):
