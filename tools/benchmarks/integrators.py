@@ -39,8 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
-from itnet_scale.benchmarking.cli import (
+from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn.distill import distill
+
+from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from .cli import (
     add_run_arguments,
     format_mib,
     format_ms,
@@ -49,9 +52,7 @@ from itnet_scale.benchmarking.cli import (
     positive_float,
     positive_int,
 )
-from itnet_scale.benchmarking.measure import Measurement, describe_environment, measure
-from itnet_scale.nn import IntegralTransform
-from itnet_scale.nn.distill import distill
+from .measure import Measurement, describe_environment, measure
 
 METHODS = ("sdpa", "sdpa_causal", "exact", "lowrank", "lowrank_causal", "montecarlo")
 LABELS = {"sdpa": "SDPA", "sdpa_causal": "SDPA causal", "exact": "exact (tiled)", "lowrank": "lowrank",

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from itnet_scale.benchmarking.integrators import (
+from benchmarks.integrators import (
     Case,
     IntegratorBenchConfig,
     IntegratorResults,
     evaluate_targets,
     growth_power,
 )
-from itnet_scale.benchmarking.measure import Measurement
+from benchmarks.measure import Measurement
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["--n", "96", "160", "--repeats", "1", "--warmup", "0", "--dim", "32", "--heads", "2", "--width", "4",
         "--rank", "8", "--samples", "40", "--sample-block", "8", "--proposal-window", "4", "--fit-n", "48",
         "--fit-steps", "30", "--fit-sigma", "2", "--distill-steps", "5"]
