@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from benchmarks import BenchmarkSuite, SuiteUsageError, available_suites, load_suite
 
 
