@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -359,13 +360,22 @@ def results_table(results: IntegratorResults) -> Table:
     return table
 
 
+def import_pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-only Agg backend; matplotlib is optional (the ``bench`` extra)."""
+    try:  # imported here, not with the module: matplotlib is an optional dependency
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"--plot draws with matplotlib, which could not be imported ({error}): "
+                                  f"pip install 'itnet_scale[bench]'", name=error.name) from error
+    return plt
+
+
 def plot(results: IntegratorResults, path: Path) -> None:
     """Time vs N, log-log, one line per method (fwd+bwd solid, fwd dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, method in enumerate(results.config.methods):
         color = f"C{i}"
@@ -458,6 +468,11 @@ class IntegratorSuite(BenchmarkSuite):
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         environment = describe_environment("cpu", getattr(args, "argv", None))
+        if args.plot is not None:
+            try:
+                import_pyplot()  # a missing matplotlib stops the run before it starts, not after it
+            except ModuleNotFoundError as error:
+                raise SuiteUsageError(str(error)) from error
         results = run_integrator_benchmark(config)
         if args.plot is not None:
             plot(results, args.plot)
