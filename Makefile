@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 		     "make test TORCH_PIP_ARGS='--index-url <CPU wheel index>' (or '--find-links <dir>')"; exit 1; }; \
 	fi
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a benchmark suite and print its table: ``python tools/bench.py SUITE [--json PATH] [--markdown] [...]``.
 
-Suites are registered by name in :mod:`itnet_scale.benchmarking` (``operator`` today); each adds
+Suites are registered by name in the ``benchmarks`` package next to this script; each adds
 its own options, shown by ``python tools/bench.py SUITE --help``. The table goes to stdout
 (plain text, or Markdown with ``--markdown``: README tables are pasted from it), progress to
 stderr, and ``--json PATH`` writes every figure plus the environment (versions, threads,
@@ -23,9 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteUsageError, available_suites, load_suite
+from benchmarks import BenchmarkSuite, SuiteUsageError, available_suites, load_suite
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,13 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itnet_scale.nn import IntegralTransform
 from itnet_scale.nn.distill import distill

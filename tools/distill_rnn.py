@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from itnet_scale.nn import IntegralTransform
 
@@ -108,7 +105,7 @@ def linear_baseline(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Te
     return rel_error(pred, y_test.double())
 
 
-def distill(
+def distill_rnn(
     steps: int = 1500,
     hidden: int = 16,
     length: int = 64,
@@ -216,10 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = distill(args.steps, args.hidden, args.length, args.seed, teacher=args.teacher, in_dim=args.in_dim,
-                  width=args.width, layers=args.layers, heads=args.heads, kernel_width=args.kernel_width,
-                  batch=args.batch, lr=args.lr,
-                  backend=args.backend, log_every=args.log_every)
+    res = distill_rnn(args.steps, args.hidden, args.length, args.seed, teacher=args.teacher, in_dim=args.in_dim,
+                      width=args.width, layers=args.layers, heads=args.heads, kernel_width=args.kernel_width,
+                      batch=args.batch, lr=args.lr, backend=args.backend, log_every=args.log_every)
     name = args.teacher.upper()
     print(f"held-out relative error ‖y_itnet − y_{args.teacher}‖/‖y_{args.teacher}‖ on {res['n_test']} sequences "
           f"of length {args.length}:")

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from itnet_scale.data.demo import DEMO_SETS, DEMO_SHARD_SAMPLES, build_demo_data
 from itnet_scale.data.shards import (
     ShardSetSummary,

@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from itnet_scale.benchmarking import Table
+from benchmarks import Table
 from itnet_scale.models import create_model, list_models
 
 PARTS = ("backbone", "text encoder", "image encoder", "point encoder", "MLM head", "ITC head", "MPM head",

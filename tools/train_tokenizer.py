@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from itnet_scale.data.tokenizer import load_tokenizer_config, train_tokenizer
 
 

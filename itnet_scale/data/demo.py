@@ -1,5 +1,5 @@
 """Embedded demo data: four small shard sets and a tokenizer, built in seconds from data shipped with Python,
-scikit-learn and this package (nothing is downloaded).
+scikit-learn and this package (nothing is downloaded). scikit-learn is optional: ``pip install 'itnet_scale[demo]'``.
 
 - ``text``: the paragraphs of the standard library's ``pydoc_data.topics`` (English technical prose);
 - ``image``: scikit-learn's 8×8 handwritten digits (``load_digits``), upsampled to ``image_size`` and stored as
@@ -48,8 +48,12 @@ def demo_paragraphs() -> list[str]:
 
 def digit_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 ``[N, image_size, image_size]`` (ink bright, nearest-neighbour upsampled
-    from 8×8 values 0–16) and their labels ``[N]``."""
-    from sklearn.datasets import load_digits
+    from 8×8 values 0–16) and their labels ``[N]``. Needs scikit-learn (the ``demo`` extra)."""
+    try:  # imported here, not with the module: scikit-learn is an optional dependency
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"the demo's digit images come from scikit-learn, which could not be imported "
+                                  f"({error}): pip install 'itnet_scale[demo]'", name=error.name) from error
 
     digits = load_digits()
     small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
@@ -96,13 +100,13 @@ def build_demo_data(out_dir: str | Path, *, seed: int = 0, samples_per_kind: int
     cap = slice(None) if samples_per_kind is None else slice(samples_per_kind)
     folders = {name: out_dir / name for name in (*DEMO_SETS, "tokenizer")}
 
+    images, labels = digit_images(image_size)  # first: without scikit-learn, nothing is written
     paragraphs = demo_paragraphs()
     order = text_rng.permutation(len(paragraphs))  # mix topics across shards
     with ShardSetWriter(folders["text"], "text", info={"source": "pydoc_data.topics"}, **options) as writer:
         for index in order[cap]:
             writer.write({"txt": paragraphs[index]})
 
-    images, labels = digit_images(image_size)
     source = "sklearn.datasets.load_digits"
     classes = [str(d) for d in range(10)]
     with ShardSetWriter(folders["image"], "image", info={"source": source, "classes": classes}, **options) as writer:

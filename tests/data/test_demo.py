@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -136,6 +137,14 @@ def test_rebuild_with_the_same_seed_is_byte_identical(demo: dict[str, Path], tmp
 def test_existing_demo_is_kept_unless_overwrite(demo: dict[str, Path]) -> None:
     with pytest.raises(FileExistsError, match=r"text already holds a shard set"):
         build_demo_data(demo["text"].parent, **SMALL)
+
+
+def test_without_scikit_learn_the_error_names_the_extra_and_nothing_is_written(tmp_path: Path, monkeypatch) -> None:
+    for name in ("sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if scikit-learn were not installed
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'itnet_scale[demo]'")):
+        build_demo_data(tmp_path / "demo", **SMALL)
+    assert not (tmp_path / "demo").exists()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from itnet_scale.benchmarking.launch import REPO, free_port
+from tests.distributed import REPO, free_port
 
 SHM = Path("/dev/shm")
 

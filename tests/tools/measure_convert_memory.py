@@ -39,7 +39,7 @@ def build(stage: int, directory: Path) -> None:
     """One AdamW step of the base model at ZeRO ``stage`` on one rank, saved to ``directory/checkpoints``."""
     import torch
 
-    from itnet_scale.benchmarking.launch import init_single_process
+    from benchmarks.train import init_single_process
     from itnet_scale.config import to_yaml
     from itnet_scale.models import create_model
     from itnet_scale.train.checkpoint import save_checkpoint

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from itnet_scale.benchmarking import Table, available_suites, load_suite
-from itnet_scale.benchmarking.measure import GIB, MIB, Measurement
-from itnet_scale.benchmarking.operator import (
+from benchmarks import Table, available_suites, load_suite
+from benchmarks.measure import GIB, MIB, Measurement
+from benchmarks.operator import (
     REFERENCE_TRAINING_FACTOR,
     CaseResult,
     OperatorBenchConfig,
@@ -189,7 +189,7 @@ def test_table_renders_text_and_markdown() -> None:
 
 def test_agreement_check_catches_a_wrong_tiled_output(monkeypatch) -> None:
     """The pre-timing check compares against the reference on sampled queries: a wrong backend shows."""
-    from itnet_scale.benchmarking import operator
+    from benchmarks import operator
 
     config = OperatorBenchConfig(sizes=(40,), heads=2, head_dim=8, kernel_width=4, block_size=(16, 16))
     inputs, _ = operator.make_operator_inputs(config, 40)

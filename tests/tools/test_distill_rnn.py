@@ -22,7 +22,7 @@ def load_tool():
 
 def test_short_distillation_reduces_error():
     tool = load_tool()
-    res = tool.distill(steps=60, hidden=8, length=16, seed=0, in_dim=4, width=16, layers=1, heads=2, batch=16,
+    res = tool.distill_rnn(steps=60, hidden=8, length=16, seed=0, in_dim=4, width=16, layers=1, heads=2, batch=16,
                        lr=1e-2, n_test=32, n_linear_train=64)
     assert res["itnet_rel_error"] < 0.6 * res["initial_rel_error"]
     assert res["itnet_rel_error"] < 1.0  # better than predicting zeros
@@ -57,6 +57,6 @@ def test_cli_writes_json(tmp_path, capsys):
 def test_bad_arguments():
     tool = load_tool()
     with pytest.raises(ValueError, match="steps"):
-        tool.distill(steps=-1)
+        tool.distill_rnn(steps=-1)
     with pytest.raises(SystemExit):
         tool.main(["--teacher", "rnn"])

@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from itnet_scale.benchmarking import SuiteUsageError, load_suite
+from benchmarks import SuiteUsageError, load_suite
 
 
 def write_digit_pairs(directory: Path, count: int = 120, per_shard: int = 40) -> Path:

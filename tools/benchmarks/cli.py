@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from itnet_scale.benchmarking.measure import MIB
+from .measure import MIB
 
 
 def format_ms(value: float) -> str:

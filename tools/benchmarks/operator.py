@@ -13,7 +13,7 @@ to three methods, in one process:
 
 Each method is timed forward only (under ``torch.no_grad``: inference) and forward + backward
 (a fixed upstream gradient into ``out.backward``: a training step's operator cost), with the
-peak memory growth of each run (see :mod:`itnet_scale.benchmarking.measure`). Softmax mode,
+peak memory growth of each run (see :mod:`.measure`). Softmax mode,
 support ``all`` (or ``causal`` / ``is_causal=True`` with ``--causal``).
 
 The reference is skipped where it would not fit: its memory is estimated as
@@ -38,8 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
-from itnet_scale.benchmarking.cli import (
+from itnet_scale.ops import ACTIVATIONS, KernelInputs, KernelSpec, integral_transform
+from itnet_scale.ops.tiled import DEFAULT_BLOCK
+
+from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from .cli import (
     add_run_arguments,
     format_mib,
     format_ms,
@@ -47,9 +50,7 @@ from itnet_scale.benchmarking.cli import (
     positive_float,
     positive_int,
 )
-from itnet_scale.benchmarking.measure import GIB, MIB, Measurement, describe_environment, measure
-from itnet_scale.ops import ACTIVATIONS, KernelInputs, KernelSpec, integral_transform
-from itnet_scale.ops.tiled import DEFAULT_BLOCK
+from .measure import GIB, MIB, Measurement, describe_environment, measure
 
 METHODS = ("reference", "tiled", "sdpa")
 METHOD_LABELS = {"reference": "reference", "tiled": "tiled", "sdpa": "SDPA"}
@@ -401,7 +402,7 @@ def results_table(results: OperatorResults) -> Table:
 def build_report(results: OperatorResults, environment: dict[str, Any] | None = None) -> SuiteReport:
     """Table, target verdicts, agreement notes and every figure (JSON) of a run.
 
-    ``environment`` is :func:`~itnet_scale.benchmarking.measure.describe_environment` taken when
+    ``environment`` is :func:`~.measure.describe_environment` taken when
     the run started (described now if None).
     """
     cfg = results.config

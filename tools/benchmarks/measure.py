@@ -66,7 +66,7 @@ def synchronize(device: torch.device | str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _read_status_kib(key: str) -> int:
+def read_status_kib(key: str) -> int:
     """One ``kB`` field (e.g. ``VmHWM``, ``VmRSS``) of ``/proc/self/status``, in KiB."""
     for line in _STATUS.read_text().splitlines():
         if line.startswith(key + ":"):
@@ -79,7 +79,7 @@ def _cpu_unavailable_reason() -> str | None:
     if not _STATUS.exists():
         return f"{_STATUS} does not exist (CPU peak memory is measured on Linux only)"
     try:
-        _read_status_kib("VmHWM")
+        read_status_kib("VmHWM")
     except (OSError, RuntimeError, ValueError) as err:
         return f"cannot read VmHWM from {_STATUS}: {err}"
     try:
@@ -149,7 +149,7 @@ class PeakMemoryTracker:
             self._baseline = torch.cuda.memory_allocated(self.device)
         else:
             _CLEAR_REFS.write_text("5")  # VmHWM := current VmRSS
-            self._baseline = _read_status_kib("VmHWM") * 1024
+            self._baseline = read_status_kib("VmHWM") * 1024
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -159,7 +159,7 @@ class PeakMemoryTracker:
             synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = _read_status_kib("VmHWM") * 1024
+            peak = read_status_kib("VmHWM") * 1024
         self.growth_bytes = max(0, peak - self._baseline)
 
 

@@ -26,40 +26,53 @@ tokenized by the demo tokenizer, paragraphs joined by ``<sep>``, cut into rows o
 masked BERT-style (:func:`~itnet_scale.nn.heads.mask_tokens`, seeded) once; every method sees the same batches
 in the same order.
 
-**Memory.** The tiny pretraining model on ``--memory-ranks`` ranks (DeepSpeed's launcher; worker
-:mod:`itnet_scale.benchmarking.zero_memory_worker`) at ZeRO 0, at ZeRO 3 under the generated config, and at
-ZeRO 3 with ``--zero3-variant`` keys on top (default ``stage3_param_persistence_threshold=0``: DeepSpeed keeps
-parameters of up to 10⁵ elements whole on every rank, which is most of the tiny model's tensors). Each rank's
-model + optimizer state is counted exactly by :func:`~itnet_scale.benchmarking.state_memory.engine_state_bytes`
-(storages reachable from the engine, each once) after a step and the next backward.
+**Memory.** The tiny pretraining model on ``--memory-ranks`` ranks (DeepSpeed's launcher, :func:`run_on_ranks`;
+worker :mod:`.zero_memory_worker`) at ZeRO 0, at ZeRO 3 under the generated config, and at ZeRO 3 with
+``--zero3-variant`` keys on top (default ``stage3_param_persistence_threshold=0``: DeepSpeed keeps parameters of up
+to 10⁵ elements whole on every rank, which is most of the tiny model's tensors). Each rank's model + optimizer state
+is counted exactly by :func:`.state_memory.engine_state_bytes` (storages reachable from the engine, each once) after
+a step and the next backward.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import math
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.distributed.elastic.utils.distributed import get_free_port
 
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
-from itnet_scale.benchmarking.cli import format_mib, format_ms, format_ratio, non_negative_int, positive_int
-from itnet_scale.benchmarking.measure import MIB, PeakMemoryTracker, describe_environment
+from itnet_scale.data.demo import build_demo_data, demo_paragraphs
+from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models import ModelConfig, create_model, load_model_config
 from itnet_scale.nn.block import MLP
 from itnet_scale.nn.encoders import TextEncoder
 from itnet_scale.nn.heads import MLMHead, mask_tokens
+from itnet_scale.train.deepspeed_config import DeepSpeedSettings
+from itnet_scale.train.engine import build_engine
+from itnet_scale.train.optimizer import OptimizerSettings
+
+from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from .cli import format_mib, format_ms, format_ratio, non_negative_int, positive_int
+from .measure import MIB, PeakMemoryTracker, describe_environment
 
 METHODS = ("transformer", "itnet-exact", "itnet-lowrank")
 BASELINE = "transformer"
@@ -185,8 +198,8 @@ def lowrank_config(config: ModelConfig, rank: int = DEFAULT_RANK,
     return replace(config, layer=layer, layers={k: v for k, v in layers.items() if v})
 
 
-def build_model(method: str, vocab_size: int, rank: int = DEFAULT_RANK,
-                feature_map: str = DEFAULT_FEATURE_MAP) -> nn.Module:
+def build_method_model(method: str, vocab_size: int, rank: int = DEFAULT_RANK,
+                       feature_map: str = DEFAULT_FEATURE_MAP) -> nn.Module:
     """The model of ``method`` (see the module doc) for a ``vocab_size``-id tokenizer."""
     config = load_model_config("tiny", vocab_size=vocab_size)
     if method == "transformer":
@@ -211,9 +224,6 @@ class TextData:
 
     @classmethod
     def from_tokenizer(cls, tokenizer_dir: Path) -> TextData:
-        from itnet_scale.data.demo import demo_paragraphs
-        from itnet_scale.data.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
         ids: list[int] = []
         for row in tokenizer.processor.encode(demo_paragraphs()):
@@ -241,19 +251,15 @@ class TextData:
         return out
 
 
-def build_engine(method: str, data: TextData, micro_batch: int, total_steps: int, seed: int, rank: int,
-                 feature_map: str) -> tuple[Any, dict[str, Any]]:
+def build_method_engine(method: str, data: TextData, micro_batch: int, total_steps: int, seed: int, rank: int,
+                        feature_map: str) -> tuple[Any, dict[str, Any]]:
     """``(engine, info)``: ``method``'s model (seeded), wrapped as the trainer wraps it
     (:func:`itnet_scale.train.engine.build_engine`: the project's optimizer, schedule and generated ZeRO-0 fp32
     config)."""
-    from itnet_scale.train.deepspeed_config import DeepSpeedSettings
-    from itnet_scale.train.engine import build_engine as build_training_engine
-    from itnet_scale.train.optimizer import OptimizerSettings
-
     torch.manual_seed(seed)
-    model = build_model(method, data.vocab_size, rank, feature_map)
+    model = build_method_model(method, data.vocab_size, rank, feature_map)
     settings = DeepSpeedSettings(zero_stage=0, precision="fp32", micro_batch_size=micro_batch)
-    engine, _ = build_training_engine(model, settings, OptimizerSettings(), total_steps)
+    engine, _ = build_engine(model, settings, OptimizerSettings(), total_steps)
     info = {"parameters": sum(p.numel() for p in model.parameters()), "deepspeed_config": engine.config}
     return engine, info
 
@@ -264,6 +270,80 @@ def train_step(engine: Any, batch: Mapping[str, Tensor]) -> float:
     engine.backward(loss)
     engine.step()
     return float(loss.detach())
+
+
+# --------------------------------------------------------------------------------------
+# Processes: a world of one here for the throughput engines, local ranks for the memory worker
+# --------------------------------------------------------------------------------------
+
+#: The memory worker, run on every rank as ``python -m MEMORY_WORKER`` from :data:`PACKAGE_ROOT`.
+MEMORY_WORKER = f"{__package__}.zero_memory_worker"
+#: The folder from which this package is importable under its own name (``tools`` for ``benchmarks``).
+PACKAGE_ROOT = Path(__file__).resolve().parents[__package__.count(".") + 1]
+
+
+def init_single_process(backend: str = "gloo") -> bool:
+    """Make this process rank 0 of a world of 1 (``deepspeed.init_distributed`` on ``backend``), unless a
+    process group exists already; returns whether it created one.
+
+    The group lives as long as the process (it is destroyed at exit): DeepSpeed caches the groups it derives
+    from it, so a group destroyed and created anew would leave those stale.
+    """
+    # Imported here, not with this module: importing itnet_scale.parallel imports DeepSpeed, which announces its
+    # accelerator on stdout; the suite runs this inside stdout_to_stderr, so its stdout holds only the report.
+    from itnet_scale.parallel.process_group import init_distributed
+
+    if dist.is_available() and dist.is_initialized():
+        return False
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(get_free_port()))
+    init_distributed(backend)
+    atexit.register(_destroy_process_group)
+    return True
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 — DeepSpeed's logger (a handler on ``sys.stdout``), its
+    extension builds, C++ prints — to stderr while inside, so a benchmark's stdout holds only its report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_on_ranks(module: str, args: list[str], ranks: int, timeout: float, env: Mapping[str, str]) -> str:
+    """Run ``python -m module args`` on ``ranks`` local CPU ranks through DeepSpeed's launcher, as users do
+    (``deepspeed --num_accelerators ranks --module``), from :data:`PACKAGE_ROOT`; returns the output (stdout and
+    stderr together). Each rank gets one intra-op thread and the variables of ``env`` on top of this process's.
+    Raises ``RuntimeError`` with the output's tail if the ranks fail, or after killing the launcher and every rank
+    when ``timeout`` seconds pass."""
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
+               "--master_port", str(get_free_port()), "--module", module, *args]
+    with subprocess.Popen(command, cwd=PACKAGE_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank it started
+            output, _ = process.communicate()
+            raise RuntimeError(f"{module} timed out after {timeout} s:\n{output[-4000:]}") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"{module} failed (exit {process.returncode}):\n{output[-4000:]}")
+    return output
 
 
 # --------------------------------------------------------------------------------------
@@ -352,8 +432,6 @@ class TrainResults:
 def run_training_benchmark(config: TrainBenchConfig, tokenizer_dir: Path,
                            say: Callable[[str], None] = _log) -> tuple[TrainResults, TextData]:
     """Build one engine per method, then per length: warm-up steps, then interleaved timed rounds."""
-    from itnet_scale.benchmarking.launch import init_single_process, stdout_to_stderr
-
     results = TrainResults(config)
     data = TextData.from_tokenizer(tokenizer_dir)
     results.tokens = len(data.stream)
@@ -363,7 +441,7 @@ def run_training_benchmark(config: TrainBenchConfig, tokenizer_dir: Path,
         init_single_process()
         engines = {}
         for method in config.methods:
-            engines[method], results.engine_info[method] = build_engine(
+            engines[method], results.engine_info[method] = build_method_engine(
                 method, data, config.micro_batch, total_steps, config.seed, config.rank, config.feature_map)
         for n in config.sizes:
             _run_length(n, config, data, engines, results, say)
@@ -403,11 +481,6 @@ def _run_length(n: int, config: TrainBenchConfig, data: TextData, engines: dict[
 
 def run_memory_benchmark(config: TrainBenchConfig, data: TextData, say: Callable[[str], None] = _log) -> list[dict]:
     """Launch the ZeRO memory worker on ``config.memory_ranks`` ranks; returns every rank's records."""
-    from safetensors.torch import save_file
-
-    from itnet_scale.benchmarking import zero_memory_worker
-    from itnet_scale.benchmarking.launch import run_deepspeed
-
     precision = config.memory_precision
     variants = [{"name": "ZeRO-0", "stage": 0, "precision": precision},
                 {"name": "ZeRO-3", "stage": 3, "precision": precision}]
@@ -425,10 +498,8 @@ def run_memory_benchmark(config: TrainBenchConfig, data: TextData, say: Callable
         (out / "spec.json").write_text(json.dumps(spec))
         say(f"ZeRO memory: {config.memory_ranks} ranks, {len(variants)} configs …")
         # Compiling the exact integrator's tiles changes no state; the ranks run them eagerly to save the compile.
-        done = run_deepspeed(Path(zero_memory_worker.__file__), [str(out / "spec.json")], ranks=config.memory_ranks,
-                             timeout=config.memory_timeout, env={"ITNET_COMPILE": "0"})
-        if done.returncode != 0:
-            raise RuntimeError(f"the ZeRO memory worker failed (exit {done.returncode}):\n{done.stdout[-4000:]}")
+        run_on_ranks(MEMORY_WORKER, [str(out / "spec.json")], ranks=config.memory_ranks,
+                     timeout=config.memory_timeout, env={"ITNET_COMPILE": "0"})
         records = []
         for rank in range(config.memory_ranks):
             records.extend(json.loads((out / f"rank{rank}.json").read_text()))
@@ -640,15 +711,13 @@ class TrainSuite(BenchmarkSuite):
         with tempfile.TemporaryDirectory() as scratch:
             tokenizer_dir = args.tokenizer
             if tokenizer_dir is None:
-                from itnet_scale.data.demo import build_demo_data
-
                 _log("building the demo tokenizer …")
                 tokenizer_dir = build_demo_data(Path(scratch) / "demo")["tokenizer"]
             results, data = run_training_benchmark(config, Path(tokenizer_dir))
             if config.memory:
                 try:
                     results.memory = run_memory_benchmark(config, data)
-                except (RuntimeError, AssertionError, OSError) as error:
+                except (RuntimeError, OSError) as error:
                     results.memory_error = " ".join(str(error).split())[-600:]
                     _log(f"ZeRO memory run failed: {error}")
         if hasattr(os, "getloadavg"):

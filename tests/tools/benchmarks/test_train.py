@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from itnet_scale.benchmarking import load_suite
-from itnet_scale.benchmarking.launch import init_single_process
-from itnet_scale.benchmarking.state_memory import engine_state_bytes, live_tensor_bytes
-from itnet_scale.benchmarking.train import (
+from benchmarks import load_suite
+from benchmarks.state_memory import engine_state_bytes, live_tensor_bytes
+from benchmarks.train import (
     LABELS,
     METHODS,
     Case,
@@ -20,8 +19,9 @@ from itnet_scale.benchmarking.train import (
     TrainBenchConfig,
     TrainResults,
     TransformerForMLM,
-    build_model,
+    build_method_model,
     evaluate_targets,
+    init_single_process,
     lowrank_config,
 )
 from itnet_scale.models import load_model_config
@@ -96,7 +96,7 @@ def test_targets_follow_the_figures():
 
 def test_baseline_has_the_tiny_itnet_shapes():
     config = load_model_config("tiny")
-    baseline, itnet = TransformerForMLM(config), build_model("itnet-exact", config.vocab_size)
+    baseline, itnet = TransformerForMLM(config), build_method_model("itnet-exact", config.vocab_size)
     assert len(baseline.blocks) == config.depth == len(itnet.itnet.backbone.blocks) == 4
     for block, it_block in zip(baseline.blocks, itnet.itnet.backbone.blocks):
         mixer = it_block.mixer
@@ -116,7 +116,7 @@ def test_baseline_has_the_tiny_itnet_shapes():
 
 def test_lowrank_model_puts_every_layer_on_the_lowrank_integrator():
     config = lowrank_config(load_model_config("tiny"), rank=16, feature_map="prf")
-    model = build_model("itnet-lowrank", 3000, rank=16, feature_map="prf")
+    model = build_method_model("itnet-lowrank", 3000, rank=16, feature_map="prf")
     assert config.layers == {}  # the only overrides were the windows of layers 0-1
     for block in model.itnet.backbone.blocks:
         mixer = block.mixer

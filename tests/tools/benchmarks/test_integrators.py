@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from itnet_scale.benchmarking.integrators import (
+from benchmarks import integrators
+from benchmarks.integrators import (
     Case,
     IntegratorBenchConfig,
     IntegratorResults,
     evaluate_targets,
     growth_power,
+    import_pyplot,
 )
-from itnet_scale.benchmarking.measure import Measurement
+from benchmarks.measure import Measurement
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["--n", "96", "160", "--repeats", "1", "--warmup", "0", "--dim", "32", "--heads", "2", "--width", "4",
         "--rank", "8", "--samples", "40", "--sample-block", "8", "--proposal-window", "4", "--fit-n", "48",
         "--fit-steps", "30", "--fit-sigma", "2", "--distill-steps", "5"]
@@ -54,6 +58,22 @@ def test_cli_refuses_a_window_that_leaves_no_samples(capsys) -> None:
     with pytest.raises(SystemExit):
         _cli().main(["integrators", "--samples", "64", "--sample-block", "32", "--proposal-window", "16"])
     assert "must be < --samples" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_names_the_extra_before_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if matplotlib were not installed
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'itnet_scale[bench]'")):
+        import_pyplot()
+
+    def measure_anything(*args, **kwargs):
+        raise AssertionError("the suite ran before finding matplotlib missing")
+
+    monkeypatch.setattr(integrators, "run_integrator_benchmark", measure_anything)
+    with pytest.raises(SystemExit) as stop:
+        _cli().main(["integrators", *TINY, "--plot", str(tmp_path / "plot.png")])
+    assert stop.value.code == 2  # a usage error, before the run
+    assert "--plot draws with matplotlib" in capsys.readouterr().err
 
 
 def _results(times: dict[tuple[int, str], tuple[float, float]], errors: dict[tuple[int, str], float]):

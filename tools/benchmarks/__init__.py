@@ -6,9 +6,17 @@ report as plain text or Markdown and writes the JSON, so suites never format out
 and the README's tables are exactly what the tool printed.
 
 Suites are registered by name in :data:`SUITES` as ``"module:attribute"`` and imported only
-when asked for; a new suite (``integrators``, ``data``, ``train`` …) is one
-:func:`register_suite` call (or one line in :data:`SUITES`), and the CLI does not change.
-Timing and memory measurement live in :mod:`itnet_scale.benchmarking.measure`.
+when asked for; a new suite is one :func:`register_suite` call (or one line in :data:`SUITES`),
+and the CLI does not change. Timing and memory measurement live in :mod:`.measure`.
+
+**Import name.** This package is not part of the installed library: it is imported as
+``benchmarks``, from the ``tools`` folder, and by that one name only. ``python tools/bench.py``
+finds it because Python puts the script's folder (``tools``) first on the import path; the
+tests find it because pytest's ``pythonpath`` (``pyproject.toml``) lists ``tools``; the ZeRO
+memory benchmark's ranks run ``python -m benchmarks.zero_memory_worker`` from the ``tools``
+folder. Inside the package every import of a sibling is relative and the registry names
+modules relative to it, so the package works under whatever name it is imported (nothing in it
+spells ``benchmarks``); the library itself never imports it.
 """
 
 from __future__ import annotations
@@ -144,17 +152,19 @@ class BenchmarkSuite(ABC):
         for options that cannot run here."""
 
 
-#: Suite name → ``"module:attribute"`` of its :class:`BenchmarkSuite` subclass or instance.
+#: Suite name → ``"module:attribute"`` of its :class:`BenchmarkSuite` subclass or instance; a module name
+#: starting with ``.`` is relative to this package.
 SUITES: dict[str, str] = {
-    "operator": "itnet_scale.benchmarking.operator:OperatorSuite",
-    "integrators": "itnet_scale.benchmarking.integrators:IntegratorSuite",
-    "data": "itnet_scale.benchmarking.data:DataSuite",
-    "train": "itnet_scale.benchmarking.train:TrainSuite",
+    "operator": ".operator:OperatorSuite",
+    "integrators": ".integrators:IntegratorSuite",
+    "data": ".data:DataSuite",
+    "train": ".train:TrainSuite",
 }
 
 
 def register_suite(name: str, target: str) -> None:
-    """Make ``name`` a suite of ``tools/bench.py``; ``target`` is ``"module:attribute"``."""
+    """Make ``name`` a suite of ``tools/bench.py``; ``target`` is ``"module:attribute"`` (a module name starting
+    with ``.`` is relative to this package)."""
     if ":" not in target:
         raise ValueError(f"suite target must be 'module:attribute', got {target!r}")
     SUITES[name] = target
@@ -170,7 +180,7 @@ def load_suite(name: str) -> BenchmarkSuite:
     if name not in SUITES:
         raise KeyError(f"unknown benchmark suite {name!r}; choose from {', '.join(available_suites())}")
     module_name, attribute = SUITES[name].split(":", 1)
-    obj = getattr(importlib.import_module(module_name), attribute)
+    obj = getattr(importlib.import_module(module_name, package=__name__), attribute)
     suite = obj() if isinstance(obj, type) else obj
     if not isinstance(suite, BenchmarkSuite):
         raise TypeError(f"{SUITES[name]} is not a BenchmarkSuite")

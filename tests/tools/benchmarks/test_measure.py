@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from itnet_scale.benchmarking.measure import (
+from benchmarks.measure import (
     MIB,
     Measurement,
     PeakMemoryTracker,

@@ -33,14 +33,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
-from itnet_scale.benchmarking.cli import (
+from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn.distill import distill
+
+from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from .cli import (
     add_run_arguments,
     format_mib,
     format_ms,
@@ -49,9 +53,7 @@ from itnet_scale.benchmarking.cli import (
     positive_float,
     positive_int,
 )
-from itnet_scale.benchmarking.measure import Measurement, describe_environment, measure
-from itnet_scale.nn import IntegralTransform
-from itnet_scale.nn.distill import distill
+from .measure import Measurement, describe_environment, measure
 
 METHODS = ("sdpa", "sdpa_causal", "exact", "lowrank", "lowrank_causal", "montecarlo")
 LABELS = {"sdpa": "SDPA", "sdpa_causal": "SDPA causal", "exact": "exact (tiled)", "lowrank": "lowrank",
@@ -358,13 +360,22 @@ def results_table(results: IntegratorResults) -> Table:
     return table
 
 
+def import_pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-only Agg backend; matplotlib is optional (the ``bench`` extra)."""
+    try:  # imported here, not with the module: matplotlib is an optional dependency
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"--plot draws with matplotlib, which could not be imported ({error}): "
+                                  f"pip install 'itnet_scale[bench]'", name=error.name) from error
+    return plt
+
+
 def plot(results: IntegratorResults, path: Path) -> None:
     """Time vs N, log-log, one line per method (fwd+bwd solid, fwd dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, method in enumerate(results.config.methods):
         color = f"C{i}"
@@ -457,6 +468,11 @@ class IntegratorSuite(BenchmarkSuite):
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         environment = describe_environment("cpu", getattr(args, "argv", None))
+        if args.plot is not None:
+            try:
+                import_pyplot()  # a missing matplotlib stops the run before it starts, not after it
+            except ModuleNotFoundError as error:
+                raise SuiteUsageError(str(error)) from error
         results = run_integrator_benchmark(config)
         if args.plot is not None:
             plot(results, args.plot)

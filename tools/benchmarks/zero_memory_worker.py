@@ -1,11 +1,12 @@
 """Worker of the ``train`` suite's ZeRO memory figure, run on every rank by DeepSpeed's launcher.
 
-``python zero_memory_worker.py SPEC.json`` (started through ``deepspeed --num_accelerators N``): for each variant
-of the spec — a ZeRO stage, a precision and extra ``zero_optimization`` keys — build the tiny pretraining model
-from the same seed, wrap it with :func:`deepspeed.initialize` under the generated DeepSpeed config (the spec's
-micro-batch), take one step, run the next forward and backward, and count this rank's model and optimizer
-state with :func:`~itnet_scale.benchmarking.state_memory.engine_state_bytes` (gradients, moments and parameters
-all exist then), then take that step. Each rank writes ``rank{r}.json`` into the spec's ``out`` folder.
+``python -m <this package>.zero_memory_worker SPEC.json``, started through ``deepspeed --num_accelerators N
+--module`` (:func:`.train.run_memory_benchmark`): for each variant of the spec — a ZeRO stage, a precision and extra
+``zero_optimization`` keys — build the tiny pretraining model from the same seed, wrap it with
+:func:`deepspeed.initialize` under the generated DeepSpeed config (the spec's micro-batch), take one step, run the
+next forward and backward, and count this rank's model and optimizer state with
+:func:`.state_memory.engine_state_bytes` (gradients, moments and parameters all exist then), then take that step.
+Each rank writes ``rank{r}.json`` into the spec's ``out`` folder.
 
 The spec (JSON): ``{"out": DIR, "batch": FILE.safetensors (text_ids, text_attention_mask, mlm_labels),
 "vocab_size": V, "micro_batch_size": B, "variants": [{"name": ..., "stage": 0|3, "precision": "fp32", "zero": {...}},
@@ -14,25 +15,29 @@ The spec (JSON): ``{"out": DIR, "batch": FILE.safetensors (text_ids, text_attent
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from itnet_scale.models import create_model
+from itnet_scale.parallel.process_group import init_distributed
+from itnet_scale.train.deepspeed_config import DeepSpeedSettings
+from itnet_scale.train.engine import build_engine
+from itnet_scale.train.optimizer import OptimizerSettings
+
+from .measure import read_status_kib
+from .state_memory import engine_state_bytes, live_tensor_bytes
+
 
 def measure_variant(variant: dict[str, Any], batch: dict[str, Any], vocab_size: int, micro_batch_size: int) -> dict:
     """Build, step, count and tear down one engine; returns this rank's record."""
-    import torch
-    import torch.distributed as dist
-
-    from itnet_scale.benchmarking.measure import _read_status_kib
-    from itnet_scale.benchmarking.state_memory import engine_state_bytes, live_tensor_bytes
-    from itnet_scale.models import create_model
-    from itnet_scale.train.deepspeed_config import DeepSpeedSettings
-    from itnet_scale.train.engine import build_engine
-    from itnet_scale.train.optimizer import OptimizerSettings
-
     torch.manual_seed(0)  # the same initial weights on every rank
     model = create_model("tiny", vocab_size=vocab_size)
     numel = sum(p.numel() for p in model.parameters())
@@ -52,7 +57,7 @@ def measure_variant(variant: dict[str, Any], batch: dict[str, Any], vocab_size: 
     losses.append(forward_backward(engine))
     counted = engine_state_bytes(engine)
     live = live_tensor_bytes()
-    rss = _read_status_kib("VmRSS") * 1024
+    rss = read_status_kib("VmRSS") * 1024
     engine.step()
     params = list({id(p): p for p in engine.module.parameters()}.values())
     persistent = [p for p in params if getattr(p, "ds_persist", False)]
@@ -73,18 +78,11 @@ def measure_variant(variant: dict[str, Any], batch: dict[str, Any], vocab_size: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
+    """Count every variant of the spec on this rank and write ``rank{r}.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--local_rank", type=int, default=0)  # passed by DeepSpeed's launcher
     args = parser.parse_args(argv)
-    import torch
-    import torch.distributed as dist
-    from safetensors.torch import load_file
-
-    from itnet_scale.parallel.process_group import init_distributed
-
     spec = json.loads(args.spec.read_text())
     init_distributed("gloo")
     torch.set_num_threads(1)

@@ -32,9 +32,14 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from itnet_scale.benchmarking import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from itnet_scale.data.demo import build_demo_data
 from itnet_scale.data.shards import read_index, shard_paths
 from itnet_scale.data.stream import DataConfig, StreamConfig, StreamingDataset, decode_sample, unit_loader
+from itnet_scale.data.tokenizer import Tokenizer
+from itnet_scale.models import create_model
+from itnet_scale.nn.heads import mask_tokens
+
+from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
 
 
 def _median_rate(count: int, run, repeats: int) -> float:
@@ -77,8 +82,6 @@ class DataSuite(BenchmarkSuite):
             if tokenizer_dir is None and shards is not None and (Path(shards).parent / "tokenizer").is_dir():
                 tokenizer_dir = Path(shards).parent / "tokenizer"
             if shards is None:
-                from itnet_scale.data.demo import build_demo_data
-
                 folders = build_demo_data(Path(scratch) / "demo")
                 shards, tokenizer_dir = folders["image_text"], folders["tokenizer"]
             return self._measure(Path(shards), tokenizer_dir, args)
@@ -176,10 +179,6 @@ class DataSuite(BenchmarkSuite):
     @staticmethod
     def _consumer_rate(shards: Path, tokenizer_dir: Path, batch: int, steps: int) -> float:
         """Samples/s of the tiny model's MLM + contrastive forward and backward on real image–text samples."""
-        from itnet_scale.data.tokenizer import Tokenizer
-        from itnet_scale.models import create_model
-        from itnet_scale.nn.heads import mask_tokens
-
         tokenizer = Tokenizer.from_dir(tokenizer_dir)
         model = create_model("tiny", vocab_size=tokenizer.vocab_size)
         config = DataConfig(lanes=1, unit_size=batch, mix_period=1, streams=[StreamConfig(name="it", path=str(shards))])
