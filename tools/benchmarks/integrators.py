@@ -7,9 +7,9 @@ what a model pays per layer:
   projections around :func:`torch.nn.functional.scaled_dot_product_attention`);
 - ``exact``: :class:`~itnet_scale.nn.IntegralTransform` with the tiled exact integrator (support
   ``all``; run up to ``--exact-max-n``: its cost is quadratic, minutes per run beyond 16k on a CPU);
-- ``lowrank`` / ``lowrank causal``: the same layer with ``integrator="lowrank"`` (rank ``R``; the
+- ``lowrank`` / ``lowrank causal``: the same layer with the ``LowRank`` integrator (rank ``R``; the
   causal one with learned decay, a chunked scan);
-- ``montecarlo``: ``integrator="montecarlo"``, ``M`` samples per block of queries with the
+- ``montecarlo``: the ``MonteCarlo`` integrator, ``M`` samples per block of queries with the
   ``window`` proposal, on a layer whose kernel was *fitted* first (below).
 
 Each is timed forward only (``no_grad``) and forward + backward, with peak memory growth.
@@ -31,7 +31,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn import IntegralTransform, KernelConfig
 from itnet_scale.nn.distill import distill
+from itnet_scale.ops import Exact, LowRank, MonteCarlo
 
 from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
 from .cli import (
@@ -110,19 +111,24 @@ class AttentionLayer(nn.Module):
 def build_layers(config: IntegratorBenchConfig) -> dict[str, nn.Module]:
     """One layer per method (seeded); ``montecarlo`` shares ``exact_fitted``'s parameters."""
     torch.manual_seed(config.seed)
-    common = dict(kernel_width=config.kernel_width, rank=config.rank)
+    kernel = KernelConfig(width=config.kernel_width, rank=config.rank)
     layers: dict[str, nn.Module] = {
         "sdpa": AttentionLayer(config.dim, config.heads, causal=False),
         "sdpa_causal": AttentionLayer(config.dim, config.heads, causal=True),
-        "exact": IntegralTransform(config.dim, config.heads, **common),
-        "lowrank_causal": IntegralTransform(config.dim, config.heads, support="causal", decay=True,
-                                            integrator="lowrank", **common),
-        "montecarlo": IntegralTransform(config.dim, config.heads, integrator="montecarlo", samples=config.samples,
-                                        sample_block=config.sample_block, proposal="window",
-                                        proposal_window=config.proposal_window, kernel_width=config.kernel_width),
+        "exact": IntegralTransform(config.dim, config.heads, kernel),
+        "lowrank_causal": IntegralTransform(config.dim, config.heads,
+                                            replace(kernel, support="causal", decay=True), LowRank()),
+        "montecarlo": IntegralTransform(config.dim, config.heads, KernelConfig(width=config.kernel_width),
+                                        window_proposal(config)),
     }
     layers["lowrank"] = layers["exact"]  # the same layer, switched per call (see method_call)
     return layers
+
+
+def window_proposal(config: IntegratorBenchConfig, proposal: str = "window") -> MonteCarlo:
+    """The montecarlo method's integrator (the ``uniform`` proposal is its comparison)."""
+    return MonteCarlo(samples=config.samples, proposal=proposal, proposal_window=config.proposal_window,
+                      sample_block=config.sample_block)
 
 
 def fit_local_kernel(layer: IntegralTransform, n: int, steps: int, sigma: float, seed: int) -> list[float]:
@@ -130,7 +136,7 @@ def fit_local_kernel(layer: IntegralTransform, n: int, steps: int, sigma: float,
     g = torch.Generator().manual_seed(seed)
     offsets = torch.arange(n, dtype=torch.float32)
     target = torch.softmax(-(offsets[:, None] - offsets[None, :]).square() / (2 * sigma**2), -1)
-    saved, layer.integrator = layer.integrator, "exact"
+    saved, layer.integrator = layer.integrator, Exact()
     opt = torch.optim.Adam(layer.parameters(), lr=3e-3)
     curve = []
     for _ in range(steps):
@@ -186,7 +192,7 @@ def method_call(method: str, layers: dict[str, nn.Module], x: Tensor) -> Callabl
     """A zero-argument callable running ``method``'s layer on ``x``."""
     layer = layers[method]
     if method in ("exact", "lowrank"):
-        integrator = "lowrank" if method == "lowrank" else "exact"
+        integrator = LowRank() if method == "lowrank" else Exact()
 
         def call() -> Tensor:
             layer.integrator = integrator
@@ -256,7 +262,7 @@ def _errors(n: int, layers: dict[str, nn.Module], x: Tensor, config: IntegratorB
     """Relative output error of each approximation against the exact integrator of the same layer."""
 
     def exact_of(layer: IntegralTransform) -> Tensor:
-        saved, layer.integrator = layer.integrator, "exact"
+        saved, layer.integrator = layer.integrator, Exact()
         try:
             return layer(x)
         finally:
@@ -273,9 +279,9 @@ def _errors(n: int, layers: dict[str, nn.Module], x: Tensor, config: IntegratorB
         if "lowrank" in config.methods:
             layer = layers["exact"]
             ref = exact_of(layer)
-            layer.integrator = "lowrank"
+            layer.integrator = LowRank()
             record("lowrank", layer(x), ref, features)
-            layer.integrator = "exact"
+            layer.integrator = Exact()
         if "lowrank_causal" in config.methods:
             layer = layers["lowrank_causal"]
             record("lowrank_causal", layer(x), exact_of(layer), features)
@@ -284,9 +290,9 @@ def _errors(n: int, layers: dict[str, nn.Module], x: Tensor, config: IntegratorB
             ref = exact_of(layer)
             torch.manual_seed(config.seed)
             record("montecarlo", layer(x), ref, "(fitted kernel, window proposal)")
-            layer.proposal = "uniform"
+            layer.integrator = window_proposal(config, "uniform")
             record("montecarlo", layer(x), ref, "(fitted kernel, uniform proposal)")
-            layer.proposal = "window"
+            layer.integrator = window_proposal(config)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ For each sequence length ``N``, one set of inputs (``q, k, v`` ``[B, H, N, d]``;
 ``[B, H, N, r]``; ``β`` ``[H]``; ``w2`` ``[H, r]``; positions ``[B, N, 1]``) is built once and fed
 to three methods, in one process:
 
-- ``reference``: :func:`itnet_scale.ops.integral_transform` with ``backend="reference"``
+- ``reference``: :func:`itnet_scale.ops.integrate` with ``Exact(backend="reference")``
   (every pair materialized: memory ``O(B·H·N²·r)``);
-- ``tiled``: the same call with ``backend="tiled"`` (block size passed through);
+- ``tiled``: the same call with ``Exact(backend="torch", block_size=...)``, the tiled form;
 - ``SDPA``: :func:`torch.nn.functional.scaled_dot_product_attention` on the same ``q, k, v``:
   the same operator with the kernel MLP off (``β = 1`` makes the bilinear scale ``1/√d``, as
   SDPA's), i.e. the floor the kernel MLP's cost is measured against.
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from itnet_scale.ops import ACTIVATIONS, KernelInputs, KernelSpec, integral_transform
+from itnet_scale.ops import ACTIVATIONS, Exact, KernelInputs, KernelSpec, integrate
 from itnet_scale.ops.tiled import DEFAULT_BLOCK
 
 from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
@@ -157,8 +157,11 @@ def method_call(method: str, inputs: KernelInputs, config: OperatorBenchConfig) 
     """A zero-argument callable computing ``method``'s output ``[B, H, N, d]`` on ``inputs``."""
     if method == "sdpa":
         return lambda: F.scaled_dot_product_attention(inputs.q, inputs.k, inputs.v, is_causal=config.causal)
-    if method in ("reference", "tiled"):
-        return lambda: integral_transform(inputs, config.spec, backend=method, block_size=config.block_size)
+    if method == "reference":
+        return lambda: integrate(inputs, config.spec, Exact("reference")).out
+    if method == "tiled":
+        tiled = Exact("torch", block_size=config.block_size)
+        return lambda: integrate(inputs, config.spec, tiled).out
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -289,7 +292,7 @@ def _max_abs_diff(inputs: KernelInputs, config: OperatorBenchConfig) -> float:
         tiled = method_call("tiled", inputs, config)()
         for chunk in sample.split(AGREEMENT_CHUNK):
             queries = replace(inputs, q=inputs.q[:, :, chunk], a=inputs.a[:, :, chunk], pos_q=inputs.pos_q[:, chunk])
-            reference = integral_transform(queries, config.spec, backend="reference")
+            reference = integrate(queries, config.spec, Exact("reference")).out
             diff = (tiled[:, :, chunk] - reference).abs().max().item()
             if math.isnan(diff):  # max() would drop a NaN; a NaN output must read as disagreement
                 return math.nan

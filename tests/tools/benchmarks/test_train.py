@@ -120,7 +120,7 @@ def test_lowrank_model_puts_every_layer_on_the_lowrank_integrator():
     assert config.layers == {}  # the only overrides were the windows of layers 0-1
     for block in model.itnet.backbone.blocks:
         mixer = block.mixer
-        assert (mixer.integrator, mixer.spec.support, mixer.kernel_width) == ("lowrank", "all", 8)
+        assert (mixer.integrator.name, mixer.spec.support, mixer.kernel.width) == ("lowrank", "all", 8)
         assert mixer.features.rank == 16 and mixer.features.kind == "prf"
 
 
