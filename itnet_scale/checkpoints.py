@@ -458,7 +458,7 @@ def convert_to_library(source_path: str | Path, output: str | Path, *, dtype: st
 def _class_name(task: str) -> str:
     from itnet_scale.models.registry import TASKS
 
-    return TASKS[task][0].__name__
+    return TASKS[task].model_class.__name__
 
 
 # -- verification ------------------------------------------------------------------------------------------------
@@ -608,7 +608,7 @@ def verify_conversion(source: WeightSource | str | Path, library: str | Path, *,
     if source.model_config is None:
         raise ValueError(f"{source.path}: no model config to rebuild the source model from")
     stored = config.torch_dtype
-    model_class = TASKS[config.task][0]
+    model_class = TASKS[config.task].model_class
     with _eager_kernels():
         reference_model = _source_model(source, config.task, stored)
         converted = model_class.from_pretrained(library)  # the folder's own task and label count

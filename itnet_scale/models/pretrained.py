@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from itnet_scale.config import load_yaml, merge_config
 from itnet_scale.models.config import ModelConfig
+from itnet_scale.models.registry import TASKS, create_model, load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,6 @@ class LibraryConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
-        from itnet_scale.models.registry import TASKS
-
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"format_version={self.format_version}: this library reads version {FORMAT_VERSION}")
         if self.task not in TASKS:
@@ -175,8 +174,6 @@ def is_library_folder(path: str | Path) -> bool:
 
 def task_of(model_or_class: nn.Module | type[nn.Module]) -> str:
     """The :data:`~itnet_scale.models.registry.TASKS` name of a model (or model class)."""
-    from itnet_scale.models.registry import TASKS
-
     cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
     for task, (model_class, _) in TASKS.items():
         if cls is model_class:
@@ -186,9 +183,7 @@ def task_of(model_or_class: nn.Module | type[nn.Module]) -> str:
 
 def label_count(model: nn.Module) -> int | None:
     """The label count of a task model (its head's outputs), ``None`` for models without one."""
-    from itnet_scale.models.registry import TASKS
-
-    if TASKS[task_of(model)][1] is None:
+    if TASKS[task_of(model)].label_argument is None:
         return None
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     return last.out_features
@@ -202,9 +197,7 @@ def model_config_of(model: nn.Module) -> ModelConfig:
 
 def build_model(task: str, config: ModelConfig, labels: int | None = None) -> nn.Module:
     """``task``'s model of ``config`` (``labels``: its classes/answers)."""
-    from itnet_scale.models.registry import TASKS, create_model
-
-    needed = TASKS[task][1]
+    needed = TASKS[task].label_argument
     counts = {needed: labels} if needed is not None else {}
     return create_model(config, task=task, **counts)
 
@@ -630,11 +623,9 @@ def from_pretrained(cls: type[M], directory: str | Path, *, classes: int | None 
     the heads start fresh (logged) — ``ITNetModel`` takes the backbone of any folder. ``classes`` / ``answers``:
     the label count of a classifier / VQA model (default: the folder's, when it is one). ``dtype``: the model's
     dtype (default fp32)."""
-    from itnet_scale.models.registry import TASKS, load_model_config
-
     folder = LibraryFolder(directory)
     task = task_of(cls)
-    needed = TASKS[task][1]
+    needed = TASKS[task].label_argument
     given = {"classes": classes, "answers": answers}
     for name, value in given.items():
         if value is not None and name != needed:
