@@ -19,8 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from itnet_scale.checkpoint.library import PretrainedMixin
 from itnet_scale.models.config import ModelConfig
-from itnet_scale.models.pretrained import PretrainedMixin
 from itnet_scale.models.registry import register_task
 from itnet_scale.nn.backbone import ITNetBackbone
 from itnet_scale.nn.encoders import POS_DIM, EncodedTokens, MultimodalEncoder, batch_modality

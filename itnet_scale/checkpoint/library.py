@@ -19,10 +19,14 @@ are tied again on load (the model ties them itself; loading the stored tensor fi
 - :func:`load_pretrained_weights` loads a folder into an existing model (the pretraining loop's ``init_from``): the
   backbone must match exactly, heads load when present and matching.
 - :func:`write_library` writes a folder from tensors fetched shard by shard (the checkpoint converter streams
-  through it), into a temporary sibling folder renamed into place at the end: a folder is complete or absent.
+  through it), into a temporary sibling folder renamed into place at the end
+  (:func:`~itnet_scale.checkpoint.atomic_writes.atomic_directory`): a folder is complete or absent.
 
 Every error names the file and the tensor: a missing shard, a truncated or corrupt file, an index that disagrees
 with its shards, a config whose model has other tensor names or shapes than the files.
+
+This module is the one part of :mod:`itnet_scale.checkpoint` below the model classes (they inherit
+:class:`PretrainedMixin`); it builds models through :mod:`itnet_scale.models.registry`, which imports no model module.
 """
 
 from __future__ import annotations
@@ -30,12 +34,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from itnet_scale.checkpoint.atomic_writes import atomic_directory
 from itnet_scale.config import load_yaml, merge_config
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import TASKS, create_model, load_model_config
@@ -271,49 +272,6 @@ def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int | str) -> list[
         shards[-1].append(spec)
         size += spec.nbytes
     return shards if shards[0] else []
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-@contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``target`` to write into; on success it replaces ``target`` (renamed into
-    place, its files and the folder synced first), on any error it is deleted. An existing ``target`` raises
-    ``FileExistsError`` before anything is written, unless ``overwrite``."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; choose another output folder or overwrite it (--overwrite)")
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield temporary
-        for path in temporary.iterdir():
-            _fsync(path)
-        old = None
-        if target.exists():  # overwrite: move the old folder aside, put the new one in place, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        try:
-            os.replace(temporary, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old / target.name, target)
-                old.rmdir()
-            raise
-        _fsync(target.parent)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def write_library(directory: str | Path, config: LibraryConfig, specs: Sequence[TensorSpec],

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic `latest`, retention, weights-only loading, per-rank state, and a save killed midway."""
+"""DeepSpeed checkpoints: atomic `latest`, retention, weights-only loading, per-rank state, and a save killed midway."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from itnet_scale.train.checkpoint import (
+from itnet_scale.checkpoint.deepspeed_checkpoint import (
     LATEST_FILE,
     checkpoint_tags,
     discard_uncommitted,
@@ -23,7 +23,7 @@ from itnet_scale.train.checkpoint import (
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
 from tests.distributed import run_deepspeed
 
-WORKER = Path(__file__).with_name("checkpoint_worker.py")
+WORKER = Path(__file__).with_name("deepspeed_checkpoint_worker.py")
 
 
 def make_tags(save_dir: Path, steps: list[int]) -> None:

@@ -12,6 +12,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from itnet_scale.checkpoint import library
+from itnet_scale.checkpoint.library import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    LibraryFolder,
+    load_pretrained_weights,
+    parse_size,
+    plan_shards,
+)
 from itnet_scale.models import (
     ITNetForClassification,
     ITNetForNLVR2,
@@ -20,16 +30,6 @@ from itnet_scale.models import (
     ITNetModel,
     ModelConfig,
     create_model,
-)
-from itnet_scale.models import pretrained as library
-from itnet_scale.models.pretrained import (
-    CONFIG_FILE,
-    INDEX_FILE,
-    WEIGHTS_FILE,
-    LibraryFolder,
-    load_pretrained_weights,
-    parse_size,
-    plan_shards,
 )
 
 SMALL = ModelConfig(dim=32, depth=2, heads=2, vocab_size=60, image_channels=1, patch_size=4, point_tokens=8,
@@ -136,7 +136,7 @@ def test_task_models_take_the_backbone_of_another_task(tmp_path, caplog):
     ITNetModel reads the backbone of any folder; a backbone folder starts every head fresh."""
     pretraining = create_model(SMALL)
     pretraining.save_pretrained(tmp_path / "p")
-    with caplog.at_level(logging.WARNING, logger="itnet_scale.models.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
         classifier = ITNetForClassification.from_pretrained(tmp_path / "p", classes=3, drop_path=0.1)
     assert "fresh heads: head (not in the folder)" in caplog.text and "pretraining folder" in caplog.text
     assert classifier.head.fc.out_features == 3 and classifier.itnet.config.drop_path == 0.1
@@ -169,7 +169,7 @@ def test_load_pretrained_weights_matches_the_backbone_exactly(tmp_path, caplog):
     torch.manual_seed(1)
     target = create_model(SMALL)
     heads = {n: t.clone() for n, t in target.state_dict().items() if not n.startswith("itnet.")}
-    with caplog.at_level(logging.WARNING, logger="itnet_scale.models.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
         report = load_pretrained_weights(target, tmp_path / "b")
     assert set(report.fresh_heads) == {"mlm", "itc", "mpm", "mpp"} and "fresh heads" in caplog.text
     assert_same_state(ITNetModel.from_pretrained(tmp_path / "b"), target.itnet)
