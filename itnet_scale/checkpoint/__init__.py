@@ -7,7 +7,7 @@ One job per module:
 - :mod:`~itnet_scale.checkpoint.library`: the library format — ``save_pretrained`` / ``from_pretrained``,
   ``config.yaml`` (:class:`~itnet_scale.checkpoint.library.LibraryConfig`), safetensors shards and their index,
   :class:`~itnet_scale.checkpoint.library.LibraryFolder`, loading into a model (``init_from``).
-- :mod:`~itnet_scale.checkpoint.atomic_writes`: files and folders that appear whole or not at all.
+- :mod:`~itnet_scale.checkpoint.atomic_writes`: files and folders that appear whole, with the user's umask.
 - :mod:`~itnet_scale.checkpoint.sources`: either kind of checkpoint opened as tensors to read one at a time.
 - :mod:`~itnet_scale.checkpoint.conversion`: DeepSpeed checkpoint → library folder.
 - :mod:`~itnet_scale.checkpoint.verification`: the converted model gives the source's outputs.

@@ -9,7 +9,8 @@ Why not ``engine.save_checkpoint(save_latest=True)`` alone: DeepSpeed lets rank 
 without waiting for the other ranks' ZeRO files, so a crash can leave ``latest`` naming a half-written tag (or
 a truncated ``latest``). Here every rank writes with ``save_latest=False``, DeepSpeed's closing barrier waits for
 all of them, and only then rank 0 replaces ``latest`` atomically (temp file + ``os.replace``) and prunes old tags.
-A run killed mid-save therefore resumes from the previous checkpoint.
+A run killed mid-save therefore resumes from the previous checkpoint. ``latest`` is written like every file of this
+package (:mod:`~itnet_scale.checkpoint.atomic_writes`): with the user's umask, as DeepSpeed writes its own files.
 
 Every load reads DeepSpeed's files with ``torch.load(weights_only=True)`` (allow-listing DeepSpeed's few plain
 record classes; :func:`weights_only_loads`), so a checkpoint cannot run code when resumed or converted. A DeepSpeed
@@ -76,7 +77,8 @@ def read_latest(save_dir: str | Path) -> str | None:
 
 
 def write_latest(save_dir: str | Path, tag: str) -> None:
-    """Point ``save_dir/latest`` at ``tag`` atomically: readers see the old tag or the new one, never a mix."""
+    """Point ``save_dir/latest`` at ``tag`` atomically: readers see the old tag or the new one, never a mix. The
+    file has the umask's permissions, as DeepSpeed's own files do."""
     write_text_atomically(Path(save_dir) / LATEST_FILE, tag)
 
 

@@ -20,7 +20,8 @@ are tied again on load (the model ties them itself; loading the stored tensor fi
   backbone must match exactly, heads load when present and matching.
 - :func:`write_library` writes a folder from tensors fetched shard by shard (the checkpoint converter streams
   through it), into a temporary sibling folder renamed into place at the end
-  (:func:`~itnet_scale.checkpoint.atomic_writes.atomic_directory`): a folder is complete or absent.
+  (:func:`~itnet_scale.checkpoint.atomic_writes.atomic_directory`): a folder is complete or absent, and its files
+  and itself have the umask's permissions (``0644`` / ``0755`` under ``022``).
 
 Every error names the file and the tensor: a missing shard, a truncated or corrupt file, an index that disagrees
 with its shards, a config whose model has other tensor names or shapes than the files.

@@ -31,6 +31,7 @@ from itnet_scale.models import (
     ModelConfig,
     create_model,
 )
+from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 
 SMALL = ModelConfig(dim=32, depth=2, heads=2, vocab_size=60, image_channels=1, patch_size=4, point_tokens=8,
                     point_group_size=4, point_hidden=16, contrastive_dim=16, layer={"kernel_width": 4},
@@ -116,6 +117,17 @@ def test_sharding_writes_a_hugging_face_index(tmp_path):
     big = library.TensorSpec("big", (100,), torch.float32)
     assert [len(s) for s in plan_shards([big, big, big], 800)] == [2, 1]
     assert [len(s) for s in plan_shards([big], 10)] == [1]  # alone in its shard
+
+
+@pytest.mark.parametrize("value", UMASKS)
+def test_saved_folders_honour_the_umask(tmp_path, value):
+    """The folder, its shards, the index and config.yaml get the umask's permissions (0755/0644 under 022), not
+    the 0700/0600 of temporary files, so that a team sharing a group can read them."""
+    with umask(value):
+        create_model(SMALL, task="backbone").save_pretrained(tmp_path / "m")
+        create_model(SMALL).save_pretrained(tmp_path / "m", max_shard_size="50KB", overwrite=True)
+    assert (tmp_path / "m" / INDEX_FILE).is_file()
+    assert_honours_umask(tmp_path / "m", value)
 
 
 def test_dtype_casts_floating_point_weights(tmp_path):

@@ -24,6 +24,7 @@ from itnet_scale.checkpoint.library import CONFIG_FILE, INDEX_FILE, LibraryFolde
 from itnet_scale.checkpoint.verification import model_outputs, verification_batches
 from itnet_scale.models import ITNetForPretraining, ITNetModel, create_model
 from itnet_scale_tools.convert_checkpoint import convert_main
+from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 from tests.distributed import REPO, run_deepspeed
 from tests.pretrain_fixtures import small_demo_data
 from tests.tools.handmade_checkpoints import SMALL, zero0_checkpoint, zero3_stub
@@ -93,6 +94,19 @@ def test_a_deepspeed_checkpoint_converts_verified_in_every_dtype(tmp_path):
                                "--verify")  # a library folder re-written (re-sharded or re-typed)
     assert status == 0 and "verified" in out, err
     assert_same_weights(model, ITNetForPretraining.from_pretrained(tmp_path / "resharded"))
+
+
+@pytest.mark.parametrize("value", UMASKS)
+def test_converted_folders_honour_the_umask(tmp_path, value):
+    """A converted library folder (sharded, verified in its temporary folder) gets the umask's permissions, like
+    DeepSpeed's own checkpoint files: 0755/0644 under umask 022, 0700/0600 under 077."""
+    zero0_checkpoint(tmp_path / "run", step=5)
+    with umask(value):
+        status, out, err = convert("library", tmp_path / "run", tmp_path / "lib", "--verify", "--max-shard-size",
+                                   "50KB")
+    assert status == 0 and "verified" in out, err
+    assert (tmp_path / "lib" / INDEX_FILE).is_file()
+    assert_honours_umask(tmp_path / "lib", value)
 
 
 def test_bad_deepspeed_input_is_refused_naming_the_file_and_tensor(tmp_path):
