@@ -37,7 +37,7 @@ def checkpoint_weights(tag_dir: Path) -> dict[str, torch.Tensor]:
     read weights-only."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from itnet_scale.train.checkpoint import load_weights_only, weights_only_loads
+    from itnet_scale.checkpoint.deepspeed_checkpoint import load_weights_only, weights_only_loads
 
     if list(tag_dir.glob("*optim_states.pt")):
         with weights_only_loads():

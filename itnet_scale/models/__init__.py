@@ -1,4 +1,8 @@
-"""ITNet models, their configs and the registry that builds them by config name."""
+"""ITNet models, their configs and the registry that builds them by config name and task.
+
+Importing this package imports :mod:`itnet_scale.models.itnet`, whose task models register themselves with the
+registry (:func:`~itnet_scale.models.registry.register_task`).
+"""
 
 from itnet_scale.models.config import LayerConfig, ModelConfig
 from itnet_scale.models.itnet import (

@@ -1,7 +1,7 @@
 """Model configs: one :class:`ModelConfig` describes the encoders, the backbone and the pretraining heads.
 
-Every size in ``configs/model/*.yaml`` is a ModelConfig (an omegaconf structured dataclass: unknown keys and
-wrong types are errors naming the key). Task models (classification, VQA, NLVR2) are built from the same config
+Every size in ``itnet_scale/models/configs/*.yaml`` is a ModelConfig (an omegaconf structured dataclass: unknown keys
+and wrong types are errors naming the key). Task models (classification, VQA, NLVR2) are built from the same config
 plus their label count, so one pretrained backbone loads into each. Each layer's integral transform is
 ``layer`` (the defaults, a :class:`LayerConfig`) merged with the ``layers`` overrides whose key names it —
 ``"3"`` (layer 3) or ``"0-5"`` (layers 0 to 5, inclusive) — applied in the order listed

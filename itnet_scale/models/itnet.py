@@ -18,8 +18,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from itnet_scale.checkpoint.library import PretrainedMixin
 from itnet_scale.models.config import ModelConfig
-from itnet_scale.models.pretrained import PretrainedMixin
+from itnet_scale.models.registry import register_task
 from itnet_scale.nn.backbone import ITNetBackbone
 from itnet_scale.nn.encoders import POS_DIM, EncodedTokens, MultimodalEncoder, batch_modality
 from itnet_scale.nn.heads import (
@@ -70,6 +71,7 @@ class ITNetOutput(NamedTuple):
         return mean_pool(self.hidden, self.padding_mask) if segment is None else mean_pool(*self.part(segment))
 
 
+@register_task("backbone")
 class ITNetModel(PretrainedMixin, nn.Module):
     """The modality encoders (``encoder``) and the shared backbone (``backbone``) of ``config``.
 
@@ -95,6 +97,7 @@ class ITNetModel(PretrainedMixin, nn.Module):
         return ITNetOutput(hidden, inputs, batch_modality(batch))
 
 
+@register_task("pretraining")
 class ITNetForPretraining(PretrainedMixin, nn.Module):
     """The backbone with the pretraining heads: ``mlm``, ``itc``, ``mpm`` (patches), ``mpp`` (points).
 
@@ -162,6 +165,7 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         return losses
 
 
+@register_task("classification", label_argument="classes")
 class ITNetForClassification(PretrainedMixin, nn.Module):
     """Pooled backbone → ``classes`` logits: ImageNet (images), GLUE (text; ``classes=1`` is STS-B's
     regression), ModelNet40 (points). Targets: ``labels`` ``[B]``."""
@@ -178,6 +182,7 @@ class ITNetForClassification(PretrainedMixin, nn.Module):
         return ClassificationHead.loss(self(batch), batch["labels"])
 
 
+@register_task("vqa", label_argument="answers")
 class ITNetForVQA(PretrainedMixin, nn.Module):
     """Image + question → answer logits ``[B, answers]``; soft-score BCE against ``answer_scores`` ``[B, answers]``."""
 
@@ -193,6 +198,7 @@ class ITNetForVQA(PretrainedMixin, nn.Module):
         return VQAHead.loss(self(batch), batch["answer_scores"])
 
 
+@register_task("nlvr2")
 class ITNetForNLVR2(ITNetForClassification):
     """Image pair (``images``, ``images2``) + statement → 2 logits (false, true); targets ``labels`` ``[B]``."""
 

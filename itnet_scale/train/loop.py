@@ -29,11 +29,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint
+from itnet_scale.checkpoint.library import load_pretrained_weights
 from itnet_scale.config import to_yaml
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.flops import TrainingFlops
 from itnet_scale.models.itnet import ITNetForPretraining
-from itnet_scale.train.checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
 from itnet_scale.train.engine import build_engine
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
@@ -122,8 +123,6 @@ class Pretrainer:
     # -- set-up ----------------------------------------------------------------------------------------------
 
     def _load_initial_weights(self, model: ITNetForPretraining, directory: str) -> None:
-        from itnet_scale.models.pretrained import load_pretrained_weights
-
         load_pretrained_weights(model, directory)
         logger.info("initial weights from %s", directory)
 

@@ -17,7 +17,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from itnet_scale.train.checkpoint import checkpoint_tags, convert_to_universal, read_client_state, step_tag
+from itnet_scale.checkpoint.deepspeed_checkpoint import (
+    checkpoint_tags,
+    convert_to_universal,
+    read_client_state,
+    step_tag,
+)
 from tests.distributed import REPO, free_port, run_deepspeed
 from tests.pretrain_fixtures import DEMO_CONFIG, checkpoint_weights, fast_overrides, small_demo_data
 

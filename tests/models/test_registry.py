@@ -1,19 +1,27 @@
-"""The registry: every config in configs/model builds (tiny for real, the others on the meta device) with a
-parameter count in its expected range; unknown names, keys, types and bad values are named."""
+"""The registry: every shipped model config (package data, shown as configs/model in a checkout) builds (tiny for
+real, the others on the meta device) with a parameter count in its expected range; the task models register
+themselves; unknown names, keys, types and bad values are named."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 
 from itnet_scale.models import (
     ITNetForClassification,
+    ITNetForNLVR2,
+    ITNetForPretraining,
+    ITNetForVQA,
+    ITNetModel,
     ModelConfig,
     create_model,
     list_models,
     load_model_config,
 )
-from itnet_scale.models.registry import CONFIG_DIR
+from itnet_scale.models.registry import MODEL_CONFIGS, TASKS, register_task
 
 EXPECTED_BACKBONE = {"tiny": (1e6, 4e6), "small": (10e6, 20e6), "base": (85e6, 110e6), "large": (280e6, 360e6)}
 EXPECTED_TOTAL = {"tiny": (2e6, 5e6), "small": (20e6, 40e6), "base": (100e6, 140e6), "large": (300e6, 420e6)}
@@ -23,9 +31,39 @@ def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_the_registered_names_are_the_config_files():
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_registered_names_are_the_config_files_of_the_package():
     assert list_models() == ["base", "large", "small", "tiny"]
-    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == list_models()
+    assert sorted(entry.name for entry in MODEL_CONFIGS.iterdir()) == [f"{name}.yaml" for name in list_models()]
+    package_folder = Path(str(MODEL_CONFIGS))
+    assert package_folder == REPO / "itnet_scale" / "models" / "configs"
+    # one copy of each config: the checkout's configs/model is a relative link to the package's folder
+    link = REPO / "configs" / "model"
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute()
+    assert link.resolve() == package_folder.resolve()
+    assert load_model_config(link / "tiny.yaml") == load_model_config("tiny")
+
+
+def test_the_task_models_register_themselves():
+    assert dict(TASKS) == {"backbone": (ITNetModel, None), "pretraining": (ITNetForPretraining, None),
+                           "classification": (ITNetForClassification, "classes"), "vqa": (ITNetForVQA, "answers"),
+                           "nlvr2": (ITNetForNLVR2, None)}
+    assert TASKS["vqa"].model_class is ITNetForVQA and TASKS["vqa"].label_argument == "answers"
+
+
+def test_registering_a_task_twice_or_with_an_unknown_label_argument_is_refused():
+    class Segmenter(nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match=r"task 'vqa' is already registered to ITNetForVQA; cannot register "
+                                         r"Segmenter"):
+        register_task("vqa")(Segmenter)
+    with pytest.raises(ValueError, match=r"task 'segmentation': label_argument must be one of \['classes', "
+                                         r"'answers'\] or None, got 'masks'"):
+        register_task("segmentation", label_argument="masks")
+    assert TASKS["vqa"].model_class is ITNetForVQA and "segmentation" not in TASKS
 
 
 @pytest.mark.parametrize("name", ["small", "base", "large"])

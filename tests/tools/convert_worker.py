@@ -24,9 +24,10 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from itnet_scale.checkpoints import convert_to_library, model_outputs, verification_batches
+from itnet_scale.checkpoint.conversion import convert_to_library
+from itnet_scale.checkpoint.library import read_library_config
+from itnet_scale.checkpoint.verification import model_outputs, verification_batches
 from itnet_scale.models import ITNetForPretraining, ITNetModel
-from itnet_scale.models.pretrained import read_library_config
 from itnet_scale.train import loop
 from itnet_scale.train.config import load_pretrain_config
 from itnet_scale.train.objectives import micro_step_losses

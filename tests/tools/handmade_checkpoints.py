@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from itnet_scale.checkpoint.deepspeed_checkpoint import step_tag, write_latest
 from itnet_scale.config import to_yaml
 from itnet_scale.models import ModelConfig, create_model
-from itnet_scale.train.checkpoint import step_tag, write_latest
 
 SMALL = ModelConfig(dim=32, depth=2, heads=2, vocab_size=60, image_channels=1, patch_size=4, point_tokens=8,
                     point_group_size=4, point_hidden=16, contrastive_dim=16, layer={"kernel_width": 4},

@@ -4,11 +4,11 @@
 
 For each ZeRO stage: builds ``create_model("base")`` (115.95 M parameters, 463.8 MB in fp32) under DeepSpeed on one
 CPU rank, takes one AdamW step (so the optimizer files hold both moments, as a real checkpoint does) and saves it
-with the loop's :func:`~itnet_scale.train.checkpoint.save_checkpoint`; then converts it in a fresh subprocess and
-reports that process's peak resident memory over the conversion alone: the peak is reset (``/proc/self/clear_refs``
-← 5) after the imports, so ``VmHWM`` afterwards is the conversion's peak, of which ``baseline`` (the interpreter,
-torch, DeepSpeed and the model code, resident before it starts) is not the conversion's own. Prints one JSON line
-per stage.
+with the loop's :func:`~itnet_scale.checkpoint.deepspeed_checkpoint.save_checkpoint`; then converts it in a fresh
+subprocess and reports that process's peak resident memory over the conversion alone: the peak is reset
+(``/proc/self/clear_refs`` ← 5) after the imports, so ``VmHWM`` afterwards is the conversion's peak, of which
+``baseline`` (the interpreter, torch, DeepSpeed and the model code, resident before it starts) is not the
+conversion's own. Prints one JSON line per stage. It imports the installed ``itnet_scale`` (``make venv``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-DEFAULT_MAX_SHARD_SIZE = "5GB"  # the converter's default (itnet_scale.models.pretrained.DEFAULT_MAX_SHARD_SIZE)
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # the converter's default (itnet_scale.checkpoint.library.DEFAULT_MAX_SHARD_SIZE)
 
 
 def _status(field: str) -> int:
@@ -40,9 +37,9 @@ def build(stage: int, directory: Path) -> None:
     import torch
 
     from benchmarks.train import init_single_process
+    from itnet_scale.checkpoint.deepspeed_checkpoint import save_checkpoint
     from itnet_scale.config import to_yaml
     from itnet_scale.models import create_model
-    from itnet_scale.train.checkpoint import save_checkpoint
     from itnet_scale.train.deepspeed_config import DeepSpeedSettings
     from itnet_scale.train.engine import build_engine
     from itnet_scale.train.optimizer import OptimizerSettings
@@ -71,15 +68,16 @@ def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str) -> 
     import deepspeed.utils.zero_to_fp32  # noqa: F401  (imported before the peak is reset, as the tool imports it)
     import torch  # noqa: F401
 
-    from itnet_scale.checkpoints import _meta_model, convert_to_library
+    from itnet_scale.checkpoint.conversion import convert_to_library
+    from itnet_scale.checkpoint.deepspeed_checkpoint import deepspeed_record_types
+    from itnet_scale.checkpoint.sources import meta_model
     from itnet_scale.models import load_model_config
-    from itnet_scale.train.checkpoint import deepspeed_record_types
 
     # The libraries a conversion loads whatever the model's size (building any ITNet model, even on the meta device,
     # loads the kernels' modules: ~150 MB resident) are loaded before the peak is reset: they are not the
     # conversion's memory. They stay in the absolute peak_rss.
     deepspeed_record_types()
-    _meta_model("pretraining", load_model_config("tiny"), None)
+    meta_model("pretraining", load_model_config("tiny"), None)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     baseline = _status("VmRSS")
     began = time.perf_counter()
@@ -93,7 +91,7 @@ def measure(checkpoint: Path, output: Path, dtype: str, max_shard_size: str) -> 
 
 
 def run(directory: Path, stages: list[int], dtype: str, max_shard_size: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
     fp32_bytes = 115_952_753 * 4
     for stage in stages:
         run_dir = directory / f"zero{stage}"

@@ -17,12 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from itnet_scale import checkpoints
-from itnet_scale.checkpoints import convert_main, inspect_checkpoint, model_outputs, verification_batches
+from itnet_scale.checkpoint import library
+from itnet_scale.checkpoint.deepspeed_checkpoint import convert_to_universal, read_client_state, step_tag
+from itnet_scale.checkpoint.inspection import inspect_checkpoint
+from itnet_scale.checkpoint.library import CONFIG_FILE, INDEX_FILE, LibraryFolder, read_library_config
+from itnet_scale.checkpoint.verification import model_outputs, verification_batches
 from itnet_scale.models import ITNetForPretraining, ITNetModel, create_model
-from itnet_scale.models import pretrained as library
-from itnet_scale.models.pretrained import CONFIG_FILE, INDEX_FILE, LibraryFolder, read_library_config
-from itnet_scale.train.checkpoint import convert_to_universal, read_client_state, step_tag
+from itnet_scale_tools.convert_checkpoint import convert_main
+from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 from tests.distributed import REPO, run_deepspeed
 from tests.pretrain_fixtures import small_demo_data
 from tests.tools.handmade_checkpoints import SMALL, zero0_checkpoint, zero3_stub
@@ -92,6 +94,19 @@ def test_a_deepspeed_checkpoint_converts_verified_in_every_dtype(tmp_path):
                                "--verify")  # a library folder re-written (re-sharded or re-typed)
     assert status == 0 and "verified" in out, err
     assert_same_weights(model, ITNetForPretraining.from_pretrained(tmp_path / "resharded"))
+
+
+@pytest.mark.parametrize("value", UMASKS)
+def test_converted_folders_honour_the_umask(tmp_path, value):
+    """A converted library folder (sharded, verified in its temporary folder) gets the umask's permissions, like
+    DeepSpeed's own checkpoint files: 0755/0644 under umask 022, 0700/0600 under 077."""
+    zero0_checkpoint(tmp_path / "run", step=5)
+    with umask(value):
+        status, out, err = convert("library", tmp_path / "run", tmp_path / "lib", "--verify", "--max-shard-size",
+                                   "50KB")
+    assert status == 0 and "verified" in out, err
+    assert (tmp_path / "lib" / INDEX_FILE).is_file()
+    assert_honours_umask(tmp_path / "lib", value)
 
 
 def test_bad_deepspeed_input_is_refused_naming_the_file_and_tensor(tmp_path):
@@ -173,37 +188,6 @@ def test_a_failed_verification_exits_1_printing_the_difference_and_writes_nothin
     assert status == 1 and "verification FAILED" in err, (out, err)
     status, out, err = convert("verify", tmp_path / "run", tmp_path / "lib")
     assert status == 0 and "verified: max abs diff 0" in out
-
-
-def test_verification_batches_cover_every_modality():
-    batches = verification_batches(SMALL)
-    assert set(batches) == {"text", "image", "image_text", "image_pair_text", "points"}
-    again = verification_batches(SMALL)
-    for kind, batch in batches.items():
-        for key, value in batch.items():
-            assert torch.equal(value, again[kind][key]), (kind, key)
-    assert bool((batches["text"]["text_ids"][1, 8:] == SMALL.pad_id).all())
-    outputs = model_outputs(create_model(SMALL), batches)
-    assert {"text/mlm_logits", "image/mpm", "points/mpp", "image_text/itc_image", "image_pair_text/hidden"} <= set(
-        outputs)
-    assert outputs["text/mlm_logits"].shape == (2, 12, SMALL.vocab_size)
-
-
-def test_the_module_keeps_deepspeed_loads_weights_only(tmp_path):
-    """Inside the tools' load context every torch.load is weights-only (a pickled object is refused, naming the
-    file) and memory-mapped; outside it torch.load is torch's own again."""
-    original = torch.load
-    torch.save({"ok": torch.ones(2), "bad": _Unsafe()}, tmp_path / "evil.pt")
-    with checkpoints.mmap_weights_only_loads():
-        with pytest.raises(ValueError, match=r"evil\.pt: holds objects a weights-only load refuses"):
-            torch.load(tmp_path / "evil.pt")
-        torch.save({"ok": torch.ones(2)}, tmp_path / "fine.pt")
-        assert torch.equal(torch.load(tmp_path / "fine.pt")["ok"], torch.ones(2))
-    assert torch.load is original
-
-
-class _Unsafe:
-    """Any class a weights-only load does not allow."""
 
 
 # -- slow: real DeepSpeed checkpoints of every ZeRO stage at 2 ranks ------------------------------------------------

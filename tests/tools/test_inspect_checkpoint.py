@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from itnet_scale.checkpoints import convert_to_library, inspect_main
+from itnet_scale.checkpoint.conversion import convert_to_library
+from itnet_scale.checkpoint.deepspeed_checkpoint import step_tag
 from itnet_scale.models import create_model
-from itnet_scale.train.checkpoint import step_tag
+from itnet_scale_tools.inspect_checkpoint import inspect_main
 from tests.distributed import REPO
 from tests.tools.handmade_checkpoints import DATA, SMALL, zero0_checkpoint, zero3_stub
 

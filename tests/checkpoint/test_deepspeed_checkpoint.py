@@ -1,4 +1,4 @@
-"""Checkpoints: atomic `latest`, retention, weights-only loading, per-rank state, and a save killed midway."""
+"""DeepSpeed checkpoints: atomic `latest`, retention, weights-only loading, per-rank state, and a save killed midway."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from itnet_scale.train.checkpoint import (
+from itnet_scale.checkpoint.deepspeed_checkpoint import (
     LATEST_FILE,
     checkpoint_tags,
     discard_uncommitted,
@@ -21,9 +21,10 @@ from itnet_scale.train.checkpoint import (
     write_latest,
 )
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
+from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 from tests.distributed import run_deepspeed
 
-WORKER = Path(__file__).with_name("checkpoint_worker.py")
+WORKER = Path(__file__).with_name("deepspeed_checkpoint_worker.py")
 
 
 def make_tags(save_dir: Path, steps: list[int]) -> None:
@@ -42,6 +43,14 @@ def test_tags_sort_by_step_and_latest_is_replaced_whole(tmp_path):
     write_latest(tmp_path, step_tag(100))
     assert (tmp_path / LATEST_FILE).read_text() == step_tag(100)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [LATEST_FILE]  # no temp file left
+
+
+@pytest.mark.parametrize("value", UMASKS)
+def test_latest_honours_the_umask(tmp_path, value):
+    make_tags(tmp_path, [1])
+    with umask(value):
+        write_latest(tmp_path, step_tag(1))
+    assert_honours_umask(tmp_path / LATEST_FILE, value)
 
 
 def test_latest_naming_a_missing_tag_is_an_error(tmp_path):

@@ -1,4 +1,4 @@
-"""Worker for tests/train/test_checkpoint.py, run on 2 ranks by DeepSpeed's launcher.
+"""Worker for tests/checkpoint/test_deepspeed_checkpoint.py, run on 2 ranks by DeepSpeed's launcher.
 
 ``train``: 3 steps, save, 2 steps, save with keep_last=1, then record the weights and the next random draws.
 ``crash``: resume, take a step, and die on rank 1 in the middle of writing the next checkpoint.
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.parallel import init_distributed
-from itnet_scale.train.checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
 from tests.train.toy_engine import build, loss_of, shut_down, weights
 

@@ -12,6 +12,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from itnet_scale.checkpoint import library
+from itnet_scale.checkpoint.library import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    LibraryFolder,
+    load_pretrained_weights,
+    parse_size,
+    plan_shards,
+)
 from itnet_scale.models import (
     ITNetForClassification,
     ITNetForNLVR2,
@@ -21,16 +31,7 @@ from itnet_scale.models import (
     ModelConfig,
     create_model,
 )
-from itnet_scale.models import pretrained as library
-from itnet_scale.models.pretrained import (
-    CONFIG_FILE,
-    INDEX_FILE,
-    WEIGHTS_FILE,
-    LibraryFolder,
-    load_pretrained_weights,
-    parse_size,
-    plan_shards,
-)
+from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 
 SMALL = ModelConfig(dim=32, depth=2, heads=2, vocab_size=60, image_channels=1, patch_size=4, point_tokens=8,
                     point_group_size=4, point_hidden=16, contrastive_dim=16, layer={"kernel_width": 4},
@@ -118,6 +119,17 @@ def test_sharding_writes_a_hugging_face_index(tmp_path):
     assert [len(s) for s in plan_shards([big], 10)] == [1]  # alone in its shard
 
 
+@pytest.mark.parametrize("value", UMASKS)
+def test_saved_folders_honour_the_umask(tmp_path, value):
+    """The folder, its shards, the index and config.yaml get the umask's permissions (0755/0644 under 022), not
+    the 0700/0600 of temporary files, so that a team sharing a group can read them."""
+    with umask(value):
+        create_model(SMALL, task="backbone").save_pretrained(tmp_path / "m")
+        create_model(SMALL).save_pretrained(tmp_path / "m", max_shard_size="50KB", overwrite=True)
+    assert (tmp_path / "m" / INDEX_FILE).is_file()
+    assert_honours_umask(tmp_path / "m", value)
+
+
 def test_dtype_casts_floating_point_weights(tmp_path):
     model = create_model(SMALL, task="backbone")
     model.save_pretrained(tmp_path / "m", dtype="bf16")
@@ -136,7 +148,7 @@ def test_task_models_take_the_backbone_of_another_task(tmp_path, caplog):
     ITNetModel reads the backbone of any folder; a backbone folder starts every head fresh."""
     pretraining = create_model(SMALL)
     pretraining.save_pretrained(tmp_path / "p")
-    with caplog.at_level(logging.WARNING, logger="itnet_scale.models.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
         classifier = ITNetForClassification.from_pretrained(tmp_path / "p", classes=3, drop_path=0.1)
     assert "fresh heads: head (not in the folder)" in caplog.text and "pretraining folder" in caplog.text
     assert classifier.head.fc.out_features == 3 and classifier.itnet.config.drop_path == 0.1
@@ -169,7 +181,7 @@ def test_load_pretrained_weights_matches_the_backbone_exactly(tmp_path, caplog):
     torch.manual_seed(1)
     target = create_model(SMALL)
     heads = {n: t.clone() for n, t in target.state_dict().items() if not n.startswith("itnet.")}
-    with caplog.at_level(logging.WARNING, logger="itnet_scale.models.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
         report = load_pretrained_weights(target, tmp_path / "b")
     assert set(report.fresh_heads) == {"mlm", "itc", "mpm", "mpp"} and "fresh heads" in caplog.text
     assert_same_state(ITNetModel.from_pretrained(tmp_path / "b"), target.itnet)

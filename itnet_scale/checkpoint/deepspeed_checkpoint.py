@@ -9,7 +9,8 @@ Why not ``engine.save_checkpoint(save_latest=True)`` alone: DeepSpeed lets rank 
 without waiting for the other ranks' ZeRO files, so a crash can leave ``latest`` naming a half-written tag (or
 a truncated ``latest``). Here every rank writes with ``save_latest=False``, DeepSpeed's closing barrier waits for
 all of them, and only then rank 0 replaces ``latest`` atomically (temp file + ``os.replace``) and prunes old tags.
-A run killed mid-save therefore resumes from the previous checkpoint.
+A run killed mid-save therefore resumes from the previous checkpoint. ``latest`` is written like every file of this
+package (:mod:`~itnet_scale.checkpoint.atomic_writes`): with the user's umask, as DeepSpeed writes its own files.
 
 Every load reads DeepSpeed's files with ``torch.load(weights_only=True)`` (allow-listing DeepSpeed's few plain
 record classes; :func:`weights_only_loads`), so a checkpoint cannot run code when resumed or converted. A DeepSpeed
@@ -25,13 +26,16 @@ import os
 import pickle
 import re
 import shutil
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from itnet_scale.checkpoint.atomic_writes import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +77,9 @@ def read_latest(save_dir: str | Path) -> str | None:
 
 
 def write_latest(save_dir: str | Path, tag: str) -> None:
-    """Point ``save_dir/latest`` at ``tag`` atomically: readers see the old tag or the new one, never a mix."""
-    save_dir = Path(save_dir)
-    temporary = save_dir / f".{LATEST_FILE}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(tag)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, save_dir / LATEST_FILE)
-    directory = os.open(save_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    """Point ``save_dir/latest`` at ``tag`` atomically: readers see the old tag or the new one, never a mix. The
+    file has the umask's permissions, as DeepSpeed's own files do."""
+    write_text_atomically(Path(save_dir) / LATEST_FILE, tag)
 
 
 def prune_checkpoints(save_dir: str | Path, keep_last: int, protect: str) -> list[str]:
@@ -265,3 +259,11 @@ def load_checkpoint(engine: Any, save_dir: str | Path, tag: str | None = None, *
     rank_file = Path(save_dir) / tag / RANK_STATE_FILE.format(rank=_rank())
     rank_state = load_weights_only(rank_file) if rank_file.is_file() else None
     return tag, client_state, rank_state
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Import DeepSpeed with stdout sent to stderr: its logger binds to the stream it sees at import (its
+    accelerator notice included), so that a command's stdout holds only its own output (``--json`` stays JSON).
+    Call it before anything imports DeepSpeed; later calls change nothing."""
+    with redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401

@@ -19,10 +19,15 @@ are tied again on load (the model ties them itself; loading the stored tensor fi
 - :func:`load_pretrained_weights` loads a folder into an existing model (the pretraining loop's ``init_from``): the
   backbone must match exactly, heads load when present and matching.
 - :func:`write_library` writes a folder from tensors fetched shard by shard (the checkpoint converter streams
-  through it), into a temporary sibling folder renamed into place at the end: a folder is complete or absent.
+  through it), into a temporary sibling folder renamed into place at the end
+  (:func:`~itnet_scale.checkpoint.atomic_writes.atomic_directory`): a folder is complete or absent, and its files
+  and itself have the umask's permissions (``0644`` / ``0755`` under ``022``).
 
 Every error names the file and the tensor: a missing shard, a truncated or corrupt file, an index that disagrees
 with its shards, a config whose model has other tensor names or shapes than the files.
+
+This module is the one part of :mod:`itnet_scale.checkpoint` below the model classes (they inherit
+:class:`PretrainedMixin`); it builds models through :mod:`itnet_scale.models.registry`, which imports no model module.
 """
 
 from __future__ import annotations
@@ -30,12 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -46,8 +47,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from itnet_scale.checkpoint.atomic_writes import atomic_directory
 from itnet_scale.config import load_yaml, merge_config
 from itnet_scale.models.config import ModelConfig
+from itnet_scale.models.registry import TASKS, create_model, load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,6 @@ class LibraryConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
-        from itnet_scale.models.registry import TASKS
-
         if self.format_version != FORMAT_VERSION:
             raise ValueError(f"format_version={self.format_version}: this library reads version {FORMAT_VERSION}")
         if self.task not in TASKS:
@@ -175,8 +176,6 @@ def is_library_folder(path: str | Path) -> bool:
 
 def task_of(model_or_class: nn.Module | type[nn.Module]) -> str:
     """The :data:`~itnet_scale.models.registry.TASKS` name of a model (or model class)."""
-    from itnet_scale.models.registry import TASKS
-
     cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
     for task, (model_class, _) in TASKS.items():
         if cls is model_class:
@@ -186,9 +185,7 @@ def task_of(model_or_class: nn.Module | type[nn.Module]) -> str:
 
 def label_count(model: nn.Module) -> int | None:
     """The label count of a task model (its head's outputs), ``None`` for models without one."""
-    from itnet_scale.models.registry import TASKS
-
-    if TASKS[task_of(model)][1] is None:
+    if TASKS[task_of(model)].label_argument is None:
         return None
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     return last.out_features
@@ -202,9 +199,7 @@ def model_config_of(model: nn.Module) -> ModelConfig:
 
 def build_model(task: str, config: ModelConfig, labels: int | None = None) -> nn.Module:
     """``task``'s model of ``config`` (``labels``: its classes/answers)."""
-    from itnet_scale.models.registry import TASKS, create_model
-
-    needed = TASKS[task][1]
+    needed = TASKS[task].label_argument
     counts = {needed: labels} if needed is not None else {}
     return create_model(config, task=task, **counts)
 
@@ -278,49 +273,6 @@ def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int | str) -> list[
         shards[-1].append(spec)
         size += spec.nbytes
     return shards if shards[0] else []
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-@contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``target`` to write into; on success it replaces ``target`` (renamed into
-    place, its files and the folder synced first), on any error it is deleted. An existing ``target`` raises
-    ``FileExistsError`` before anything is written, unless ``overwrite``."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; choose another output folder or overwrite it (--overwrite)")
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield temporary
-        for path in temporary.iterdir():
-            _fsync(path)
-        old = None
-        if target.exists():  # overwrite: move the old folder aside, put the new one in place, then delete the old
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        try:
-            os.replace(temporary, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old / target.name, target)
-                old.rmdir()
-            raise
-        _fsync(target.parent)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def write_library(directory: str | Path, config: LibraryConfig, specs: Sequence[TensorSpec],
@@ -630,11 +582,9 @@ def from_pretrained(cls: type[M], directory: str | Path, *, classes: int | None 
     the heads start fresh (logged) — ``ITNetModel`` takes the backbone of any folder. ``classes`` / ``answers``:
     the label count of a classifier / VQA model (default: the folder's, when it is one). ``dtype``: the model's
     dtype (default fp32)."""
-    from itnet_scale.models.registry import TASKS, load_model_config
-
     folder = LibraryFolder(directory)
     task = task_of(cls)
-    needed = TASKS[task][1]
+    needed = TASKS[task].label_argument
     given = {"classes": classes, "answers": answers}
     for name, value in given.items():
         if value is not None and name != needed:

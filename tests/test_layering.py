@@ -1,0 +1,134 @@
+"""The import graph: the package's module-level imports form a DAG; the checkpoint and model packages (and the
+checkpoint commands) import the project's modules at module level only; whichever of their modules a fresh
+interpreter imports first loads, with every task registered."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "itnet_scale"
+#: Where no function may import a project module (the checkpoint package, the models, their commands).
+MODULE_LEVEL_ONLY = [PACKAGE / "checkpoint", PACKAGE / "models", REPO / "tools" / "convert_checkpoint.py",
+                     REPO / "tools" / "inspect_checkpoint.py"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The project modules an import statement loads: ``from a.b import c`` is ``a.b.c`` when that is a module,
+    else ``a.b``."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+    return sorted({name for name in names if name == "itnet_scale" or name.startswith("itnet_scale.")})
+
+
+def module_level_imports(tree: ast.Module) -> list[str]:
+    """Project modules imported when the module runs: module level and class bodies, not function bodies nor
+    ``if TYPE_CHECKING:`` blocks."""
+    found: list[str] = []
+    pending: list[ast.AST] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found += imported_modules(node)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        elif isinstance(node, ast.If) and is_type_checking(node):
+            pending += node.orelse
+        else:
+            pending += list(ast.iter_child_nodes(node))
+    return sorted(set(found))
+
+
+def function_level_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """``(line, module)`` of every project module imported inside a function."""
+    found = []
+    for function in ast.walk(tree):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    found += [(node.lineno, name) for name in imported_modules(node)]
+    return sorted(set(found))
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a path ``[a, b, …, a]``, or ``None`` when it is a DAG."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in graph.get(node, []):
+            if state.get(target) == "open":
+                return [*stack[stack.index(target):], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": []}) is None
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+
+
+def test_module_level_imports_form_a_dag():
+    graph = {name: module_level_imports(ast.parse(path.read_text(encoding="utf-8"))) for name, path in MODULES.items()}
+    assert graph["itnet_scale.models.itnet"] and "itnet_scale.checkpoint.library" in graph["itnet_scale.models.itnet"]
+    assert not [name for name in graph["itnet_scale.models.registry"] if name.startswith("itnet_scale.models.itnet")]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_checkpoint_and_model_code_imports_project_modules_at_module_level_only():
+    files = [file for place in MODULE_LEVEL_ONLY for file in ([place] if place.is_file() else place.rglob("*.py"))]
+    assert len(files) >= 12
+    late = {str(file.relative_to(REPO)): found for file in files
+            if (found := function_level_imports(ast.parse(file.read_text(encoding="utf-8"))))}
+    assert not late, f"imports inside functions: {late}"
+
+
+FIRST_IMPORTS = sorted(name for name in MODULES if name.startswith(("itnet_scale.checkpoint", "itnet_scale.models")))
+
+
+@pytest.mark.slow
+def test_any_checkpoint_or_model_module_imports_first_in_a_fresh_interpreter():
+    """Each module alone in a fresh interpreter (all at once, one process each): it loads, and every task model
+    has registered itself."""
+    assert "itnet_scale.checkpoint.library" in FIRST_IMPORTS and "itnet_scale.models.registry" in FIRST_IMPORTS
+    check = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+             "from itnet_scale.models.registry import TASKS; print(sorted(TASKS))")
+    processes = {name: subprocess.Popen([sys.executable, "-c", check, name], cwd=REPO, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True) for name in FIRST_IMPORTS}
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, f"import {name} first: {output[-3000:]}"
+        assert output.strip().splitlines()[-1] == "['backbone', 'classification', 'nlvr2', 'pretraining', 'vqa']"
