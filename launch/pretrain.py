@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # Imported once the config is good: a bad key is reported in a second, before DeepSpeed and the model load.
     from itnet_scale.train.loop import run_pretraining
 
     run_pretraining(config, args.deepspeed_config)

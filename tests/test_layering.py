@@ -132,3 +132,41 @@ def test_any_checkpoint_or_model_module_imports_first_in_a_fresh_interpreter():
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, f"import {name} first: {output[-3000:]}"
         assert output.strip().splitlines()[-1] == "['backbone', 'classification', 'nlvr2', 'pretraining', 'vqa']"
+
+
+#: Each part's layer (DESIGN §5: ops ← nn ← models/data ← train ← launch/tools): a module imports its own layer and
+#: those below it, never one above — at module level or inside a function. The longest matching prefix decides.
+#: The library format is the one part of the checkpoint package below the model classes (they inherit from it).
+LAYERS = {
+    "itnet_scale": 0, "itnet_scale.config": 0, "itnet_scale.checkpoint.atomic_writes": 0,
+    "itnet_scale.ops": 1,
+    "itnet_scale.nn": 2,
+    "itnet_scale.models": 3, "itnet_scale.data": 3, "itnet_scale.parallel": 3, "itnet_scale.checkpoint.library": 3,
+    "itnet_scale.checkpoint": 4,
+    "itnet_scale.train": 5,
+}
+
+
+def layer_of(module: str) -> int:
+    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[prefix]
+
+
+def test_imports_point_down_the_layers():
+    assert layer_of("itnet_scale.ops.lowrank.chunk") == 1 and layer_of("itnet_scale.checkpoint.library") == 3
+    upward = []
+    for name, path in MODULES.items():
+        if name == "itnet_scale.checkpoint":  # the package's __init__ only fixes the load order (see its doc)
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = module_level_imports(tree) + [target for _, target in function_level_imports(tree)]
+        upward += [f"{name} → {target}" for target in targets if layer_of(target) > layer_of(name)]
+    assert not upward, "imports against the layering: " + "; ".join(sorted(upward))
+
+
+def test_no_project_module_is_imported_inside_a_library_function():
+    """A late import hides a cycle or a layering break; the library has none (the launcher's lazy import of the
+    training loop, which keeps config errors fast, is outside the package)."""
+    late = {name: found for name, path in MODULES.items()
+            if (found := function_level_imports(ast.parse(path.read_text(encoding="utf-8"))))}
+    assert not late, f"imports inside functions: {late}"

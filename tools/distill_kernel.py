@@ -1,8 +1,9 @@
 """Fit a layer's low-rank feature maps to its exact kernel and report the error against the rank R.
 
 The layer comes from a checkpoint (``--checkpoint layer.safetensors``, an ``IntegralTransform``
-state_dict, with ``--layer-config`` its constructor arguments: a JSON file or an inline JSON
-object) or is built at random from the options. For each ``R`` in ``--ranks`` a copy of the layer
+state_dict, with ``--layer-config`` its config: ``dim``, ``heads`` (``pos_dim``, default 1) and a model
+config's layer keys, ``kernel_width``, ``support``, ``rank`` …, as a JSON file or an inline JSON object)
+or is built at random from the options. For each ``R`` in ``--ranks`` a copy of the layer
 gets fresh feature maps of that rank, which are fitted while every exact-kernel parameter stays
 frozen; ``--own-features`` fits the layer's own feature maps instead (those of its config's
 ``rank``, loaded from the checkpoint when it holds them).
@@ -14,7 +15,7 @@ squared error in linear mode), frozen exact parameters, skipped non-finite steps
 Reported per ``R``: the held-out relative output error ``‖y_lowrank − y_exact‖ / ‖y_exact‖``
 before and after fitting (the same held-out batches for every rank), as a table and with
 ``--json``. ``--save-dir`` writes each fitted layer as ``layer_R{R}.safetensors`` with its
-constructor arguments in ``layer_R{R}.json`` (so ``--checkpoint … --layer-config … --own-features``
+config in ``layer_R{R}.json`` (so ``--checkpoint … --layer-config … --own-features``
 reads it back). As a library: :func:`distill` (a sweep over ranks, or the layer's own features).
 
 Usage::
@@ -33,7 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
+from itnet_scale.config import merge_config
+from itnet_scale.models import LayerConfig
 from itnet_scale.nn import IntegralTransform
 from itnet_scale.nn.distill import distill
 
@@ -45,8 +50,18 @@ QUICK = {"ranks": [2, 32], "steps": 60, "seq": 48, "dim": 16, "kernel_width": 8}
 # --------------------------------------------------------------------------------------
 
 
+SIZES = ("dim", "heads", "pos_dim")
+
+
+def build_layer(config: dict[str, Any]) -> IntegralTransform:
+    """The layer a flat config describes: ``dim``, ``heads``, ``pos_dim`` (default 1) and the rest a model config's
+    layer keys (:class:`~itnet_scale.models.LayerConfig`, checked by name and type)."""
+    layer = merge_config(LayerConfig, [{k: v for k, v in config.items() if k not in SIZES}], what="layer config")
+    return layer.transform().build(config["dim"], config["heads"], config.get("pos_dim", 1))
+
+
 def parse_layer_config(value: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments of an ``IntegralTransform``: a dict, an inline JSON object or a JSON file.
+    """A layer's flat config (see :func:`build_layer`): a dict, an inline JSON object or a JSON file.
 
     Raises ``ValueError`` naming the file (or the text) when it is not a JSON object with ``dim`` and ``heads``.
     """
@@ -73,13 +88,10 @@ def load_layer(checkpoint: str | Path, config: str | Path | dict[str, Any]) -> I
     holds them; a checkpoint without them leaves fresh ones, one without ``rank`` in the config
     ignores them. Raises ``ValueError`` naming the file or the tensor.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     kwargs = parse_layer_config(config)
     try:
-        layer = IntegralTransform(**kwargs)
-    except (TypeError, ValueError) as err:
+        layer = build_layer(kwargs)
+    except ValueError as err:
         raise ValueError(f"layer config {kwargs}: {err}") from err
     path = Path(checkpoint)
     if not path.is_file():
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--own-features", action="store_true",
                     help="fit the layer's own feature maps (its config's rank) instead of a sweep over --ranks")
     ap.add_argument("--checkpoint", type=Path, help="a layer's weights (.safetensors)")
-    ap.add_argument("--layer-config", help="its constructor arguments: a JSON file or an inline JSON object")
+    ap.add_argument("--layer-config", help="its config (dim, heads, layer keys): a JSON file or an inline JSON object")
     ap.add_argument("--dim", type=int, default=None, help="random layer: channels (default 32)")
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--mode", choices=("softmax", "linear"), default="softmax")
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=None, help="Adam steps per rank (default 300)")
     ap.add_argument("--lr", type=float, default=None, help="Adam's step (default 3e-3 softmax, 1e-3 linear)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-backend", choices=("reference", "auto", "tiled"), default="reference",
+    ap.add_argument("--eval-backend", choices=("reference", "auto", "torch"), default="reference",
                     help="backend of the held-out evaluation (default reference: every pair materialized)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--quick", action="store_true",
@@ -191,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "decay": args.decay and args.support == "causal", "kernel_width": args.kernel_width}
             if args.own_features:
                 config.update(rank=args.ranks[0], feature_map=args.feature_map or "learned")
-            base = IntegralTransform(**config)
+            base = build_layer(config)
             source = "random layer"
         if args.own_features and base.features is None:
             raise ValueError("--own-features: the layer has no feature maps (give 'rank' in --layer-config)")

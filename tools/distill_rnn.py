@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.ops import BACKENDS, Exact
 
 
 class ITNetStudent(nn.Module):
@@ -53,8 +54,8 @@ class ITNetStudent(nn.Module):
         self.norms2 = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
         self.mixers = nn.ModuleList()
         for _ in range(layers):
-            it = IntegralTransform(width, heads, kernel_width=kernel_width, kernel_activation="sigmoid",
-                                   mode="linear", support="causal", decay=True, backend=backend)
+            kernel = KernelConfig(width=kernel_width, activation="sigmoid", mode="linear", support="causal", decay=True)
+            it = IntegralTransform(width, heads, kernel, Exact(backend))
             with torch.no_grad():  # per-head time scales from ~1/(0.7·e^-4) ≈ 80 steps to ~1.5 steps
                 it.decay_log_rate.copy_(torch.linspace(-4.0, 0.0, heads))
             self.mixers.append(it)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | str]:
     ap.add_argument("--kernel-width", type=int, default=0, help="kernel-MLP width r (default 0: off)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--backend", choices=("reference", "tiled", "auto"), default="reference")
+    ap.add_argument("--backend", choices=BACKENDS, default="reference")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

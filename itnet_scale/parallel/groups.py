@@ -73,6 +73,11 @@ class SequenceParallel:
     def __deepcopy__(self, memo: dict) -> SequenceParallel:
         return self  # a handle on process groups, which cannot be copied
 
+    def deepspeed_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The DeepSpeed ``config`` adjusted for this layout (:func:`sequence_parallel_deepspeed_config`): what
+        :func:`itnet_scale.train.engine.build_engine` calls, so the engine needs no import of this package."""
+        return sequence_parallel_deepspeed_config(config, self)
+
     @classmethod
     def setup(cls, size: int) -> SequenceParallel:
         """Create (once per process) the groups of ``sequence_parallel_size=size`` ranks. Call it on every rank

@@ -31,9 +31,9 @@ def build_engine(model: nn.Module, deepspeed: DeepSpeedSettings, optimizer: Opti
     ``deepspeed_config_file`` and then ``zero_overrides`` (``zero_optimization`` keys) on top, checked by DeepSpeed's
     parser; ``sequence_parallel`` (:class:`~itnet_scale.parallel.SequenceParallel`) adds its mpu and settings.
     """
+    # Imported when an engine is built, not with this module: DeepSpeed's import costs seconds and announces its
+    # accelerator on stdout, and the config checks and the benchmarks' reports import this module without needing it.
     import deepspeed as ds
-
-    from itnet_scale.parallel import sequence_parallel_deepspeed_config
 
     adamw = build_optimizer(model, optimizer)
     schedule = build_lr_schedule(adamw, optimizer, total_steps)
@@ -43,7 +43,7 @@ def build_engine(model: nn.Module, deepspeed: DeepSpeedSettings, optimizer: Opti
     mpu = None if sequence_parallel is None else sequence_parallel.mpu
     config = resolve_deepspeed_config(generated, deepspeed_config_file, mpu=mpu)
     if sequence_parallel is not None:
-        config = sequence_parallel_deepspeed_config(config, sequence_parallel)
+        config = sequence_parallel.deepspeed_config(config)
     if config["train_micro_batch_size_per_gpu"] != deepspeed.micro_batch_size:
         raise ValueError(f"{deepspeed_config_file}: train_micro_batch_size_per_gpu="
                          f"{config['train_micro_batch_size_per_gpu']} differs from deepspeed.micro_batch_size="

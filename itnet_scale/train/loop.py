@@ -35,6 +35,7 @@ from itnet_scale.config import to_yaml
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.flops import TrainingFlops
 from itnet_scale.models.itnet import ITNetForPretraining
+from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
 from itnet_scale.train.engine import build_engine
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
@@ -80,8 +81,6 @@ class Pretrainer:
     JSON, merged over the generated one."""
 
     def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> None:
-        from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
-
         self.config = config
         init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from itnet_scale.nn import IntegralTransform
+from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.ops import Exact, LowRank
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "distill_kernel.py"
 FAST = {"steps": 60, "seq": 48, "batch": 4}
@@ -33,7 +34,7 @@ def kernel_state(layer: IntegralTransform) -> dict[str, torch.Tensor]:
 def test_distill_lowers_the_error_more_with_more_rank_and_leaves_the_layer_alone(mode):
     tool = load_tool()
     torch.manual_seed(0)
-    layer = IntegralTransform(16, 2, mode=mode, support="causal", decay=True, kernel_width=8)
+    layer = IntegralTransform(16, 2, KernelConfig(mode=mode, support="causal", decay=True, width=8))
     before = kernel_state(layer)
     out = tool.distill(layer, [2, 32], **FAST)
     json.dumps(out, allow_nan=False)  # JSON-ready
@@ -53,8 +54,8 @@ def test_distill_fits_the_layers_own_features_in_place():
     """``ranks=None`` is what a benchmark calls: the layer's own feature maps are fitted; nothing else moves."""
     tool = load_tool()
     torch.manual_seed(0)
-    layer = IntegralTransform(16, 2, support="causal", decay=True, kernel_width=8, rank=16, integrator="lowrank",
-                              backend="reference")
+    layer = IntegralTransform(16, 2, KernelConfig(support="causal", decay=True, width=8, rank=16),
+                              LowRank(backend="reference"))
     before = kernel_state(layer)
     features_before = {n: p.clone() for n, p in layer.features.named_parameters()}
     x = torch.randn(2, 48, 16)
@@ -63,13 +64,13 @@ def test_distill_fits_the_layers_own_features_in_place():
     out = tool.distill(layer, **FAST)
     (r,) = out["results"]
     assert r["rank"] == 16 and r["error_after"] < r["error_before"]
-    assert layer.integrator == "lowrank" and layer.backend == "reference"
+    assert layer.integrator == LowRank(backend="reference")
     assert all(p.requires_grad for p in layer.parameters()), "frozen flags must be restored"
     assert all(torch.equal(t, before[n]) for n, t in kernel_state(layer).items())
     assert any(not torch.equal(p, features_before[n]) for n, p in layer.features.named_parameters())
     with torch.no_grad():
         y_after = layer(x)
-        layer.integrator = "exact"
+        layer.integrator = Exact()
         y_exact = layer(x)
     assert (y_after - y_exact).norm() < (y_before - y_exact).norm()
     with pytest.raises(ValueError, match="no feature maps to fit"):
@@ -92,7 +93,7 @@ def test_steps_with_a_non_finite_loss_are_skipped(monkeypatch):
 
     monkeypatch.setattr(library, "kernel_loss", sometimes_nan)
     torch.manual_seed(0)
-    layer = IntegralTransform(16, 2, support="causal", kernel_width=4, rank=4)
+    layer = IntegralTransform(16, 2, KernelConfig(support="causal", width=4, rank=4))
     (r,) = tool.distill(layer, steps=8, seq=16, batch=2)["results"]
     assert r["skipped_steps"] == 1
     assert math.isfinite(r["error_after"]) and all(torch.isfinite(p).all() for p in layer.features.parameters())
@@ -117,7 +118,7 @@ def test_checkpoint_round_trip(tmp_path: Path):
     tool = load_tool()
     torch.manual_seed(1)
     config = {"dim": 16, "heads": 2, "support": "causal", "decay": True, "kernel_width": 8}
-    layer = IntegralTransform(**config)
+    layer = tool.build_layer(config)
     with torch.no_grad():
         layer.beta.mul_(2.0)  # not the initialization: the checkpoint must really be read
     save_file(layer.state_dict(), str(tmp_path / "layer.safetensors"))
@@ -125,7 +126,7 @@ def test_checkpoint_round_trip(tmp_path: Path):
 
     loaded = tool.load_layer(tmp_path / "layer.safetensors", json.dumps(config))  # inline JSON works too
     x = torch.randn(2, 20, 16)
-    loaded.backend = layer.backend = "reference"
+    loaded.integrator = layer.integrator = Exact("reference")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), layer(x), rtol=0, atol=0)
 
@@ -159,10 +160,11 @@ def test_bad_checkpoints_and_configs_are_named(tmp_path: Path):
     (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(SystemExit, match=r"broken\.safetensors: not a readable safetensors file"):
         run(tmp_path / "broken.safetensors", str(tmp_path / "layer.json"))
-    save_file(IntegralTransform(16, 2, kernel_width=4).state_dict(), str(tmp_path / "other.safetensors"))
+    save_file(IntegralTransform(16, 2, KernelConfig(width=4)).state_dict(), str(tmp_path / "other.safetensors"))
     with pytest.raises(SystemExit, match=r"tensor 'a_proj\.bias' has shape \(8,\), the layer config needs \(32,\)"):
         run(tmp_path / "other.safetensors", str(tmp_path / "layer.json"))
-    save_file(IntegralTransform(16, 2, bilinear=False).state_dict(), str(tmp_path / "nobilinear.safetensors"))
+    save_file(IntegralTransform(16, 2, KernelConfig(bilinear=False)).state_dict(),
+              str(tmp_path / "nobilinear.safetensors"))
     with pytest.raises(SystemExit, match=r"missing tensors \['beta', 'k_proj\.bias'"):
         run(tmp_path / "nobilinear.safetensors", str(tmp_path / "layer.json"))
     (tmp_path / "bad.json").write_text("{not json")
@@ -172,6 +174,8 @@ def test_bad_checkpoints_and_configs_are_named(tmp_path: Path):
         run(tmp_path / "other.safetensors", '{"dim": 16}')
     with pytest.raises(SystemExit, match="support"):
         run(tmp_path / "other.safetensors", '{"dim": 16, "heads": 2, "support": "nowhere"}')
+    with pytest.raises(SystemExit, match=r"bad layer config key 'kernel_widht'"):
+        run(tmp_path / "other.safetensors", '{"dim": 16, "heads": 2, "kernel_widht": 4}')
     with pytest.raises(SystemExit, match="no feature maps"):
         tool.main(["--checkpoint", str(tmp_path / "other.safetensors"), "--layer-config",
                    '{"dim": 16, "heads": 2, "kernel_width": 4}', "--own-features", "--steps", "0"])

@@ -159,6 +159,7 @@ SUITES: dict[str, str] = {
     "integrators": ".integrators:IntegratorSuite",
     "data": ".data:DataSuite",
     "train": ".train:TrainSuite",
+    "compile": ".compile_cost:CompileSuite",
 }
 
 
