@@ -16,6 +16,7 @@ this module owns the parameters and the tensor layout (``[batch, N, channels]`` 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -143,6 +144,8 @@ class IntegralTransform(nn.Module):
             if dim % heads:
                 raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass head_dim")
             head_dim = dim // heads
+        if kernel.rank is None and _needs_features(integrator):
+            kernel = dataclasses.replace(kernel, rank=DEFAULT_RANK)  # the integrator it is built with needs them
         self.kernel, self.spec = kernel, kernel.spec(pos_dim)
         self.dim, self.heads, self.head_dim = dim, heads, head_dim
         self.value_dim = value_dim or head_dim
@@ -176,11 +179,8 @@ class IntegralTransform(nn.Module):
             self.decay_log_rate = nn.Parameter(torch.zeros(H))
         else:
             self.decay_proj = self.decay_log_rate = None
-        rank = kernel.rank
-        if rank is None and _needs_features(integrator):
-            rank = DEFAULT_RANK
-        self.features = (FeatureMap(H, d if kernel.bilinear else 0, r, rank, kernel.feature_map, kernel.mode)
-                         if rank is not None else None)
+        self.features = (FeatureMap(H, d if kernel.bilinear else 0, r, kernel.rank, kernel.feature_map, kernel.mode)
+                         if kernel.rank is not None else None)
         self.integrator = integrator
 
     # -- configuration ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The kernel MLP ``w2ᵀσ(… σ(a_i + b_j))`` on a tile of pairs: forward and hand-written backward.
 
 This is the one term of the score that costs ``O(Nq·Ns·r)``; everything else is a matmul or
-``O(Nq·Ns)``. The tiled backend recomputes it in backward and applies the closed-form
+``O(Nq·Ns)``. The tiled form recomputes it in backward and applies the closed-form
 derivative of ``σ`` instead of taping autograd over ``[B, H, r, nq, ns]`` tensors::
 
     g_ijr = ds_ij · w2_r · σ'(a_ir + b_jr)                      (single layer)

@@ -11,7 +11,7 @@ Per head ``h`` (head dim ``d``, kernel-MLP width ``r``), for query ``i`` and sou
 The module (:class:`itnet_scale.nn.IntegralTransform`) owns the projections
 (``q = Wq x``, ``a = Wa x + Ua p + c``, ``b = Wb x − Ua p`` …); the functional core here
 takes their per-head results. :func:`pair_scores` and :func:`support_mask` evaluate ``s``
-and ``m`` on any block of pairs, so the reference (all pairs at once) and the tiled backend
+and ``m`` on any block of pairs, so the reference (all pairs at once) and the tiled form
 (one block at a time) share one definition of the math.
 """
 
@@ -204,7 +204,7 @@ def pair_scores(inp: KernelInputs, spec: KernelSpec) -> Tensor:
     """``s(i,j)`` for every pair: ``[B, H, Nq, Ns]``.
 
     Materializes ``[B, H, Nq, Ns, r]`` for the kernel MLP: this is the reference's definition;
-    the tiled backend evaluates the same terms tile by tile.
+    the tiled form evaluates the same terms tile by tile.
     """
     B, H, Nq, Ns, _ = inp.shape
     s = inp.v.new_zeros(B, H, Nq, Ns)

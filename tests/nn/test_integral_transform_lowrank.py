@@ -53,7 +53,7 @@ def test_lowrank_needs_feature_maps():
     assert m.integrator == Exact()
     # documented: a LowRank integrator at construction without a rank builds R = DEFAULT_RANK features
     built = layer(LowRank())
-    assert built.features.rank == DEFAULT_RANK
+    assert built.features.rank == built.kernel.rank == DEFAULT_RANK  # the kernel setting says what the layer holds
 
 
 @pytest.mark.parametrize("mode", ["softmax", "linear"])

@@ -42,9 +42,7 @@ import contextlib
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +70,7 @@ from itnet_scale.train.optimizer import OptimizerSettings
 
 from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
 from .cli import format_mib, format_ms, format_ratio, non_negative_int, positive_int
+from .launch import run_local_ranks
 from .measure import MIB, PeakMemoryTracker, describe_environment
 
 METHODS = ("transformer", "itnet-exact", "itnet-lowrank")
@@ -325,25 +324,13 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def run_on_ranks(module: str, args: list[str], ranks: int, timeout: float, env: Mapping[str, str]) -> str:
-    """Run ``python -m module args`` on ``ranks`` local CPU ranks through DeepSpeed's launcher, as users do
-    (``deepspeed --num_accelerators ranks --module``), from :data:`PACKAGE_ROOT`; returns the output (stdout and
-    stderr together). Each rank gets one intra-op thread and the variables of ``env`` on top of this process's.
-    Raises ``RuntimeError`` with the output's tail if the ranks fail, or after killing the launcher and every rank
-    when ``timeout`` seconds pass."""
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_accelerators", str(ranks),
-               "--master_port", str(get_free_port()), "--module", module, *args]
-    with subprocess.Popen(command, cwd=PACKAGE_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as process:
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the launcher and every rank it started
-            output, _ = process.communicate()
-            raise RuntimeError(f"{module} timed out after {timeout} s:\n{output[-4000:]}") from None
+    """Run ``python -m module args`` on ``ranks`` local CPU ranks (:func:`.launch.run_local_ranks`) from
+    :data:`PACKAGE_ROOT`; returns the output (stdout and stderr together). Raises ``RuntimeError`` with the output's
+    tail if the ranks fail, ``TimeoutError`` when ``timeout`` seconds pass."""
+    process = run_local_ranks(["--module", module, *args], ranks=ranks, timeout=timeout, cwd=PACKAGE_ROOT, env=env)
     if process.returncode != 0:
-        raise RuntimeError(f"{module} failed (exit {process.returncode}):\n{output[-4000:]}")
-    return output
+        raise RuntimeError(f"{module} failed (exit {process.returncode}):\n{process.stdout[-4000:]}")
+    return process.stdout
 
 
 # --------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def integral_transform_montecarlo(
     if sampled is None:
         sampled = sampled_inputs(inp, samples, block_queries)
     exact = Exact(backend=backend, block_size=None if resolve_backend(backend) == "reference" else (block_queries, M))
-    # A few blocks per call: the tiled backend's tile spans the whole batch, so one call over all
+    # A few blocks per call: the tiled form's tile spans the whole batch, so one call over all
     # B·nb blocks would hold B·nb·bq·M·r kernel-MLP values at once (1 GiB at N = 16k).
     rows = max(1, PAIRS_PER_CALL // (block_queries * M))
     outs = [integrate_exact(part, spec, exact) for part in sampled.split(rows)]    # [rows, H, bq, e] each
