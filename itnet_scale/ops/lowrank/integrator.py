@@ -4,10 +4,11 @@ A layer's feature maps turn its :class:`~itnet_scale.ops.KernelInputs` into ``φ
 weights and padding fold into per-head weights; then ``reference`` runs :mod:`.naive` and ``torch`` runs
 :mod:`.chunk`, or :func:`.recurrent.lowrank_step` for a single causal position (streaming).
 
-A causal self-transform longer than :data:`SEGMENT` positions runs in segments of that length, the state carried from one to
-the next, with features computed per segment: the same numbers as one pass (``τ`` is re-counted from each
-segment's start), but no temporary grows with the whole sequence. On CPU a tensor past glibc's mmap threshold
-comes as fresh pages at every allocation, and their faults made a whole-sequence pass grow faster than ``N``.
+A causal self-transform longer than :data:`SEGMENT` positions runs in segments of that length, the state carried
+from one to the next, with features computed per segment: the same numbers as one pass (``τ`` is re-counted from
+each segment's start), but the feature maps' temporaries stay small. On CPU a tensor past glibc's mmap threshold
+comes as fresh pages at every allocation, and their faults made a whole-sequence pass grow faster than ``N``. (The
+layer's projections are whole-sequence tensors; at N = 65536 they cost about 7% of a forward + backward.)
 """
 
 from __future__ import annotations
