@@ -13,9 +13,8 @@ from benchmarks.train import run_on_ranks
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_a_failing_worker_and_a_hung_one_are_reported(tmp_path):
-    (tmp_path / "failing_worker.py").write_text("import os, sys\nprint('rank', os.environ['RANK'], 'here')\n"
-                                                "sys.exit(3)\n")
-    with pytest.raises(RuntimeError, match=r"failing_worker failed \(exit 1\):[\s\S]*rank 1 here"):
+    (tmp_path / "failing_worker.py").write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(RuntimeError, match=r"failing_worker failed \(exit 3\):[\s\S]*exits with return code = 3"):
         run_on_ranks("failing_worker", [], ranks=2, timeout=120, env={"PYTHONPATH": str(tmp_path)})
     (tmp_path / "hung.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(600)\n")
     start = time.monotonic()
