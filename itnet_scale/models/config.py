@@ -19,7 +19,7 @@ from typing import Any
 
 from itnet_scale.config import merge_config
 from itnet_scale.nn import KernelConfig, TransformConfig
-from itnet_scale.ops import INTEGRATORS, make_integrator
+from itnet_scale.ops import make_integrator, with_settings
 
 _LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -73,12 +73,10 @@ class LayerConfig:
             mode=self.mode, support=self.support, support_size=self.support_size, width=self.kernel_width,
             depth=self.kernel_depth, activation=self.kernel_activation, bilinear=self.bilinear,
             offset_range=self.offset_range, decay=self.decay, rank=self.rank, feature_map=self.feature_map)
-        if self.integrator not in INTEGRATORS:
-            raise ValueError(f"integrator must be one of {tuple(INTEGRATORS)}, got {self.integrator!r}")
+        default = make_integrator(self.integrator)  # an unknown name raises here, naming the choices
         mine = {f.name for f in dataclasses.fields(self)}
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(INTEGRATORS[self.integrator])
-                    if f.name in mine}
-        return TransformConfig(kernel, make_integrator(self.integrator, **settings), head_dim=self.head_dim,
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(default) if f.name in mine}
+        return TransformConfig(kernel, with_settings(default, **settings), head_dim=self.head_dim,
                                value_dim=self.value_dim, bias=self.bias)
 
 

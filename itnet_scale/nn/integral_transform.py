@@ -39,6 +39,7 @@ from itnet_scale.ops import (
 )
 from itnet_scale.ops.lowrank import check_lowrank_support, lowrank_kernel
 from itnet_scale.ops.montecarlo.integrator import check_proposal
+from itnet_scale.ops.settings import check_is_integrator
 
 DEFAULT_RANK = 64
 DECAY_ACTIVATIONS = ("softplus", "identity")
@@ -374,8 +375,7 @@ class IntegralTransform(nn.Module):
 def check_integrator(spec: KernelSpec, integrator: Integrator, has_features: bool) -> None:
     """``ValueError`` (``TypeError``) unless a layer of ``spec``, with feature maps if ``has_features``, can run
     ``integrator``."""
-    if not isinstance(integrator, Exact | LowRank | MonteCarlo):
-        raise TypeError(f"integrator must be Exact(...), LowRank(...) or MonteCarlo(...), got {integrator!r}")
+    check_is_integrator(integrator)
     if isinstance(integrator, LowRank):
         if not has_features:
             raise ValueError("the lowrank integrator needs feature maps: build the layer with "
@@ -401,8 +401,7 @@ def configure_integrators(model: nn.Module, integrator: Integrator | str | None 
     if isinstance(integrator, str):
         integrator = make_integrator(integrator, **settings)
     elif integrator is not None:
-        if not isinstance(integrator, Exact | LowRank | MonteCarlo):
-            raise TypeError(f"integrator must be an integrator setting or its name, got {integrator!r}")
+        check_is_integrator(integrator)
         integrator = with_settings(integrator, **settings)
     new = [integrator or with_settings(layer.integrator, **settings) for layer in layers]
     for layer, setting in zip(layers, new):

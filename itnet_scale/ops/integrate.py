@@ -18,7 +18,7 @@ from itnet_scale.ops.exact import integrate_exact
 from itnet_scale.ops.lowrank.integrator import integrate_lowrank
 from itnet_scale.ops.lowrank.spec import FeatureMapFn
 from itnet_scale.ops.montecarlo.integrator import integrate_montecarlo
-from itnet_scale.ops.settings import Exact, Integrator, LowRank, MonteCarlo
+from itnet_scale.ops.settings import Exact, Integrator, LowRank, check_is_integrator
 from itnet_scale.ops.spec import KernelInputs, KernelSpec, check_inputs
 
 EXACT = Exact()
@@ -59,8 +59,7 @@ def integrate(
         train_proposal: ``MonteCarlo`` with a learned proposal: also return the proposal's loss.
     """
     check_inputs(inputs, kernel)
-    if not isinstance(integrator, Exact | LowRank | MonteCarlo):
-        raise TypeError(f"integrator must be Exact(...), LowRank(...) or MonteCarlo(...), got {integrator!r}")
+    check_is_integrator(integrator)
     if initial_state is not None and not (isinstance(integrator, LowRank) and kernel.causal):
         raise ValueError(f"initial_state needs the lowrank integrator with a causal support, not "
                          f"{integrator.name} with support {kernel.support!r}")

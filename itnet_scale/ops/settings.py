@@ -111,6 +111,12 @@ Integrator = Exact | LowRank | MonteCarlo
 INTEGRATORS: dict[str, type[Integrator]] = {cls.name: cls for cls in (Exact, LowRank, MonteCarlo)}
 
 
+def check_is_integrator(value: object) -> None:
+    """``TypeError`` unless ``value`` is an integrator setting (a name is not: see :func:`make_integrator`)."""
+    if not isinstance(value, Exact | LowRank | MonteCarlo):
+        raise TypeError(f"integrator must be Exact(...), LowRank(...) or MonteCarlo(...), got {value!r}")
+
+
 def make_integrator(name: str, **settings: Any) -> Integrator:
     """The integrator called ``name`` with ``settings``; an unknown name or setting raises naming it."""
     if name not in INTEGRATORS:
