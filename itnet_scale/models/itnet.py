@@ -34,7 +34,8 @@ from itnet_scale.nn.heads import (
     mean_pool,
 )
 
-#: ``gather(local [B, e]) → (every rank's rows [W·B, e], offset of this rank's rows)`` for the contrastive loss.
+#: ``gather(local [B, dim]) → (every rank's rows [W·B, dim], offset of this rank's rows)``: the contrastive loss's
+#: pooled features, all-gathered (with gradient) across the data-parallel ranks.
 Gather = Callable[[Tensor], tuple[Tensor, int]]
 
 
@@ -123,22 +124,34 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
     def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
         return self.losses(batch, gather)
 
-    def contrastive_embeddings(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Normalized ``(image, text)`` embeddings ``[B, contrastive_dim]`` of an image–text batch, each
-        modality through the backbone on its own (CLIP-style), text unmasked."""
+    def image_features(self, images: Tensor) -> Tensor:
+        """``images`` ``[B, C, H, W]`` alone through the backbone, mean-pooled: ``[B, dim]``."""
+        return self.itnet({"images": images}).pooled("image")
+
+    def text_features(self, text_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``text_ids`` ``[B, L]`` alone through the backbone, mean-pooled over the real tokens: ``[B, dim]``."""
+        batch = {"text_ids": text_ids}
+        if attention_mask is not None:
+            batch["text_attention_mask"] = attention_mask
+        return self.itnet(batch).pooled("text")
+
+    def contrastive_features(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Pooled ``(image, text)`` features ``[B, dim]`` of an image–text batch, each modality through the
+        backbone on its own (CLIP-style), the text unmasked (``mlm_labels`` put back)."""
         text_ids = batch["text_ids"]
         if "mlm_labels" in batch:
             text_ids = torch.where(batch["mlm_labels"] != IGNORE, batch["mlm_labels"], text_ids)
-        text_batch = {"text_ids": text_ids}
-        if "text_attention_mask" in batch:
-            text_batch["text_attention_mask"] = batch["text_attention_mask"]
-        image = self.itnet({"images": batch["images"]}).pooled("image")
-        text = self.itnet(text_batch).pooled("text")
-        return self.itc(image, text)
+        return self.image_features(batch["images"]), self.text_features(text_ids, batch.get("text_attention_mask"))
+
+    def contrastive_embeddings(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Normalized ``(image, text)`` embeddings ``[B, contrastive_dim]`` of an image–text batch (training:
+        standardized with this batch's statistics; evaluation: the running ones)."""
+        return self.itc(*self.contrastive_features(batch))
 
     def losses(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
-        """The objectives of ``batch`` by name. ``gather`` (data parallelism) all-gathers the contrastive
-        embeddings across ranks, so every rank contrasts against the global batch; without it, the local one."""
+        """The objectives of ``batch`` by name. ``gather`` (data parallelism) all-gathers the pooled contrastive
+        features across ranks, so every rank standardizes with, and contrasts against, the global batch; without
+        it, the local one."""
         modality = batch_modality(batch)
         wanted = [name for name, key in (("mlm", "mlm_labels"), ("mpm", "image_mask"), ("mpp", "point_mask"))
                   if key in batch]
@@ -156,12 +169,11 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
                 losses["mpp"] = self.mpp.loss(self.mpp(output.part("points")[0]), output.inputs.point_groups,
                                               batch["point_mask"])
         if modality == "image_text":
-            image, text = self.contrastive_embeddings(batch)
-            if gather is None:
-                losses["itc"] = self.itc.loss(image, text)
-            else:
-                (all_image, offset), (all_text, _) = gather(image), gather(text)
-                losses["itc"] = self.itc.loss(image, text, all_image, all_text, offset)
+            image, text = self.contrastive_features(batch)
+            rows, offset = image.shape[0], 0
+            if gather is not None:  # every rank's pooled features: the statistics and candidates of the global batch
+                (image, offset), (text, _) = gather(image), gather(text)
+            losses["itc"] = self.itc.loss(*self.itc(image, text), offset, rows)
         return losses
 
 

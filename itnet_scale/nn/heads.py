@@ -96,42 +96,80 @@ class MLMHead(nn.Module):
         return _masked_mean(per_token, labels != IGNORE)
 
 
+class BatchStandardize(nn.Module):
+    """Each feature of ``[B, dim]`` rows to zero mean and unit variance over the batch (BatchNorm without an
+    affine map). Training: the batch's statistics, folded into running ones (momentum ``momentum``); evaluation,
+    or a batch of one row: the running statistics. The running statistics are float buffers, identical on every
+    rank when every rank standardizes the same (all-gathered) rows."""
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, rows: Tensor) -> Tensor:
+        batch_statistics = self.training and rows.shape[0] > 1
+        return F.batch_norm(rows, self.running_mean, self.running_var, training=batch_statistics,
+                            momentum=self.momentum, eps=self.eps)
+
+
 class ContrastiveHead(nn.Module):
-    """Image–text contrastive (CLIP): pooled image and text embeddings ``[B, dim]`` → L2-normalized projections
-    ``[B, embed_dim]``; a learnable temperature (``logit_scale`` starts at ``log(1/0.07)``; the scale
-    ``exp(logit_scale)`` is clamped at 100, as CLIP's)."""
+    """Image–text contrastive (CLIP): pooled image and text features ``[B, dim]`` → standardized over the batch →
+    projected → L2-normalized embeddings ``[B, embed_dim]``; a learnable temperature (``logit_scale`` starts at
+    ``log(1/0.07)``; the scale ``exp(logit_scale)`` is clamped at 100, as CLIP's).
+
+    Why the standardization (SimCLR's and MoCo v3's BatchNorm in the projection head, DINO's centering): a mean
+    over many tokens averages out what is specific to each token — which digit, which word — while what every
+    input shares adds up coherently: the stem's bias and the empty background patches of an image, the template
+    words and the modality embedding of a caption. At initialization the shared part of the tiny model's pooled
+    features is 14–28× (images) and 4–7× (captions) larger than their spread across inputs, so after the
+    projection and the L2 normalization every image embedding points the same way, every text embedding too,
+    and the logits are equal: the loss sits at ``ln B`` and the gradient that would separate the pairs is tiny
+    next to the one that grows the shared part (it reached 300× under Adam). Subtracting the batch mean removes
+    the shared part, dividing by the spread puts every feature on one scale; the statistics are those of every
+    rank's rows when the trainer all-gathers the features first (:meth:`ITNetForPretraining.losses`).
+    """
 
     def __init__(self, dim: int, embed_dim: int) -> None:
         super().__init__()
+        self.image_norm = BatchStandardize(dim)
+        self.text_norm = BatchStandardize(dim)
         self.image_proj = nn.Linear(dim, embed_dim, bias=False)
         self.text_proj = nn.Linear(dim, embed_dim, bias=False)
         # Shape [1], not a 0-d scalar: DeepSpeed's engine broadcasts parameters as byte views, which 0-d tensors lack.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
     def forward(self, image: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
-        return F.normalize(self.image_proj(image), dim=-1), F.normalize(self.text_proj(text), dim=-1)
+        """Pooled ``image`` / ``text`` features ``[B, dim]`` (every rank's, when gathered) → normalized
+        embeddings ``[B, embed_dim]``."""
+        return self.encode_image(image), self.encode_text(text)
 
-    def loss(self, image: Tensor, text: Tensor, gathered_image: Tensor | None = None,
-             gathered_text: Tensor | None = None, offset: int = 0) -> Tensor:
-        """Symmetric InfoNCE of the matched pairs ``image[i] ↔ text[i]`` (normalized ``[B, e]``): the mean of
-        image→text and text→image cross-entropies over the candidates.
+    def encode_image(self, image: Tensor) -> Tensor:
+        """Pooled image features ``[B, dim]`` → normalized embeddings ``[B, embed_dim]``."""
+        return F.normalize(self.image_proj(self.image_norm(image)), dim=-1)
 
-        Candidates are the local batch, or — the hook for data parallelism — ``gathered_image`` /
-        ``gathered_text`` ``[W·B, e]``, every rank's embeddings (all-gathered with gradient by the trainer), in
-        which this rank's rows start at ``offset``.
+    def encode_text(self, text: Tensor) -> Tensor:
+        """Pooled text features ``[B, dim]`` → normalized embeddings ``[B, embed_dim]``."""
+        return F.normalize(self.text_proj(self.text_norm(text)), dim=-1)
+
+    def loss(self, image: Tensor, text: Tensor, offset: int = 0, rows: int | None = None) -> Tensor:
+        """Symmetric InfoNCE of the matched pairs ``image[i] ↔ text[i]`` (normalized ``[N, e]``): the mean of
+        image→text and text→image cross-entropies over all ``N`` candidates, for the ``rows`` pairs from
+        ``offset`` on (default: all). With data parallelism ``image`` / ``text`` hold every rank's pairs and
+        ``offset`` / ``rows`` pick this rank's.
         """
         if image.shape != text.shape:
             raise ValueError(f"image and text embeddings must have the same shape, got {list(image.shape)} and "
                              f"{list(text.shape)}")
-        gathered_image = image if gathered_image is None else gathered_image
-        gathered_text = text if gathered_text is None else gathered_text
-        if not 0 <= offset <= gathered_text.shape[0] - image.shape[0] or gathered_image.shape != gathered_text.shape:
-            raise ValueError(f"gathered features {list(gathered_image.shape)}/{list(gathered_text.shape)} must be "
-                             f"alike and hold this rank's {image.shape[0]} rows at offset {offset}")
+        rows = image.shape[0] - offset if rows is None else rows
+        if rows < 1 or not 0 <= offset <= image.shape[0] - rows:
+            raise ValueError(f"rows {offset}:{offset + rows} are not among the {image.shape[0]} embeddings")
         scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        targets = torch.arange(image.shape[0], device=image.device) + offset
-        return 0.5 * (F.cross_entropy(scale * image @ gathered_text.T, targets)
-                      + F.cross_entropy(scale * text @ gathered_image.T, targets))
+        local = slice(offset, offset + rows)
+        targets = torch.arange(rows, device=image.device) + offset
+        return 0.5 * (F.cross_entropy(scale * image[local] @ text.T, targets)
+                      + F.cross_entropy(scale * text[local] @ image.T, targets))
 
 
 def patchify(images: Tensor, patch: int) -> Tensor:

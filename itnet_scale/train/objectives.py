@@ -7,7 +7,8 @@ is ``Σ weight(objective) × loss``; an objective that two streams train (``mlm`
 the mean of its values and enters the total once per stream.
 
 The contrastive loss contrasts against every data-parallel rank's pairs: :func:`gather_rows` all-gathers the
-embeddings with gradients (rows per rank may differ when samples were skipped).
+pooled features with gradients, before the head standardizes and projects them (rows per rank may differ when
+samples were skipped).
 """
 
 from __future__ import annotations

@@ -119,14 +119,14 @@ def test_pretraining_losses_are_the_heads_losses():
                                                              batch["image_mask"]))
     # ITC: image alone and the unmasked text alone, pooled and contrasted
     original = torch.where(batch["mlm_labels"] != IGNORE, batch["mlm_labels"], batch["text_ids"])
-    image, text = model.itc(model.itnet({"images": batch["images"]}).pooled(),
-                            model.itnet({"text_ids": original}).pooled())
-    torch.testing.assert_close(losses["itc"], model.itc.loss(image, text))
-    # the data-parallel hook: gathered embeddings with this rank's rows at an offset
-    others = torch.nn.functional.normalize(torch.randn(3, 16, dtype=torch.float64), dim=-1)
+    pooled_image = model.itnet({"images": batch["images"]}).pooled()
+    pooled_text = model.itnet({"text_ids": original}).pooled()
+    torch.testing.assert_close(losses["itc"], model.itc.loss(*model.itc(pooled_image, pooled_text)))
+    # the data-parallel hook: every rank's pooled features, standardized together; this rank's rows at an offset
+    others = torch.randn(3, 32, dtype=torch.float64)
     gathered = model(batch, gather=lambda local: (torch.cat([others, local]), 3))["itc"]
-    torch.testing.assert_close(gathered, model.itc.loss(image, text, torch.cat([others, image]),
-                                                        torch.cat([others, text]), 3))
+    all_image, all_text = model.itc(torch.cat([others, pooled_image]), torch.cat([others, pooled_text]))
+    torch.testing.assert_close(gathered, model.itc.loss(all_image, all_text, offset=3, rows=len(pooled_image)))
     points = {"points": batches()["points"]["points"].double(),
               "point_mask": torch.tensor([[True] * 3 + [False] * 5] * 2)}
     point_losses = model(points)

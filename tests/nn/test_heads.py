@@ -106,22 +106,45 @@ def manual_symmetric_ce(image: torch.Tensor, text: torch.Tensor, scale: float, t
 
 def test_contrastive_loss_is_symmetric_infonce():
     head = ContrastiveHead(6, 4).double()
-    image, text = head(torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64))
-    torch.testing.assert_close(image.norm(dim=-1), torch.ones(5, dtype=torch.float64))
+    image, text = head(torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64))
+    torch.testing.assert_close(image.norm(dim=-1), torch.ones(8, dtype=torch.float64))
     scale = 1 / 0.07
-    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, scale, torch.arange(5),
+    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, scale, torch.arange(8),
                                                                            image, text))
-    # the gathered-features hook: this rank's rows sit at an offset among everyone's
-    others_i, others_t = head(torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64))
-    all_image, all_text = torch.cat([others_i, image]), torch.cat([others_t, text])
-    torch.testing.assert_close(head.loss(image, text, all_image, all_text, offset=3),
-                               manual_symmetric_ce(image, text, scale, torch.arange(3, 8), all_image, all_text))
+    # the gathered-features hook: this rank's 5 rows sit at offset 3 among everyone's 8
+    local = slice(3, 8)
+    torch.testing.assert_close(head.loss(image, text, offset=3, rows=5),
+                               manual_symmetric_ce(image[local], text[local], scale, torch.arange(3, 8), image, text))
     with torch.no_grad():
         head.logit_scale.fill_(10.0)  # exp(10) > 100: clamped
-    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, 100.0, torch.arange(5),
+    torch.testing.assert_close(head.loss(image, text), manual_symmetric_ce(image, text, 100.0, torch.arange(8),
                                                                            image, text))
-    with pytest.raises(ValueError, match=r"hold this rank's 5 rows at offset 4"):
-        head.loss(image, text, all_image, all_text, offset=4)
+    with pytest.raises(ValueError, match=r"rows 4:9 are not among the 8 embeddings"):
+        head.loss(image, text, offset=4, rows=5)
+
+
+def test_contrastive_head_standardizes_pooled_features_over_the_batch():
+    """A component every input shares — however large — does not reach the embeddings: each feature is
+    standardized over the batch (training) or with the running statistics (evaluation, or a single row)."""
+    head = ContrastiveHead(6, 4).double()
+    image, text = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    shared = 1000 * torch.randn(6, dtype=torch.float64)
+    for plain, shifted in zip(head(image, text), head(image + shared, 3 * text - shared)):
+        torch.testing.assert_close(plain, shifted, rtol=1e-4, atol=1e-4)  # up to BatchNorm's eps
+    # the running statistics follow the batches' (momentum 0.1), and evaluation uses them
+    head = ContrastiveHead(6, 4).double()
+    for _ in range(200):
+        head(image + shared, text)
+    torch.testing.assert_close(head.image_norm.running_mean, (image + shared).mean(0))
+    torch.testing.assert_close(head.image_norm.running_var, image.var(0))
+    training = head.encode_image(image + shared)
+    head.eval()
+    torch.testing.assert_close(head.encode_image(image + shared), training, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(head.encode_image(image[:1] + shared), training[:1], rtol=1e-3, atol=1e-3)
+    head.train()  # one row in training has no batch statistics: the running ones serve, and nothing is updated
+    before = head.image_norm.running_mean.clone()
+    torch.testing.assert_close(head.encode_image(image[:1] + shared), training[:1], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(head.image_norm.running_mean, before)
 
 
 def test_patchify_order_and_masked_patch_loss():
