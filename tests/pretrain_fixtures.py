@@ -7,7 +7,11 @@ from pathlib import Path
 import torch
 
 from itnet_scale.data.demo import build_demo_data
-from itnet_scale.data.tokenizer import TokenizerConfig
+from itnet_scale.data.tokenizer import Tokenizer, TokenizerConfig
+from itnet_scale.models.itnet import ITNetForPretraining
+from itnet_scale.train.config import PretrainConfig, load_pretrain_config
+from itnet_scale.train.evaluation import Evaluator
+from itnet_scale.train.pretrain_data import MicroBatchBuilder
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
@@ -30,6 +34,26 @@ def fast_overrides(data: Path, run_dir: Path, steps: int, **extra: object) -> li
         "objectives.max_text_tokens": 32, "objectives.max_caption_tokens": 16,
         "optimizer.warmup_steps": 3, "logging.print_every": 1, **extra}
     return [f"{key}={value}" for key, value in overrides.items()]
+
+
+def config_for(demo: Path, tmp_path: Path, *extra: str, **overrides: object) -> PretrainConfig:
+    """The fast demo config with held-out evaluation in batches of 8, calibrated on 2 batches."""
+    settings = {"eval.batch_size": 8, "eval.calibration_batches": 2, **overrides}
+    return load_pretrain_config(DEMO_CONFIG, [*fast_overrides(demo, tmp_path / "run", 4, **settings), *extra])
+
+
+def evaluator_for(config: PretrainConfig, rank: int = 0, world_size: int = 1) -> tuple[Evaluator, ITNetForPretraining]:
+    """``config``'s :class:`Evaluator` for one rank, and the model of ``config`` initialized with seed 0."""
+    data, tokenizer = config.data_config(), Tokenizer.from_dir(config.tokenizer)
+    model_config = config.model_config(tokenizer.vocab_size)
+
+    def builder(stream: str, kind: str, index: int) -> MicroBatchBuilder:
+        return MicroBatchBuilder(stream, kind, index, config.tokenizer, config.objectives, model_config, data.seed)
+
+    torch.manual_seed(0)
+    evaluator = Evaluator(data, config.eval, tokenizer, builder, prompt_tokens=config.objectives.max_caption_tokens,
+                          rank=rank, world_size=world_size)
+    return evaluator, ITNetForPretraining(model_config)
 
 
 def checkpoint_weights(tag_dir: Path) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from itnet_scale.data.demo import DEMO_SETS, DEMO_SHARD_SAMPLES, build_demo_data
+from itnet_scale.data.demo import DEMO_SETS, DEMO_SHARD_SAMPLES, HELDOUT_SETS, build_demo_data
 from itnet_scale.data.shards import (
     ShardSetSummary,
     write_caption_shards,
@@ -78,7 +78,8 @@ def points(args: argparse.Namespace) -> list[ShardSetSummary]:
                                      **writer_options(args))]
 
 
-@subcommand("demo", "the embedded demo sets (text, image, image_text, points) and tokenizer", NUM_POINTS, SEED,
+@subcommand("demo", "the embedded demo sets (text, image, image_text, points), their held-out sets and tokenizer",
+            NUM_POINTS, SEED,
             (("--shard-samples",), {"type": int, "default": DEMO_SHARD_SAMPLES,
                                     "help": f"samples per shard (default {DEMO_SHARD_SAMPLES})"}),
             from_input=False)
@@ -86,7 +87,7 @@ def demo(args: argparse.Namespace) -> list[ShardSetSummary]:
     folders = build_demo_data(args.output, seed=args.seed, num_points=args.num_points,
                               shard_samples=args.shard_samples, overwrite=args.overwrite)
     print(f"tokenizer -> {folders['tokenizer']}")
-    return [ShardSetSummary.read(folders[name]) for name in DEMO_SETS]
+    return [ShardSetSummary.read(folders[name]) for name in (*DEMO_SETS, *HELDOUT_SETS)]
 
 
 def build_parser() -> argparse.ArgumentParser:

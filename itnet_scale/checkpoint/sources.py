@@ -41,6 +41,7 @@ from itnet_scale.checkpoint.library import (
     dtype_name,
     is_library_folder,
     model_aliases,
+    stored_dtype,
     tied_groups,
 )
 from itnet_scale.config import merge_config
@@ -347,6 +348,25 @@ def _safetensors_dtype(name: str, file: Path, tensor: str) -> torch.dtype:
     if name not in _SAFETENSORS_DTYPES:
         raise ValueError(f"{file}: tensor {tensor!r} has dtype {name}, which ITNet models do not use")
     return _SAFETENSORS_DTYPES[name]
+
+
+def load_source_model(source: WeightSource, stored: torch.dtype | None = None) -> nn.Module:
+    """The fp32 model of ``source`` (its task, label count and model config), loaded tensor by tensor, checked
+    against it first; ``stored``: round each weight to that dtype first (what a conversion to it keeps)."""
+    source.check_against_model()
+    model = build_model(source.task, source.model_config, source.labels)
+    targets = model.state_dict(keep_vars=True)
+    aliases = model_aliases(model)
+    wanted: dict[str, list[str]] = {}  # the source's stored name → the model's names it fills
+    for name in targets:
+        if name not in aliases:
+            wanted.setdefault(source.aliases.get(name, name), []).append(name)
+    with source.reader() as read, torch.no_grad():
+        for name, tensor in read(list(wanted)):
+            value = tensor if stored is None else tensor.to(stored_dtype(tensor.dtype, stored))
+            for target_name in wanted[name]:
+                targets[target_name].copy_(value.to(targets[target_name].dtype))
+    return model
 
 
 def open_source(path: str | Path, model_config: ModelConfig | None = None) -> WeightSource:

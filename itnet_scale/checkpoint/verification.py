@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from itnet_scale.checkpoint.library import LibraryFolder, build_model, model_aliases, stored_dtype, task_of
-from itnet_scale.checkpoint.sources import WeightSource, open_source
+from itnet_scale.checkpoint.library import LibraryFolder, task_of
+from itnet_scale.checkpoint.sources import WeightSource, load_source_model, open_source
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import TASKS
 
@@ -134,24 +134,6 @@ def compare_outputs(reference: Mapping[str, Tensor], other: Mapping[str, Tensor]
     return diffs
 
 
-def _source_model(source: WeightSource, task: str, stored: torch.dtype) -> nn.Module:
-    """The fp32 model of ``source`` with its weights rounded to ``stored`` (what a conversion to that dtype keeps),
-    loaded tensor by tensor."""
-    model = build_model(source.task, source.model_config, source.labels)
-    targets = model.state_dict(keep_vars=True)
-    aliases = model_aliases(model)
-    wanted: dict[str, list[str]] = {}  # the source's stored name → the model's names it fills
-    for name in targets:
-        if name not in aliases:
-            wanted.setdefault(source.aliases.get(name, name), []).append(name)
-    with source.reader() as read, torch.no_grad():
-        for name, tensor in read(list(wanted)):
-            value = tensor.to(stored_dtype(tensor.dtype, stored))
-            for target_name in wanted[name]:
-                targets[target_name].copy_(value.to(targets[target_name].dtype))
-    return model.itnet if task == "backbone" and source.task != "backbone" else model
-
-
 def verify_conversion(source: WeightSource | str | Path, library: str | Path, *, tolerance: float = 1e-5,
                       seed: int = 0) -> VerificationResult:
     """Run :func:`verification_batches` through the model rebuilt from ``source`` (its weights rounded to the
@@ -166,7 +148,9 @@ def verify_conversion(source: WeightSource | str | Path, library: str | Path, *,
     stored = config.torch_dtype
     model_class = TASKS[config.task].model_class
     with _eager_kernels():
-        reference_model = _source_model(source, config.task, stored)
+        reference_model = load_source_model(source, stored)
+        if config.task == "backbone" and source.task != "backbone":
+            reference_model = reference_model.itnet
         converted = model_class.from_pretrained(library)  # the folder's own task and label count
         batches = verification_batches(config.model, seed=seed)
         with torch.random.fork_rng(devices=[]):

@@ -7,7 +7,12 @@ scikit-learn and this package (nothing is downloaded). scikit-learn is optional:
 - ``image_text``: the same digits with captions from templates that name the digit in words or as a numeral;
 - ``points``: procedural meshes (:data:`itnet_scale.data.meshes.SHAPES`) with a random anisotropic scale and
   rotation per sample, surface-sampled to ``num_points`` points, ``cls`` = the shape;
-- ``tokenizer``: trained on the text and the captions.
+- ``tokenizer``: trained on the training text and captions.
+
+Each set has a held-out counterpart under ``heldout/`` that pretraining never reads (the data config names it as
+the stream's ``heldout``): a seeded :data:`HELDOUT_FRACTION` of the paragraphs, the digits and the point clouds.
+The held-out digits are held out of both digit sets, so zero-shot classification and retrieval see images the
+model never saw, with or without a caption.
 
 The same ``seed`` gives byte-identical output.
 """
@@ -34,8 +39,12 @@ CAPTION_TEMPLATES = (
     "the digit {name}, drawn with a pen",
     "handwritten {numeral} on a dark background",
 )
-#: The demo sets, each a subfolder of the output folder, plus ``tokenizer``.
+#: The demo sets, each a subfolder of the output folder, plus ``tokenizer``; their held-out sets are under
+#: ``heldout/``.
 DEMO_SETS = ("text", "image", "image_text", "points")
+HELDOUT_SETS = tuple(f"heldout/{name}" for name in DEMO_SETS)
+#: The share of each demo source held out of pretraining: paragraphs, digits, point clouds.
+HELDOUT_FRACTION = {"text": 0.05, "digits": 0.2, "points": 0.1}
 DEMO_SHARD_SAMPLES = 256
 
 
@@ -82,47 +91,67 @@ def shape_point_cloud(shape: str, num_points: int, rng: np.random.Generator) -> 
     return sample_surface(mesh, num_points, rng)
 
 
+def heldout_split(count: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(training, held-out)`` indices into ``count`` items: ``ceil(fraction · count)`` of them, drawn with
+    ``rng``, are held out; both in a shuffled order (shards then mix sources)."""
+    order = rng.permutation(count)
+    held = int(np.ceil(fraction * count))
+    return order[held:], order[:held]
+
+
 def build_demo_data(out_dir: str | Path, *, seed: int = 0, samples_per_kind: int | None = None,
                     point_clouds_per_class: int = 100, num_points: int = 1024, image_size: int = 32,
                     shard_samples: int = DEMO_SHARD_SAMPLES, tokenizer: TokenizerConfig | None = None,
                     overwrite: bool = False) -> dict[str, Path]:
-    """Write the demo shard sets to ``out_dir/{text,image,image_text,points}`` and the tokenizer to
-    ``out_dir/tokenizer``; return ``{name: folder}``.
+    """Write the demo shard sets to ``out_dir/{text,image,image_text,points}``, their held-out sets to
+    ``out_dir/heldout/…`` and the tokenizer to ``out_dir/tokenizer``; return ``{name: folder}`` (names
+    :data:`DEMO_SETS`, :data:`HELDOUT_SETS` and ``tokenizer``).
 
-    ``samples_per_kind`` caps every set (default: all 2.6k paragraphs, all 1797 digits, and
-    ``point_clouds_per_class`` × 6 shapes); shards hold ``shard_samples`` samples each. ``tokenizer`` defaults to
-    ``TokenizerConfig()`` (the demo vocabulary); its ``inputs`` are replaced by the text and caption sets.
+    ``samples_per_kind`` caps every training set, and every held-out set in proportion (default: all 2.6k
+    paragraphs, all 1797 digits, and ``point_clouds_per_class`` × 6 shapes, less the held-out shares); shards
+    hold ``shard_samples`` samples each. ``tokenizer`` defaults to ``TokenizerConfig()`` (the demo vocabulary);
+    its ``inputs`` are replaced by the training text and caption sets.
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    text_rng, caption_rng, points_rng = rng.spawn(3)
+    split_rng, caption_rng, points_rng = rng.spawn(3)
     options = {"max_count": shard_samples, "max_bytes": None, "overwrite": overwrite}
-    cap = slice(None) if samples_per_kind is None else slice(samples_per_kind)
-    folders = {name: out_dir / name for name in (*DEMO_SETS, "tokenizer")}
+    folders = {name: out_dir / name for name in (*DEMO_SETS, *HELDOUT_SETS, "tokenizer")}
+
+    def capped(indices: np.ndarray, source: str, heldout: bool) -> np.ndarray:
+        if samples_per_kind is None:
+            return indices
+        fraction = HELDOUT_FRACTION[source]
+        return indices[: int(np.ceil(samples_per_kind * fraction)) if heldout else samples_per_kind]
 
     images, labels = digit_images(image_size)  # first: without scikit-learn, nothing is written
     paragraphs = demo_paragraphs()
-    order = text_rng.permutation(len(paragraphs))  # mix topics across shards
-    with ShardSetWriter(folders["text"], "text", info={"source": "pydoc_data.topics"}, **options) as writer:
-        for index in order[cap]:
-            writer.write({"txt": paragraphs[index]})
-
+    shapes = list(SHAPES)
+    shape_labels = np.tile(np.arange(len(shapes)), point_clouds_per_class)
+    splits = {"text": heldout_split(len(paragraphs), HELDOUT_FRACTION["text"], split_rng),
+              "digits": heldout_split(len(labels), HELDOUT_FRACTION["digits"], split_rng),
+              "points": heldout_split(len(shape_labels), HELDOUT_FRACTION["points"], split_rng)}
     source = "sklearn.datasets.load_digits"
     classes = [str(d) for d in range(10)]
-    with ShardSetWriter(folders["image"], "image", info={"source": source, "classes": classes}, **options) as writer:
-        for image, label in zip(images[cap], labels[cap]):
-            writer.write({"png": _png(image), "cls": str(label)})
-    with ShardSetWriter(folders["image_text"], "image_text", info={"source": source}, **options) as writer:
-        for image, label in zip(images[cap], labels[cap]):
-            writer.write({"png": _png(image), "txt": digit_caption(int(label), caption_rng)})
-
-    shapes = list(SHAPES)
-    labels = np.tile(np.arange(len(shapes)), point_clouds_per_class)[cap]
-    info = {"source": "itnet_scale.data.meshes", "classes": shapes, "num_points": num_points}
-    with ShardSetWriter(folders["points"], "points", info=info, **options) as writer:
-        for label in labels:
-            points = shape_point_cloud(shapes[label], num_points, points_rng)
-            writer.write({"npy": npy_bytes(points), "cls": str(label)})
+    points_info = {"source": "itnet_scale.data.meshes", "classes": shapes, "num_points": num_points}
+    for part, prefix in ((0, ""), (1, "heldout/")):
+        text, digits, clouds = (capped(splits[k][part], k, heldout=part == 1) for k in ("text", "digits", "points"))
+        with ShardSetWriter(folders[f"{prefix}text"], "text", info={"source": "pydoc_data.topics"},
+                            **options) as writer:
+            for index in text:
+                writer.write({"txt": paragraphs[index]})
+        with ShardSetWriter(folders[f"{prefix}image"], "image", info={"source": source, "classes": classes},
+                            **options) as writer:
+            for index in digits:
+                writer.write({"png": _png(images[index]), "cls": str(labels[index])})
+        with ShardSetWriter(folders[f"{prefix}image_text"], "image_text", info={"source": source},
+                            **options) as writer:
+            for index in digits:
+                writer.write({"png": _png(images[index]), "txt": digit_caption(int(labels[index]), caption_rng)})
+        with ShardSetWriter(folders[f"{prefix}points"], "points", info=points_info, **options) as writer:
+            for index in clouds:
+                points = shape_point_cloud(shapes[shape_labels[index]], num_points, points_rng)
+                writer.write({"npy": npy_bytes(points), "cls": str(shape_labels[index])})
 
     config = replace(tokenizer or TokenizerConfig(), inputs=[str(folders["text"]), str(folders["image_text"])])
     train_tokenizer(config, folders["tokenizer"])

@@ -60,10 +60,12 @@ class StreamConfig:
     """One stream: a shard set (``path``), its mixture ``weight`` and its limits (longer samples are skipped).
 
     ``kind`` is the set's kind as the config expects it (checked against ``index.json``); empty takes the index's.
+    ``heldout``: a shard set of the same kind that pretraining never reads, for held-out evaluation (empty: none).
     """
 
     name: str = ""
     path: str = ""
+    heldout: str = ""
     weight: float = 1.0
     kind: str = ""
     max_text_bytes: int = 65536

@@ -148,14 +148,16 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         standardized with this batch's statistics; evaluation: the running ones)."""
         return self.itc(*self.contrastive_features(batch))
 
-    def losses(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
+    def losses(self, batch: Mapping[str, Tensor], gather: Gather | None = None, *,
+               contrastive: bool = True) -> dict[str, Tensor]:
         """The objectives of ``batch`` by name. ``gather`` (data parallelism) all-gathers the pooled contrastive
         features across ranks, so every rank standardizes with, and contrasts against, the global batch; without
-        it, the local one."""
+        it, the local one. ``contrastive=False`` leaves ``itc`` out (evaluation computes it from the embeddings
+        it keeps)."""
         modality = batch_modality(batch)
         wanted = [name for name, key in (("mlm", "mlm_labels"), ("mpm", "image_mask"), ("mpp", "point_mask"))
                   if key in batch]
-        if not wanted and modality != "image_text":
+        if not wanted and (modality != "image_text" or not contrastive):
             raise ValueError(f"this {modality} batch (keys {sorted(batch)}) asks for no pretraining objective: "
                              "give mlm_labels, image_mask or point_mask, or an image–text batch (contrastive)")
         losses: dict[str, Tensor] = {}
@@ -168,7 +170,7 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
             if "mpp" in wanted:
                 losses["mpp"] = self.mpp.loss(self.mpp(output.part("points")[0]), output.inputs.point_groups,
                                               batch["point_mask"])
-        if modality == "image_text":
+        if modality == "image_text" and contrastive:
             image, text = self.contrastive_features(batch)
             rows, offset = image.shape[0], 0
             if gather is not None:  # every rank's pooled features: the statistics and candidates of the global batch

@@ -5,7 +5,7 @@ YAML, applies the ``key=value`` overrides (omegaconf dot-list syntax) and checks
 config it names (built from ``model`` + ``model_overrides``) and the data config file — so a bad key, type or
 value fails on every rank, naming it, before any process group, engine or data loader exists.
 
-Sections: ``objectives`` (masking and loss weights), ``optimizer``
+Sections: ``objectives`` (masking and loss weights), ``eval`` (held-out evaluation), ``optimizer``
 (:class:`~itnet_scale.train.optimizer.OptimizerSettings`), ``deepspeed``
 (:class:`~itnet_scale.train.deepspeed_config.DeepSpeedSettings`), ``checkpoint``, ``logging`` and ``guard``
 (:class:`~itnet_scale.train.step_guard.StepGuard`'s loss-spike rule).
@@ -13,6 +13,7 @@ Sections: ``objectives`` (masking and loss weights), ``optimizer``
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,55 @@ class GuardSettings:
 
 
 @dataclass
+class ZeroShotSettings:
+    """Zero-shot classification of a stream's held-out images from caption prompts (open_clip's protocol): each
+    class's name in every template (``{}`` marks the name), the text embeddings averaged per class; an image's
+    prediction is the class whose embedding is nearest. ``stream``: an ``image`` stream whose held-out set has
+    class ids (``cls``); empty: no zero-shot evaluation. ``classes``: the names by class id; empty: the held-out
+    index's ``info.classes``."""
+
+    stream: str = ""
+    classes: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise ValueError("eval.zero_shot.templates: at least one template is needed")
+        for template in self.templates:
+            fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+            if fields != [""]:
+                raise ValueError(f"eval.zero_shot.templates: {template!r} must hold exactly one '{{}}' (where the "
+                                 "class name goes) and no other field")
+
+
+@dataclass
+class EvalSettings:
+    """Held-out evaluation (:mod:`itnet_scale.train.evaluation`) of every stream that names a ``heldout`` shard
+    set: every ``every`` optimizer steps (0: never during the run), with ``at_start`` before the first step of a
+    fresh run (the untrained baseline) and with ``at_end`` after the last step.
+    ``batch_size``: samples per forward; ``max_batches``: batches per stream, all ranks together (0: the whole
+    held-out set); the same subset is evaluated whatever the number of ranks. ``calibration_batches``: before
+    each evaluation, the contrastive head's standardization statistics are recomputed with the current weights
+    over this many batches of the first training image–text pairs (PreciseBN; 0: keep the running averages, which
+    lag behind weights that still move)."""
+
+    every: int = 0
+    at_start: bool = False
+    at_end: bool = True
+    batch_size: int = 32
+    max_batches: int = 0
+    calibration_batches: int = 8
+    zero_shot: ZeroShotSettings = field(default_factory=ZeroShotSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("every", "max_batches", "calibration_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"eval.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining run.
 
@@ -150,6 +200,7 @@ class PretrainConfig:
     sequence_parallel_size: int = 1
     init_from: str | None = None
     objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
@@ -168,6 +219,12 @@ class PretrainConfig:
         except ValueError as error:
             raise ValueError(f"model {self.model!r} with model_overrides: {error}") from None
         data = self.data_config()
+        heldout = [s.name for s in data.streams if s.heldout]
+        if self.eval.every and not heldout:
+            raise ValueError(f"eval.every={self.eval.every} but no stream of {self.data} names a heldout shard set")
+        if self.eval.zero_shot.stream and self.eval.zero_shot.stream not in heldout:
+            raise ValueError(f"eval.zero_shot.stream={self.eval.zero_shot.stream!r} must be a stream with a heldout "
+                             f"shard set; those with one: {heldout}")
         if self.deepspeed.micro_batch_size % data.unit_size:
             raise ValueError(f"deepspeed.micro_batch_size={self.deepspeed.micro_batch_size} must be a multiple of "
                              f"the data config's unit_size={data.unit_size} (a micro-batch is whole units)")
@@ -191,6 +248,11 @@ class PretrainConfig:
     @property
     def tensorboard_dir(self) -> Path:
         return Path(self.run_dir) / "tensorboard"
+
+    @property
+    def eval_file(self) -> Path:
+        """``RUN/eval.jsonl``: one JSON line per held-out evaluation."""
+        return Path(self.run_dir) / "eval.jsonl"
 
 
 def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:

@@ -8,6 +8,9 @@ on — the state of the last complete checkpoint: weights, optimizer, schedule, 
 step guard's history and every rank's random generators. The same command therefore restarts a killed run where
 its last checkpoint left it, and the run goes on exactly as if it had never stopped.
 
+With held-out shard sets in the data config, :class:`~itnet_scale.train.evaluation.Evaluator` evaluates the model
+on them (``eval``: every N steps, at the start, at the end) without touching the training state.
+
 One optimizer step is ``gradient_accumulation_steps`` micro-steps; each reads one micro-batch per stream, runs
 every objective (:func:`~itnet_scale.train.objectives.micro_step_losses`) and backpropagates the weighted total.
 At the boundary :class:`~itnet_scale.train.step_guard.StepGuard` decides for all ranks whether the update is
@@ -38,6 +41,7 @@ from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
 from itnet_scale.train.engine import build_engine
+from itnet_scale.train.evaluation import Evaluator, format_metrics, metrics_table
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
 from itnet_scale.train.objectives import gather_rows, micro_step_losses
 from itnet_scale.train.pretrain_data import MicroBatchBuilder, PretrainStreams
@@ -61,11 +65,13 @@ class StepRecord:
 
 @dataclass
 class PretrainResult:
-    """What :meth:`Pretrainer.run` returns: the steps it ran, where it started, the last checkpoint."""
+    """What :meth:`Pretrainer.run` returns: the steps it ran, where it started, the last checkpoint, and the
+    held-out evaluations (``{"step": …, <metric>: …}``)."""
 
     start_step: int
     records: list[StepRecord] = field(default_factory=list)
     checkpoint: Path | None = None
+    evaluations: list[dict[str, float]] = field(default_factory=list)
 
 
 def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -110,6 +116,10 @@ class Pretrainer:
         self.streams = PretrainStreams(
             data, config.deepspeed.micro_batch_size // data.unit_size, builder, num_workers=config.num_workers,
             data_parallel_rank=self.sp.data_parallel_rank, data_parallel_size=self.sp.data_parallel_size)
+        self.evaluator = Evaluator(data, config.eval, self.tokenizer, builder,
+                                   prompt_tokens=config.objectives.max_caption_tokens,
+                                   rank=self.sp.data_parallel_rank, world_size=self.sp.data_parallel_size,
+                                   group=self.sp.data_parallel_group)
         self.guard = StepGuard(config.guard.spike_factor, config.guard.spike_window, config.guard.spike_warmup)
         self.step = 0
         self.resumed_from: str | None = None
@@ -229,11 +239,13 @@ class Pretrainer:
         config = self.config
         result = PretrainResult(start_step=self.step)
         metrics = MetricsLogger(config.tensorboard_dir, rank=self.rank, total_steps=config.steps, start_step=self.step,
-                                print_every=config.logging.print_every)
+                                print_every=config.logging.print_every, eval_file=config.eval_file)
         throughput = Throughput(config.logging.peak_flops_per_rank * self.world_size)
         pending_save = False
         last_saved = self.step if self.resumed_from else None
         try:
+            if config.eval.at_start and self.evaluator and self.step == 0:
+                result.evaluations.append(self.evaluate(metrics))
             while self.step < config.steps:
                 began = time.perf_counter()
                 record, counts = self.train_step()
@@ -243,9 +255,14 @@ class Pretrainer:
                 throughput.add(int(totals[0]), int(totals[1]), counts["data_wait"], float(totals[2]))
                 if self.step % config.logging.log_every == 0 or self.step == config.steps:
                     metrics.log(self.step, self._scalars(record, throughput, time.perf_counter() - began))
+                if config.eval.every and self.step % config.eval.every == 0:
+                    result.evaluations.append(self.evaluate(metrics))
                 pending_save = pending_save or self.step % config.checkpoint.save_every == 0
                 if pending_save and record.applied:
                     result.checkpoint, last_saved, pending_save = self._save(), self.step, False
+            evaluated = [e["step"] for e in result.evaluations]
+            if config.eval.at_end and self.evaluator and self.step not in evaluated:
+                result.evaluations.append(self.evaluate(metrics))
             if last_saved != self.step:
                 result.checkpoint = self._save()
             elif result.checkpoint is None and last_saved is not None:
@@ -258,7 +275,18 @@ class Pretrainer:
             if len(result.records) >= 2:
                 print(f"loss, mean of the first → last {min(10, len(result.records) // 2)} steps run: "
                       f"{_loss_change(result.records)}", flush=True)
+            if result.evaluations:
+                shown = result.evaluations[:1] + result.evaluations[1:][-1:]
+                print(f"held-out evaluation ({config.eval_file}):\n{metrics_table(shown)}", flush=True)
         return result
+
+    def evaluate(self, metrics: MetricsLogger | None = None) -> dict[str, float]:
+        """The held-out evaluation now (:mod:`~itnet_scale.train.evaluation`), reported through ``metrics``;
+        returns ``{"step": …, <metric>: …}``."""
+        values = self.evaluator.evaluate(self.engine.module)
+        if metrics is not None:
+            metrics.log_evaluation(self.step, values, format_metrics(self.step, values))
+        return {"step": self.step, **values}
 
     def _scalars(self, record: StepRecord, throughput: Throughput, step_seconds: float) -> dict[str, float]:
         scalars = {f"loss/{name}": value for name, value in record.losses.items()}

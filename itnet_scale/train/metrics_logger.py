@@ -3,10 +3,13 @@
 Only rank 0 writes (``tensorboard --logdir RUN/tensorboard``); the other ranks' loggers do nothing, so the loop
 calls the same methods everywhere. On a terminal the progress is one tqdm bar with the loss and throughput;
 when stdout is not a TTY (a cluster log file) it is one plain line every ``print_every`` steps instead.
+Held-out evaluations go to TensorBoard under ``eval/…``, to one progress line each, and as one JSON line each
+(``{"step": …, "<metric>": …}``) appended to ``eval_file``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -61,10 +64,11 @@ class MetricsLogger:
     """Rank 0's TensorBoard writer and progress display; a no-op on other ranks."""
 
     def __init__(self, log_dir: str | Path, *, rank: int, total_steps: int, start_step: int = 0,
-                 print_every: int = 10, stream: TextIO | None = None) -> None:
+                 print_every: int = 10, stream: TextIO | None = None, eval_file: str | Path | None = None) -> None:
         self.active = rank == 0
         self.print_every = max(print_every, 1)
         self.log_dir = Path(log_dir)
+        self.eval_file = None if eval_file is None else Path(eval_file)
         self._writer: SummaryWriter | None = None
         self._bar: tqdm | None = None
         self._stream = stream or sys.stdout
@@ -90,6 +94,24 @@ class MetricsLogger:
         elif step % self.print_every == 0:
             text = " ".join(f"{name}={value:.4g}" for name, value in shown.items())
             print(f"step {step} {text}", file=self._stream, flush=True)
+
+    def log_evaluation(self, step: int, metrics: Mapping[str, float], line: str) -> None:
+        """A held-out evaluation at ``step``: TensorBoard ``eval/<metric>``, the progress ``line``, and one JSON
+        line appended to ``eval_file``."""
+        if not self.active:
+            return
+        assert self._writer is not None
+        for name, value in metrics.items():
+            self._writer.add_scalar(f"eval/{name}", float(value), step)
+        self._writer.flush()
+        if self._bar is not None:
+            self._bar.write(line, file=self._stream)
+        else:
+            print(line, file=self._stream, flush=True)
+        if self.eval_file is not None:
+            self.eval_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.eval_file.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
 
     def close(self) -> None:
         """Flush the event file and close the bar."""

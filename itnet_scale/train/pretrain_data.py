@@ -51,7 +51,8 @@ def random_subset_mask(rows: int, size: int, ratio: float, generator: torch.Gene
 class MicroBatch:
     """One stream's part of a micro-step on this rank: ``batch`` is the model's input dict (``None`` when every
     sample of the units was skipped), ``samples`` the valid samples, ``tokens`` the input tokens, ``skipped`` the
-    skipped samples per reason, ``units`` the global unit indices read."""
+    skipped samples per reason, ``units`` the global unit indices read; ``labels`` ``[samples]``: the samples'
+    class ids when the shard set has them (``cls``; held-out evaluation's zero-shot classification reads them)."""
 
     stream: str
     kind: str
@@ -60,6 +61,7 @@ class MicroBatch:
     tokens: int
     skipped: dict[str, int]
     units: list[int]
+    labels: Tensor | None = None
 
 
 class MicroBatchBuilder:
@@ -128,7 +130,7 @@ class MicroBatchBuilder:
             groups = self.model.point_tokens or batch["points"].shape[1]
             batch["point_mask"] = random_subset_mask(samples, groups, self.objectives.point_mask_ratio, generator)
             tokens += samples * groups
-        return MicroBatch(self.stream, self.kind, batch, samples, tokens, grouped["skipped"], ids)
+        return MicroBatch(self.stream, self.kind, batch, samples, tokens, grouped["skipped"], ids, grouped.get("cls"))
 
 
 class PretrainStreams:

@@ -1,4 +1,5 @@
-"""itnet_scale.data.demo: the embedded demo sets hold the real digits, captions, shapes and text, reproducibly."""
+"""itnet_scale.data.demo: the embedded demo sets hold the real digits, captions, shapes and text, reproducibly, and
+held-out sets that share no sample with them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from itnet_scale.data.demo import CAPTION_TEMPLATES, DEMO_SETS, DIGIT_NAMES, build_demo_data
+from itnet_scale.data.demo import CAPTION_TEMPLATES, DEMO_SETS, DIGIT_NAMES, HELDOUT_SETS, build_demo_data
 from itnet_scale.data.meshes import SHAPES
 from itnet_scale.data.shards import iter_shard_samples, read_index
 from itnet_scale.data.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer_config
@@ -33,14 +34,19 @@ def file_digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_four_sets_with_several_shards(demo: dict[str, Path]) -> None:
-    assert set(demo) == {*DEMO_SETS, "tokenizer"}
+def test_four_sets_with_several_shards_and_their_heldout_sets(demo: dict[str, Path]) -> None:
+    assert set(demo) == {*DEMO_SETS, *HELDOUT_SETS, "tokenizer"}
     expected_keys = {"text": ["txt"], "image": ["cls", "png"], "image_text": ["png", "txt"], "points": ["cls", "npy"]}
+    # 90 of each kind (the points: 15 per shape, less the held-out 10%); held out: 5% of the paragraphs, 20% of
+    # the digits, 10% of the point clouds, in proportion to the cap
+    training = {"text": 90, "image": 90, "image_text": 90, "points": 81}
+    heldout = {"text": 5, "image": 18, "image_text": 18, "points": 9}
     for name in DEMO_SETS:
-        index = read_index(demo[name])
-        assert index["kind"] == name and index["keys"] == expected_keys[name]
-        assert index["samples"] == 90 and [s["samples"] for s in index["shards"]] == [25, 25, 25, 15]
-        assert index["skipped"] == {}
+        for folder, samples in ((demo[name], training[name]), (demo[f"heldout/{name}"], heldout[name])):
+            index = read_index(folder)
+            assert index["kind"] == name and index["keys"] == expected_keys[name]
+            assert index["samples"] == samples and index["skipped"] == {}
+    assert [s["samples"] for s in read_index(demo["text"])["shards"]] == [25, 25, 25, 15]
 
 
 def test_text_is_pydoc_paragraphs(demo: dict[str, Path]) -> None:
@@ -50,32 +56,43 @@ def test_text_is_pydoc_paragraphs(demo: dict[str, Path]) -> None:
     assert len(set(texts)) > 80 and all(text == text.strip() and text for text in texts)
 
 
-def upsampled_digits() -> tuple[np.ndarray, np.ndarray]:
-    digits = load_digits()
-    small = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)
-    return np.kron(small, np.ones((1, 4, 4), dtype=np.uint8)), digits.target  # nearest-neighbour 8 -> 32
+def upsampled_digits() -> dict[bytes, int]:
+    """Every digit's pixels (nearest-neighbour 8 -> 32), as bytes, → its index in ``load_digits`` (all differ)."""
+    small = np.round(load_digits().images * 255.0 / 16.0).astype(np.uint8)
+    return {image.tobytes(): i for i, image in enumerate(np.kron(small, np.ones((1, 4, 4), dtype=np.uint8)))}
 
 
-def test_images_decode_to_the_digits(demo: dict[str, Path]) -> None:
-    images, targets = upsampled_digits()
-    samples = list(iter_shard_samples(demo["image"]))
-    for i, sample in enumerate(samples):
-        image = Image.open(io.BytesIO(sample["png"]))
-        assert image.format == "PNG" and image.mode == "L" and image.size == (32, 32)
-        assert np.array_equal(np.asarray(image), images[i])
-        assert int(sample["cls"]) == targets[i]
-    assert read_index(demo["image"])["classes"] == [str(d) for d in range(10)]
+def digit_indices(folder: Path) -> list[int]:
+    """The ``load_digits`` index of every image of a digit shard set (KeyError: an image that is no digit)."""
+    digits = upsampled_digits()
+    return [digits[np.asarray(Image.open(io.BytesIO(s["png"]))).tobytes()] for s in iter_shard_samples(folder)]
+
+
+def test_images_decode_to_the_digits_and_the_heldout_ones_are_never_trained_on(demo: dict[str, Path]) -> None:
+    targets = load_digits().target
+    for name in ("image", "heldout/image"):
+        samples = list(iter_shard_samples(demo[name]))
+        for sample, index in zip(samples, digit_indices(demo[name]), strict=True):
+            image = Image.open(io.BytesIO(sample["png"]))
+            assert image.format == "PNG" and image.mode == "L" and image.size == (32, 32)
+            assert int(sample["cls"]) == targets[index]
+        assert read_index(demo[name])["classes"] == [str(d) for d in range(10)]
+    trained = set(digit_indices(demo["image"])) | set(digit_indices(demo["image_text"]))
+    heldout = set(digit_indices(demo["heldout/image"]))
+    assert heldout == set(digit_indices(demo["heldout/image_text"])) and len(heldout) == 18
+    assert not trained & heldout
+    texts = {s["txt"] for s in iter_shard_samples(demo["text"])}
+    assert not texts & {s["txt"] for s in iter_shard_samples(demo["heldout/text"])}
 
 
 def test_captions_mention_the_right_digit(demo: dict[str, Path]) -> None:
-    images, targets = upsampled_digits()
+    targets = load_digits().target
     samples = list(iter_shard_samples(demo["image_text"]))
     used_templates = set()
-    for i, sample in enumerate(samples):
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(sample["png"]))), images[i])
+    for sample, index in zip(samples, digit_indices(demo["image_text"]), strict=True):
         caption = sample["txt"].decode()
         words = set(re.findall(r"\w+", caption))
-        digit = int(targets[i])
+        digit = int(targets[index])
         assert DIGIT_NAMES[digit] in words or str(digit) in words
         mentioned = {d for d in range(10) if DIGIT_NAMES[d] in words or str(d) in words}
         assert mentioned == {digit}, caption
@@ -97,7 +114,9 @@ def test_point_clouds_have_the_shape_and_differ_by_class(demo: dict[str, Path]) 
     clouds = [np.load(io.BytesIO(s["npy"]), allow_pickle=False) for s in samples]
     labels = np.array([int(s["cls"]) for s in samples])
     assert all(c.shape == (1024, 3) and c.dtype == np.float32 for c in clouds)
-    assert np.bincount(labels).tolist() == [15] * len(SHAPES)
+    heldout = np.array([int(s["cls"]) for s in iter_shard_samples(demo["heldout/points"])])
+    assert (np.bincount(labels, minlength=len(SHAPES)) + np.bincount(heldout, minlength=len(SHAPES))).tolist() == \
+        [15] * len(SHAPES)
     assert read_index(demo["points"])["classes"] == list(SHAPES)
     # random scale and rotation per sample: two boxes differ ...
     boxes = [c for c, label in zip(clouds, labels) if label == 0]
@@ -127,10 +146,9 @@ def test_rebuild_with_the_same_seed_is_byte_identical(demo: dict[str, Path], tmp
     assert file_digests(out_dir) == before
     other = build_demo_data(tmp_path / "seed1", seed=1, **SMALL)
     after = file_digests(tmp_path / "seed1")
-    changed = {name for name in ("text", "image_text", "points")
+    changed = {name for name in (*DEMO_SETS, *HELDOUT_SETS)
                if before[f"{name}/shard-000000.tar"] != after[f"{name}/shard-000000.tar"]}
-    assert changed == {"text", "image_text", "points"}  # the digit images themselves do not depend on the seed
-    assert before["image/shard-000000.tar"] == after["image/shard-000000.tar"]
+    assert changed == {*DEMO_SETS, *HELDOUT_SETS}  # the held-out split too depends on the seed
     assert other["tokenizer"].is_dir()
 
 
@@ -151,8 +169,10 @@ def test_without_scikit_learn_the_error_names_the_extra_and_nothing_is_written(t
 def test_full_default_build(tmp_path: Path) -> None:
     """The default build (what the CPU demo uses): every paragraph and digit, 600 shapes, the 3000-piece vocabulary."""
     folders = build_demo_data(tmp_path)
-    counts = {name: read_index(folders[name])["samples"] for name in DEMO_SETS}
+    counts = {name: read_index(folders[name])["samples"] + read_index(folders[f"heldout/{name}"])["samples"]
+              for name in DEMO_SETS}
     assert counts == {"text": len([p for t in topics.values() for p in re.split(r"\n\s*\n", t) if p.strip()]),
                       "image": 1797, "image_text": 1797, "points": 600}
+    assert read_index(folders["heldout/image"])["samples"] == 360  # 20% of the digits
     assert all(len(read_index(folders[name])["shards"]) >= 3 for name in DEMO_SETS)
     assert Tokenizer.from_dir(folders["tokenizer"]).vocab_size == TokenizerConfig().vocab_size == 3000
