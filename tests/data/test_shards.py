@@ -15,6 +15,7 @@ from PIL import Image
 
 from itnet_scale.data.meshes import Mesh, box, parse_off, sample_surface
 from itnet_scale.data.shards import (
+    BadShardError,
     ShardSetSummary,
     ShardSetWriter,
     iter_shard_samples,
@@ -121,7 +122,7 @@ def test_writer_rejects_bad_samples_and_empty_sets(tmp_path: Path) -> None:
         ShardSetWriter(tmp_path / "b", "text", max_count=0)
     with pytest.raises(ValueError, match=r"prefix 'a/b' must be"):
         ShardSetWriter(tmp_path / "c", "text", prefix="a/b")
-    missing_cls = r"sample 0: a 'image' sample holds png or jpg \+ cls, got members \['png'\]"
+    missing_cls = r"sample 0: a 'image' sample holds png or jpg or webp \+ cls, got members \['png'\]"
     with pytest.raises(ValueError, match=missing_cls), ShardSetWriter(tmp_path / "d", "image") as writer:
         writer.write({"png": b"..."})
     with pytest.raises(ValueError, match=r"got members \['cls', 'jpg', 'png'\]"), \
@@ -144,17 +145,17 @@ def make_set(directory: Path) -> dict:
 
 
 @pytest.mark.parametrize(("edit", "error", "message"), [
-    (lambda index, d: (d / "shard-000001.tar").unlink(), FileNotFoundError,
-     r"shards\[1\] names shard-000001\.tar, which does not exist"),
-    (lambda index, d: (d / "shard-000000.tar").write_bytes(b"x" * 100), ValueError,
-     r"field 'shards\[0\]\.bytes' is \d+ but shard-000000\.tar has 100 bytes"),
     (lambda index, d: index.update(format="itnet-shards/0"), ValueError, r"field 'format' must be 'itnet-shards/1'"),
     (lambda index, d: index.update(kind="video"), ValueError, r"field 'kind' must be one of"),
     (lambda index, d: index.update(keys=["jpg"]), ValueError, r"field 'keys' must list members of a 'text' set"),
     (lambda index, d: index.update(samples=5), ValueError, r"field 'samples' is 5 but the shards add up to 4"),
     (lambda index, d: index.update(shards=[]), ValueError, r"field 'shards' must be a non-empty list"),
     (lambda index, d: index["shards"][0].update(name="../shard-000000.tar"), ValueError,
-     r"field 'shards\[0\]\.name' must be a file name"),
+     r"field 'shards\[0\]\.name' must be a plain '\.tar' file name in the set's folder"),
+    (lambda index, d: index["shards"][0].update(name="pipe:touch x.tar"), ValueError,
+     r"field 'shards\[0\]\.name' must be a plain '\.tar' file name"),
+    (lambda index, d: index.update(members={"json": 4}), ValueError,
+     r"field 'members' must map every member extension \(at least \['txt'\]\)"),
     (lambda index, d: index["shards"][1].update(samples=-1), ValueError,
      r"field 'shards\[1\]\.samples' must be a non-negative integer"),
 ])
@@ -164,6 +165,21 @@ def test_read_index_names_what_is_wrong(tmp_path: Path, edit, error: type[Except
     (tmp_path / "index.json").write_text(json.dumps(index))
     with pytest.raises(error, match=r"index\.json: .*" + message):
         read_index(tmp_path)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: (d / "shard-000001.tar").unlink(), r"shard-000001\.tar: does not exist \(index\.json lists it\)"),
+    (lambda d: (d / "shard-000000.tar").write_bytes(b"x" * 100),
+     r"shard-000000\.tar: has 100 bytes but its index says \d+"),
+])
+def test_read_index_checks_local_shards_unless_told_not_to(tmp_path: Path, edit, message: str) -> None:
+    """A missing shard or one of another size is a BadShardError naming it; ``check_shards=False`` (a streaming
+    reader, which skips bad shards as it meets them) reads the index all the same."""
+    index = make_set(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(BadShardError, match=message):
+        read_index(tmp_path)
+    assert read_index(tmp_path, check_shards=False) == index
 
 
 def test_read_index_rejects_invalid_json(tmp_path: Path) -> None:

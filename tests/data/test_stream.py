@@ -266,7 +266,9 @@ def test_bad_image_text_is_skipped_counted_logged_and_never_unpickled(tmp_path, 
     assert any("sample 005 skipped (missing_key" in m for m in logged)
 
 
-def test_truncated_tar_counts_its_missing_slots(tmp_path, caplog):
+def test_a_broken_tar_counts_its_unread_slots_as_bad_shard(tmp_path, caplog):
+    """A tar cut inside a member's header (its index agrees with its size: the tar itself is broken): the samples
+    before the break are read, the shard is logged by name, and its unread slots count as ``bad_shard``."""
     samples = [{"__key__": f"{i:03d}", "png": png(i), "txt": b"fine"} for i in range(6)]
     whole = tmp_path / "whole"
     write_set(whole, "image_text", samples, 6)
@@ -274,10 +276,11 @@ def test_truncated_tar_counts_its_missing_slots(tmp_path, caplog):
     dataset = single_shard_dataset(tmp_path, "image_text", samples, cut_at=cut)
     with caplog.at_level(logging.WARNING, logger="itnet_scale.data.stream"):
         units = list(islice(dataset.units(), 2))
-    for unit in units:  # 003 arrives without its caption; 004 and 005 never arrive
-        assert unit["skipped"] == {"missing_key": 1, "truncated_shard": 2}
+    for unit in units:  # 003 never completes; 004 and 005 never arrive
+        assert unit["skipped"] == {"bad_shard": 3}
         assert sorted(s["__key__"] for s in unit["samples"]) == ["000", "001", "002"]
-    assert any("shard-000000.tar: ended after 4 of its 6 samples" in r.getMessage() for r in caplog.records)
+    assert any("bad shard skipped: " in r.getMessage() and "shard-000000.tar: cannot be read after" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_bad_points_and_classes_are_skipped_by_reason(tmp_path):
