@@ -271,17 +271,13 @@ _URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 def location_kind(location: str, *, allow_pipe_urls: bool = False) -> str:
     """What ``location`` (a shard set, or a file in one) is: ``"local"`` (a path or ``file://`` URL), ``"http"``
     (``http://``, ``https://``) or ``"pipe"``. ``pipe:COMMAND`` runs a shell command whose stdout is the file, with
-    ``{name}`` where the file name goes (``pipe:aws s3 cp s3://bucket/set/{name} -``); it is refused unless
+    ``{name}`` where a shard set's file name goes (``pipe:aws s3 cp s3://bucket/set/{name} -``); it is refused unless
     ``allow_pipe_urls`` (which only a command-line flag may set: nothing in a config may run code). Raises
     :class:`ShardSetError` saying why a location is refused."""
     if location.startswith(PIPE_PREFIX):
         if not allow_pipe_urls:
             raise ShardSetError(f"{location!r}: a pipe: location runs a shell command, and nothing in a config may run "
                                 "code; pass --allow_pipe_urls on the command line to allow it")
-        if "{name}" not in location:
-            raise ShardSetError(f"{location!r}: a pipe: location is a command that writes one file of the set to "
-                                "stdout, with {name} where the file name goes (e.g. "
-                                "'pipe:aws s3 cp s3://bucket/set/{name} -')")
         return "pipe"
     match = _URL_SCHEME.match(location)
     scheme = match["scheme"].lower() if match else "file"
@@ -296,6 +292,10 @@ def location_kind(location: str, *, allow_pipe_urls: bool = False) -> str:
 def _in_set(location: str, kind: str, name: str) -> str:
     """The location of file ``name`` (a plain file name) of the set at ``location`` of ``kind``."""
     if kind == "pipe":
+        if "{name}" not in location:
+            raise ShardSetError(f"{location!r}: a pipe: shard set is a command that writes one file of the set to "
+                                "stdout, with {name} where the file name goes (e.g. "
+                                "'pipe:aws s3 cp s3://bucket/set/{name} -')")
         return location.replace("{name}", name)
     if kind == "http" or _URL_SCHEME.match(location):
         return f"{location.rstrip('/')}/{name}"
