@@ -18,6 +18,7 @@ from itnet_scale.data.shards import (
     BadShardError,
     ShardSetSummary,
     ShardSetWriter,
+    index_existing_shards,
     iter_shard_samples,
     read_index,
     split_documents,
@@ -26,6 +27,7 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
+from tests.corpus_fixtures import write_img2dataset_folder
 
 UNIT_CUBE_OFF = """OFF
 # a unit cube, faces as quads
@@ -378,3 +380,34 @@ def test_class_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "flat" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"flat: no class folders"):
         write_point_cloud_shards(tmp_path / "flat", tmp_path / "out")
+
+
+def test_existing_img2dataset_tars_are_indexed_in_place(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """img2dataset's folder (2 tars of 5 samples, one image as WebP, ``_stats.json`` and parquet files beside them)
+    plus a third tar cut off by a killed download: the readable tars are indexed — counts, member extensions,
+    per-shard sizes — the cut one is left out and logged, and no file in the folder changes."""
+    folder = tmp_path / "laion"
+    write_img2dataset_folder(folder, webp_keys=("000010003",))
+    with wds.TarWriter(str(folder / "00002.tar")) as sink:
+        sink.write({"__key__": "000020000", "jpg": b"\xff\xd8" + b"x" * 4000, "txt": "cut off", "json": "{}"})
+    (folder / "00002.tar").write_bytes((folder / "00002.tar").read_bytes()[:3000])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    summary = index_existing_shards(folder, "image_text")
+    assert summary == ShardSetSummary(folder, "image_text", 10, 2, summary.bytes, {"unreadable_shard": 1})
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "index.json"} == before
+    index = read_index(folder)
+    assert index["shards"] == [{"name": n, "samples": 5, "bytes": len(before[n])} for n in ("00000.tar", "00001.tar")]
+    assert index["keys"] == ["jpg", "txt", "webp"]
+    assert index["members"] == {"jpg": 9, "json": 10, "txt": 10, "webp": 1}
+    assert index["samples"] == 10 and index["skipped"] == {"unreadable_shard": 1}
+    assert "00002.tar: cannot be read after" in caplog.text
+    assert [s["__key__"] for s in iter_shard_samples(folder)] == [f"0000{s}000{i}" for s in (0, 1) for i in range(5)]
+
+    with pytest.raises(FileExistsError, match=r"laion/index\.json exists already; pass --overwrite"):
+        index_existing_shards(folder, "image_text")
+    with pytest.raises(ValueError, match=r"no sample holds cls, so this is not a 'image' set \(members found: "
+                                         r"\['jpg', 'json', 'txt', 'webp'\]\)"):
+        index_existing_shards(folder, "image", overwrite=True)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"none: no readable \.tar shards"):
+        index_existing_shards(tmp_path / "none", "image_text")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from itnet_scale.config import merge_config
 from itnet_scale.data.demo import build_demo_data
-from itnet_scale.data.shards import BadShardError
+from itnet_scale.data.shards import BadShardError, index_existing_shards
 from itnet_scale.data.stream import (
     DataConfig,
     MixtureSchedule,
@@ -34,6 +34,7 @@ from itnet_scale.data.stream import (
     unit_loader,
 )
 from itnet_scale.data.tokenizer import TokenizerConfig
+from tests.corpus_fixtures import write_img2dataset_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
@@ -522,3 +523,24 @@ def test_pipe_locations_need_the_caller_to_allow_them(sets, tmp_path):
         StreamingDataset(config_for(at(sets, "pipe:cat")), allow_pipe_urls=True)
     with pytest.raises(ValueError, match=r"'s3://bucket/text': unsupported scheme 's3'"):
         StreamingDataset(config_for(at(sets, "s3://bucket")))
+
+
+def test_an_indexed_img2dataset_folder_streams_as_it_is(tmp_path):
+    """img2dataset's tars, indexed in place, stream without being rewritten: JPEG and WebP images decode (WebP through
+    PIL, lossless here: the exact pixels), captions are the ``txt``, the ``json`` member is dropped undecoded and,
+    as the index declares it, not counted as an ignored member."""
+    folder = tmp_path / "laion"
+    pixels = write_img2dataset_folder(folder, webp_keys=("000010003",))
+    index_existing_shards(folder, "image_text")
+    config = DataConfig(seed=0, lanes=1, unit_size=5, mix_period=1, shuffle_buffer=1,
+                        streams=[StreamConfig(name="laion", path=str(folder), kind="image_text")])
+    units = list(islice(StreamingDataset(config).units(), 6))
+    samples = {s["__key__"]: s for unit in units for s in unit["samples"]}
+    assert sorted(samples) == sorted(pixels) and all(unit["skipped"] == {} for unit in units)
+    webp = samples["000010003"]
+    assert webp["image"].shape == (3, 16, 16) and np.array_equal(webp["image"], pixels["000010003"].transpose(2, 0, 1))
+    jpeg = samples["000000001"]
+    assert np.abs(jpeg["image"].astype(int) - pixels["000000001"].transpose(2, 0, 1)).mean() < 4  # lossy
+    assert jpeg["txt"] == "a photo of thing number 1" and jpeg["ignored_members"] == ["json"] and "json" not in jpeg
+    batch = collate_units(units[:2])["laion"]
+    assert batch["image"].shape == (10, 3, 16, 16) and len(batch["txt"]) == 10
