@@ -78,9 +78,11 @@ def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 
 class Pretrainer:
     """A pretraining run on DeepSpeed (see the module doc). ``deepspeed_config_file``: the user's own DeepSpeed
-    JSON, merged over the generated one."""
+    JSON, merged over the generated one. ``allow_pipe_urls``: the command line's consent to ``pipe:`` stream paths
+    (a config cannot give it)."""
 
-    def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> None:
+    def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None, *,
+                 allow_pipe_urls: bool = False) -> None:
         self.config = config
         init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -109,7 +111,8 @@ class Pretrainer:
 
         self.streams = PretrainStreams(
             data, config.deepspeed.micro_batch_size // data.unit_size, builder, num_workers=config.num_workers,
-            data_parallel_rank=self.sp.data_parallel_rank, data_parallel_size=self.sp.data_parallel_size)
+            data_parallel_rank=self.sp.data_parallel_rank, data_parallel_size=self.sp.data_parallel_size,
+            allow_pipe_urls=allow_pipe_urls)
         self.guard = StepGuard(config.guard.spike_factor, config.guard.spike_window, config.guard.spike_warmup)
         self.step = 0
         self.resumed_from: str | None = None
@@ -297,6 +300,7 @@ def _memory_scalars() -> dict[str, float]:
     return scalars
 
 
-def run_pretraining(config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> PretrainResult:
+def run_pretraining(config: PretrainConfig, deepspeed_config_file: str | Path | None = None, *,
+                    allow_pipe_urls: bool = False) -> PretrainResult:
     """Build a :class:`Pretrainer` from ``config`` and run it to ``config.steps``."""
-    return Pretrainer(config, deepspeed_config_file).run()
+    return Pretrainer(config, deepspeed_config_file, allow_pipe_urls=allow_pipe_urls).run()
