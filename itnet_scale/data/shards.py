@@ -31,6 +31,7 @@ disagrees with the index. Locations are local paths, ``file://``, ``http://`` an
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -382,7 +383,8 @@ def _shard_samples(location: str, kind: str, expected_bytes: int | None) -> Iter
                                 if counted.count < expected_bytes else
                                 f"has {counted.count} bytes but its index says {expected_bytes}")
     finally:
-        stream.close()
+        with contextlib.suppress(OSError):  # a pipe's command exiting non-zero: what it failed to deliver shows above
+            stream.close()
 
 
 def read_shard(location: str, *, expected_bytes: int | None = None, allow_pipe_urls: bool = False,
