@@ -3,16 +3,37 @@
 
 Parses the config (errors name the bad key before anything starts), then hands it to the loop in
 :mod:`itnet_scale.train.loop`. ``--deepspeed_config FILE`` merges a DeepSpeed JSON of your own over the generated
-one. Re-running the same command resumes from the run's latest checkpoint.
+one. ``--allow_pipe_urls`` lets stream paths be ``pipe:`` shell commands (a config alone never runs one). Re-running
+the same command resumes from the run's latest checkpoint.
+
+A problem found before training starts (the config, the data: a missing shard set, a bad shard under
+``strict: true`` …) is printed once, by rank 0, as one ``error: …`` line, and every rank exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from itnet_scale.train.config import load_pretrain_config
+
+
+def report_startup_error(error: Exception) -> int:
+    """Print ``error: MESSAGE`` from rank 0 only (the launcher's ``RANK``; every rank found the same problem) and
+    return exit status 2. Ranks that agreed on the error (a :class:`StartupError`) wait for rank 0's line before
+    they exit: the launcher stops every rank as soon as one has exited."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    from itnet_scale.train.pretrain_data import StartupError
+
+    if isinstance(error, StartupError):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,17 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="a pretraining YAML (configs/pretrain/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (omegaconf dot-list)")
     parser.add_argument("--deepspeed_config", type=Path, default=None, help="your DeepSpeed JSON, over ours")
+    parser.add_argument("--allow_pipe_urls", action="store_true",
+                        help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
     try:
         config = load_pretrain_config(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_startup_error(error)
     # Imported once the config is good: a bad key is reported in a second, before DeepSpeed and the model load.
-    from itnet_scale.train.loop import run_pretraining
+    from itnet_scale.train.loop import Pretrainer
 
-    run_pretraining(config, args.deepspeed_config)
+    try:
+        trainer = Pretrainer(config, args.deepspeed_config, allow_pipe_urls=args.allow_pipe_urls)
+    except (ValueError, FileNotFoundError) as error:  # bad input found while setting up: named, not a traceback
+        return report_startup_error(error)
+    trainer.run()
     return 0
 
 

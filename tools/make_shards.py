@@ -1,4 +1,5 @@
-"""Write webdataset shard sets (``{prefix}-%06d.tar`` + ``index.json``) from real data formats, or the demo data.
+"""Write webdataset shard sets (``{prefix}-%06d.tar`` + ``index.json``) from real data formats, or the demo data;
+index existing webdataset tars in place; check a set (a folder or URL) by reading every shard.
 
 Usage::
 
@@ -7,6 +8,8 @@ Usage::
     python tools/make_shards.py captions LIST.jsonl --output DIR [--image-root R] [...]
     python tools/make_shards.py points ROOT --output DIR [--num-points P] [--seed S] [...]  # .npy/.txt/.off
     python tools/make_shards.py demo --output DIR [--seed S] [--num-points P] [--shard-samples N]
+    python tools/make_shards.py index DIR --kind image_text [--overwrite]   # img2dataset / open_clip tars, in place
+    python tools/make_shards.py check LOCATION [--allow_pipe_urls]          # a folder or http(s):// URL
 
 Each subcommand is one function registered with :func:`subcommand`; it receives the parsed arguments and
 returns the summaries it prints (one line each: samples, shards, bytes, skipped inputs per reason).
@@ -23,7 +26,13 @@ from typing import Any
 
 from itnet_scale.data.demo import DEMO_SETS, DEMO_SHARD_SAMPLES, HELDOUT_SETS, build_demo_data
 from itnet_scale.data.shards import (
+    KIND_MEMBERS,
+    BadShardError,
     ShardSetSummary,
+    index_existing_shards,
+    read_index,
+    read_shard,
+    shard_files,
     write_caption_shards,
     write_image_folder_shards,
     write_point_cloud_shards,
@@ -32,18 +41,20 @@ from itnet_scale.data.shards import (
 
 Run = Callable[[argparse.Namespace], list[ShardSetSummary]]
 Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument keywords)
-#: name -> (help, extra arguments, writes one set from INPUT, function)
-SUBCOMMANDS: dict[str, tuple[str, list[Argument], bool, Run]] = {}
+#: name -> (help, extra arguments, takes INPUT, writes a set to --output, function)
+SUBCOMMANDS: dict[str, tuple[str, list[Argument], bool, bool, Run]] = {}
 NUM_POINTS = (("--num-points",), {"type": int, "default": 1024, "help": "points per cloud (default 1024)"})
 SEED = (("--seed",), {"type": int, "default": 0, "help": "random seed (default 0)"})
 
 
-def subcommand(name: str, help: str, *arguments: Argument, from_input: bool = True) -> Callable[[Run], Run]:
+def subcommand(name: str, help: str, *arguments: Argument, from_input: bool = True,
+               writes: bool = True) -> Callable[[Run], Run]:
     """Register a function as subcommand ``name`` with its extra ``arguments``; ``from_input`` subcommands take
-    ``INPUT`` and the shard-writer options (``--max-count``, ``--max-bytes``, ``--prefix``)."""
+    ``INPUT``; ``writes`` subcommands take ``--output`` and ``--overwrite``, and with ``from_input`` the shard-writer
+    options (``--max-count``, ``--max-bytes``, ``--prefix``)."""
 
     def register(function: Run) -> Run:
-        SUBCOMMANDS[name] = (help, list(arguments), from_input, function)
+        SUBCOMMANDS[name] = (help, list(arguments), from_input, writes, function)
         return function
 
     return register
@@ -90,17 +101,53 @@ def demo(args: argparse.Namespace) -> list[ShardSetSummary]:
     return [ShardSetSummary.read(folders[name]) for name in (*DEMO_SETS, *HELDOUT_SETS)]
 
 
+@subcommand("index", "existing webdataset tars (img2dataset, open_clip: NNNNN.tar with jpg/webp, txt, json "
+            "members) indexed in place: reads every INPUT/*.tar once and writes INPUT/index.json; the tars are not "
+            "touched", (("--kind",), {"required": True, "choices": sorted(KIND_MEMBERS), "help": "the set's kind"}),
+            (("--overwrite",), {"action": "store_true", "help": "replace an index.json already there"}),
+            writes=False)
+def index(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [index_existing_shards(args.input, args.kind, overwrite=args.overwrite)]
+
+
+@subcommand("check", "read every shard of a set (a folder or http(s):// URL) as a training run would; any "
+            "missing, cut off or wrongly sized shard is named and the exit status is 2",
+            (("location",), {"metavar": "LOCATION", "help": "the set's folder or URL"}),
+            (("--allow_pipe_urls",), {"action": "store_true",
+                                      "help": "allow a pipe:COMMAND location (runs a shell command; see README)"}),
+            from_input=False, writes=False)
+def check(args: argparse.Namespace) -> list[ShardSetSummary]:
+    index = read_index(args.location, check_shards=False, allow_pipe_urls=args.allow_pipe_urls)
+    bad: list[str] = []
+    for shard in shard_files(args.location, index, allow_pipe_urls=args.allow_pipe_urls):
+        samples = 0
+        try:
+            for _ in read_shard(shard.location, expected_bytes=shard.bytes, allow_pipe_urls=args.allow_pipe_urls):
+                samples += 1
+        except BadShardError as error:
+            bad.append(str(error))
+            continue
+        if samples != shard.samples:
+            bad.append(f"{shard.location}: holds {samples} samples but its index says {shard.samples}")
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(index['shards'])} shards are bad:\n  " + "\n  ".join(bad))
+    print(f"{args.location}: {index['kind']}, {index['samples']} samples in {len(index['shards'])} shards, "
+          f"{index['bytes']} bytes: every shard reads as its index says")
+    return []
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: one sub-parser per registered subcommand, with the shared writer options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    for name, (help_text, arguments, from_input, _) in SUBCOMMANDS.items():
+    for name, (help_text, arguments, from_input, writes, _) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if from_input:
             sub.add_argument("input", type=Path, metavar="INPUT")
-        sub.add_argument("--output", type=Path, required=True, help="folder for the shards and index.json")
-        sub.add_argument("--overwrite", action="store_true", help="replace a shard set already in --output")
-        if from_input:
+        if writes:
+            sub.add_argument("--output", type=Path, required=True, help="folder for the shards and index.json")
+            sub.add_argument("--overwrite", action="store_true", help="replace a shard set already in --output")
+        if from_input and writes:
             sub.add_argument("--max-count", type=int, default=None, help="samples per shard (default: no limit)")
             sub.add_argument("--max-bytes", type=int, default=500_000_000,
                              help="payload bytes after which a new shard starts (default 500000000)")
@@ -116,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        summaries = SUBCOMMANDS[args.command][3](args)
+        summaries = SUBCOMMANDS[args.command][4](args)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     for summary in summaries:

@@ -3,10 +3,16 @@
 from itnet_scale.data.demo import build_demo_data
 from itnet_scale.data.meshes import Mesh, parse_off, read_off, sample_surface
 from itnet_scale.data.shards import (
+    BadShardError,
+    ShardFile,
+    ShardSetError,
     ShardSetSummary,
     ShardSetWriter,
+    index_existing_shards,
     iter_shard_samples,
     read_index,
+    read_shard,
+    shard_files,
     write_caption_shards,
     write_image_folder_shards,
     write_point_cloud_shards,
@@ -23,8 +29,11 @@ from itnet_scale.data.stream import (
 from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig, load_tokenizer_config, train_tokenizer
 
 __all__ = [
+    "BadShardError",
     "DataConfig",
     "Mesh",
+    "ShardFile",
+    "ShardSetError",
     "ShardSetSummary",
     "ShardSetWriter",
     "SpecialTokens",
@@ -34,13 +43,16 @@ __all__ = [
     "TokenizerConfig",
     "build_demo_data",
     "collate_units",
+    "index_existing_shards",
     "iter_shard_samples",
     "load_data_config",
     "load_tokenizer_config",
     "parse_off",
     "read_index",
     "read_off",
+    "read_shard",
     "sample_surface",
+    "shard_files",
     "train_tokenizer",
     "unit_loader",
     "write_caption_shards",

@@ -10,8 +10,10 @@ modules): a rank with fewer batches repeats one of its own — or, when it has n
 batch, which is computed and never counted. So each slot is evaluated exactly once, and a batch's contents —
 hence every metric — do not depend on the number of ranks.
 
-A bad sample (and each sample a truncated or unreadable shard is missing) leaves its slot empty and is counted
-per reason, as in training (:func:`~itnet_scale.data.stream.decode_sample`).
+A bad sample leaves its slot empty and is counted per reason, as in training
+(:func:`~itnet_scale.data.stream.decode_sample`); so does each sample of a bad shard — missing, cut off, of
+another size than its index says — unless the data config is ``strict``, which refuses it
+(:func:`~itnet_scale.data.shards.read_shard`). Sets may be local or ``http(s)://`` URLs, as in training.
 """
 
 from __future__ import annotations
@@ -21,12 +23,9 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
-from itnet_scale.data.shards import read_index
+from itnet_scale.data.shards import BadShardError, read_index, read_shard, shard_files
 from itnet_scale.data.stream import StreamConfig, decode_sample
 
 logger = logging.getLogger(__name__)
@@ -49,26 +48,29 @@ class HeldOutSet:
     ``max_batches`` (0 = all) keeps the first batches: the subset evaluated is the same whatever the number of
     ranks. ``training=True`` reads the stream's training set (``path``) the same way instead — in order, from its
     first sample, independently of the training position — for statistics that need training data
-    (the contrastive head's calibration, :mod:`itnet_scale.train.evaluation`).
+    (the contrastive head's calibration, :mod:`itnet_scale.train.evaluation`). ``strict`` and
+    ``allow_pipe_urls``: as the data config's and the command line's (see :mod:`itnet_scale.data.stream`).
     """
 
-    def __init__(self, stream: StreamConfig, *, batch_size: int, max_batches: int = 0, training: bool = False) -> None:
+    def __init__(self, stream: StreamConfig, *, batch_size: int, max_batches: int = 0, training: bool = False,
+                 strict: bool = False, allow_pipe_urls: bool = False) -> None:
         what, path = ("path", stream.path) if training else ("heldout", stream.heldout)
         if not path:
             raise ValueError(f"stream {stream.name!r} names no {what} shard set")
         if batch_size < 1 or max_batches < 0:
             raise ValueError(f"batch_size must be >= 1 and max_batches >= 0, got {batch_size}, {max_batches}")
         try:
-            index = read_index(path)
+            index = read_index(path, check_shards=strict, allow_pipe_urls=allow_pipe_urls)
+            self.shards = shard_files(path, index, allow_pipe_urls=allow_pipe_urls)
         except (OSError, ValueError) as error:
             raise ValueError(f"stream {stream.name!r}: {what}: {error}") from None
         if stream.kind and index["kind"] != stream.kind:
             raise ValueError(f"stream {stream.name!r}: {what} {path} holds a {index['kind']!r} shard set, the "
                              f"stream is {stream.kind!r}")
         self.stream, self.path, self.kind, self.batch_size = stream, path, index["kind"], batch_size
+        self.strict, self.allow_pipe_urls = strict, allow_pipe_urls
         self.info: dict[str, Any] = index.get("info") or {}
-        self.shards = [(str(Path(path) / s["name"]), int(s["samples"])) for s in index["shards"]]
-        slots = sum(samples for _, samples in self.shards)
+        slots = sum(shard.samples for shard in self.shards)
         if slots == 0:
             raise ValueError(f"stream {stream.name!r}: {what} {path} holds no sample")
         self.batches = math.ceil(slots / batch_size)
@@ -104,8 +106,7 @@ class HeldOutSet:
         for slot, raw in self._slots(wanted):
             k = slot // self.batch_size
             if k in wanted:
-                sample, reason = (None, "truncated_shard") if raw is None else decode_sample(raw, self.kind,
-                                                                                             self.stream)
+                sample, reason = (None, "bad_shard") if raw is None else decode_sample(raw, self.kind, self.stream)
                 if reason is None:
                     samples.append(sample)
                 else:
@@ -118,36 +119,34 @@ class HeldOutSet:
 
     def _slots(self, wanted: set[int]) -> Iterator[tuple[int, dict[str, Any] | None]]:
         """``(slot, raw sample or None)`` for the slots up to the last wanted batch's: a shard without a wanted
-        slot is not opened (its slots come as None, unused); a shard that ends early (truncated, unreadable)
-        leaves its remaining slots None."""
+        slot is not opened (its slots come as None, unused); a bad shard leaves its unread slots None."""
         b, end = self.batch_size, min(self.slots, (max(wanted) + 1) * self.batch_size)
         slot = 0
-        for path, size in self.shards:
+        for shard in self.shards:
             if slot >= end:
                 return
-            first, last = slot // b, (slot + size - 1) // b
+            first, last = slot // b, (slot + shard.samples - 1) // b
+            opened = any(first <= k <= last for k in wanted)
+            failures: list[BadShardError] = []
             raws: Iterator[dict[str, Any]] = iter(())
-            if any(first <= k <= last for k in wanted):
-                raws = wds.tariterators.tarfile_samples(iter([{"url": path}]), handler=_stop_reading(path))
+            if opened:
+                raws = read_shard(shard.location, expected_bytes=shard.bytes, allow_pipe_urls=self.allow_pipe_urls,
+                                  on_bad_shard=None if self.strict else failures.append)
             produced = 0
             for raw in raws:
-                if produced == size or slot >= end:
+                if produced == shard.samples or slot >= end:
                     break
                 yield slot, raw
                 produced, slot = produced + 1, slot + 1
-            if produced < size and slot < end and any(first <= k <= last for k in wanted):
-                logger.warning("%s: ended after %d of its %d samples; the rest count as truncated_shard", path,
-                               produced, size)
-            for _ in range(size - produced):
+            if failures or (opened and produced < shard.samples and slot < end):
+                problem = failures[0] if failures else BadShardError(
+                    shard.location, f"holds {produced} samples, its index says {shard.samples}")
+                if self.strict:
+                    raise problem
+                logger.warning("bad shard skipped: %s; its %d unread slot(s) count as bad_shard", problem,
+                               shard.samples - produced)
+            for _ in range(shard.samples - produced):
                 if slot >= end:
                     return
                 yield slot, None
                 slot += 1
-
-
-def _stop_reading(path: str):
-    def handler(error: Exception) -> bool:
-        logger.warning("%s: stopped reading (%s: %s)", path, type(error).__name__, error)
-        return False
-
-    return handler

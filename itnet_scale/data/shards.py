@@ -1,39 +1,53 @@
 """Shard sets: webdataset tar shards plus an ``index.json``, and writers from real data formats.
 
-A *shard set* is a directory of ``{prefix}-%06d.tar`` shards and ``index.json``::
+A *shard set* is a folder (local, or served over ``http(s)://``) of ``.tar`` shards and ``index.json``::
 
     {"format": "itnet-shards/1", "kind": "image", "keys": ["cls", "png"],
      "shards": [{"name": "shard-000000.tar", "samples": 256, "bytes": 1054720}, ...],
      "samples": 1797, "bytes": 7413760, "source": "sklearn.datasets.load_digits", "classes": ["0", ...], "skipped": {}}
 
+An index may also list ``members``: every member extension its samples hold, with the number of samples that
+hold it (``{"jpg": 9, "txt": 9, "json": 9}``); members a set declares there but no kind decodes (img2dataset's
+``json``) are ignored quietly when streamed.
+
 Kinds and their members (one ``__key__`` per sample, unique within a set):
 
 - ``text``: ``txt`` (UTF-8);
-- ``image``: ``png`` or ``jpg`` (RGB or L) + ``cls`` (ASCII decimal class index);
-- ``image_text``: ``png`` or ``jpg`` + ``txt`` (caption);
+- ``image``: ``png``, ``jpg`` or ``webp`` (RGB or L) + ``cls`` (ASCII decimal class index);
+- ``image_text``: ``png``, ``jpg`` or ``webp`` + ``txt`` (caption);
 - ``points``: ``npy`` (float32 ``[P, 3]``, saved without pickle) + ``cls``.
 
-:class:`ShardSetWriter` writes a set; ``write_*_shards`` build one from plain text files, image
-folders, image–caption jsonl files and point-cloud folders (``.npy``, ModelNet-style ``.txt``,
-``.off`` meshes). Bad inputs are skipped, counted per reason in the index and logged with the
-file (and line) at fault. :func:`read_index` validates a set; :func:`iter_shard_samples` reads it
-back in order (raw bytes; nothing is ever unpickled).
+:class:`ShardSetWriter` writes a set; ``write_*_shards`` build one from plain text files, image folders,
+image–caption jsonl files and point-cloud folders (``.npy``, ModelNet-style ``.txt``, ``.off`` meshes);
+:func:`index_existing_shards` indexes tars written by other tools (img2dataset, open_clip corpora) in place. Bad
+inputs are skipped, counted per reason in the index and logged with the file (and line) at fault.
+
+Reading: :func:`read_index` reads and validates a set's index from a folder or URL; :func:`read_shard` yields one
+shard's raw samples (``{"__key__", "__url__", ext: bytes}``; nothing is ever decoded or unpickled) and raises
+:class:`BadShardError` naming the shard when it is missing, answers with an HTTP error, is cut off, or its size
+disagrees with the index. Locations are local paths, ``file://``, ``http://`` and ``https://`` URLs;
+``pipe:`` commands only where the caller passes ``allow_pipe_urls=True`` (a command-line flag, never a config).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import webdataset as wds
@@ -49,8 +63,8 @@ INDEX_FORMAT = "itnet-shards/1"
 #: Members of each kind: a sample holds exactly one extension from each group.
 KIND_MEMBERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "text": (("txt",),),
-    "image": (("png", "jpg"), ("cls",)),
-    "image_text": (("png", "jpg"), ("txt",)),
+    "image": (("png", "jpg", "webp"), ("cls",)),
+    "image_text": (("png", "jpg", "webp"), ("txt",)),
     "points": (("npy",), ("cls",)),
 }
 
@@ -58,7 +72,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 POINT_SUFFIXES = (".npy", ".txt", ".off")
 # Encoded formats stored as they are (PIL format name -> member extension).
 _STORED_IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png"}
-_SHARD_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.-]+)-(?P<number>\d{6})\.tar$")
+# A shard is a plain file name in its set's folder: no path, no scheme (so an index can never name a command).
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar$")
+#: Seconds an HTTP request may wait for the server (per connection attempt and per read).
+HTTP_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -205,9 +222,7 @@ class ShardSetWriter:
             **self.info,
             "skipped": dict(sorted(self.skipped.items())),
         }
-        staged_index = self.directory / f".{INDEX_FILE}.partial"
-        staged_index.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        os.replace(staged_index, self.directory / INDEX_FILE)
+        _write_index(self.directory, index)
         self.summary = ShardSetSummary(self.directory, self.kind, index["samples"], len(self._shards),
                                        index["bytes"], dict(self.skipped))
         return self.summary
@@ -230,24 +245,199 @@ class ShardSetWriter:
             self.abort()
 
 
-def read_index(directory: str | Path) -> dict[str, Any]:
-    """Read and validate ``directory/index.json``; every listed shard must exist with the recorded size.
+class ShardSetError(ValueError):
+    """A shard set's location, index or one of its shards is unusable; the message names it and the problem."""
 
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file and the field at fault.
-    """
-    path = Path(directory) / INDEX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard-set index (is {Path(directory)} a shard set?)")
+
+class BadShardError(ShardSetError):
+    """A shard that cannot be read as its index says: ``shard`` is its location, ``problem`` what is wrong."""
+
+    def __init__(self, shard: str, problem: str) -> None:
+        super().__init__(f"{shard}: {problem}")
+        self.shard, self.problem = shard, problem
+
+
+class ShardFile(NamedTuple):
+    """One shard as its set's index lists it: its location (a path or URL), samples and bytes."""
+
+    location: str
+    samples: int
+    bytes: int
+
+
+PIPE_PREFIX = "pipe:"
+_URL_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def location_kind(location: str, *, allow_pipe_urls: bool = False) -> str:
+    """What ``location`` (a shard set, or a file in one) is: ``"local"`` (a path or ``file://`` URL), ``"http"``
+    (``http://``, ``https://``) or ``"pipe"``. ``pipe:COMMAND`` runs a shell command whose stdout is the file, with
+    ``{name}`` where a shard set's file name goes (``pipe:aws s3 cp s3://bucket/set/{name} -``); it is refused unless
+    ``allow_pipe_urls`` (which only a command-line flag may set: nothing in a config may run code). Raises
+    :class:`ShardSetError` saying why a location is refused."""
+    if location.startswith(PIPE_PREFIX):
+        if not allow_pipe_urls:
+            raise ShardSetError(f"{location!r}: a pipe: location runs a shell command, and nothing in a config may run "
+                                "code; pass --allow_pipe_urls on the command line to allow it")
+        return "pipe"
+    match = _URL_SCHEME.match(location)
+    scheme = match["scheme"].lower() if match else "file"
+    if scheme == "file":
+        return "local"
+    if scheme in ("http", "https"):
+        return "http"
+    raise ShardSetError(f"{location!r}: unsupported scheme {scheme!r}; a shard set is a local folder or a file://, "
+                        "http:// or https:// URL")
+
+
+def _in_set(location: str, kind: str, name: str) -> str:
+    """The location of file ``name`` (a plain file name) of the set at ``location`` of ``kind``."""
+    if kind == "pipe":
+        if "{name}" not in location:
+            raise ShardSetError(f"{location!r}: a pipe: shard set is a command that writes one file of the set to "
+                                "stdout, with {name} where the file name goes (e.g. "
+                                "'pipe:aws s3 cp s3://bucket/set/{name} -')")
+        return location.replace("{name}", name)
+    if kind == "http" or _URL_SCHEME.match(location):
+        return f"{location.rstrip('/')}/{name}"
+    return str(Path(location) / name)
+
+
+def _local_path(location: str) -> Path:
+    """The path of a local location (a path or ``file://`` URL)."""
+    return Path(urllib.request.url2pathname(location[len("file://"):])) if _URL_SCHEME.match(location) \
+        else Path(location)
+
+
+class _Unavailable(Exception):
+    """A file that could not be opened: ``problem`` says why; ``missing`` when it does not exist (or 404s)."""
+
+    def __init__(self, problem: str, missing: bool = False) -> None:
+        super().__init__(problem)
+        self.problem, self.missing = problem, missing
+
+
+def _open_location(location: str, kind: str) -> tuple[IO[bytes], int | None]:
+    """Open a file of a set for reading: the stream and the size its source announces (``None`` when unknown).
+    Raises :class:`_Unavailable`."""
+    if kind == "local":
+        try:
+            stream = _local_path(location).open("rb")
+        except FileNotFoundError:
+            raise _Unavailable("does not exist", missing=True) from None
+        except OSError as error:
+            raise _Unavailable(f"cannot be opened ({error.strerror or error})") from None
+        return stream, os.fstat(stream.fileno()).st_size
+    if kind == "http":
+        try:
+            response = urllib.request.urlopen(location, timeout=HTTP_TIMEOUT)
+        except urllib.error.HTTPError as error:
+            raise _Unavailable(f"HTTP {error.code} ({error.reason})", missing=error.code in (404, 410)) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            raise _Unavailable(f"cannot be fetched ({getattr(error, 'reason', error)})") from None
+        length = response.headers.get("Content-Length", "")
+        return response, int(length) if length.isdigit() else None
+    from webdataset.gopen import gopen_pipe  # only ever reached for a pipe: the caller allowed explicitly
+
+    return gopen_pipe(location), None
+
+
+class _CountingReader:
+    """A read-only stream that counts the bytes read through it: a shard cut off at a tar block boundary reads
+    as a complete, shorter tar, so only its length gives it away."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream, self.count = stream, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data
+
+
+# What reading a broken tar raises: tarfile's errors, I/O and transfer errors, a truncated compressed stream,
+# and webdataset's own ValueError (a member name twice in one sample).
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, http.client.HTTPException, ValueError)
+
+
+def _shard_samples(location: str, kind: str, expected_bytes: int | None) -> Iterator[dict[str, Any]]:
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+        stream, announced = _open_location(location, kind)
+    except _Unavailable as error:
+        raise BadShardError(location, error.problem) from None
+    counted = _CountingReader(stream)
+    try:
+        if expected_bytes is not None and announced is not None and announced != expected_bytes:
+            raise BadShardError(location, f"has {announced} bytes but its index says {expected_bytes}")
+        try:
+            files = wds.tariterators.tar_file_expander([{"url": location, "stream": counted}], eof_value=None)
+            yield from wds.tariterators.group_by_keys(files)
+            while counted.read(1 << 20):  # the end-of-archive padding: every byte must arrive
+                pass
+        except _READ_ERRORS as error:
+            detail = error.args[0] if error.args else ""
+            raise BadShardError(location, f"cannot be read after {counted.count} bytes "
+                                          f"({type(error).__name__}: {detail})") from None
+        if expected_bytes is not None and counted.count != expected_bytes:
+            raise BadShardError(location, f"was cut off after {counted.count} of {expected_bytes} bytes"
+                                if counted.count < expected_bytes else
+                                f"has {counted.count} bytes but its index says {expected_bytes}")
+    finally:
+        with contextlib.suppress(OSError):  # a pipe's command exiting non-zero: what it failed to deliver shows above
+            stream.close()
 
-    def fail(field_name: str, problem: str) -> ValueError:
-        return ValueError(f"{path}: field {field_name!r} {problem}")
+
+def read_shard(location: str, *, expected_bytes: int | None = None, allow_pipe_urls: bool = False,
+               on_bad_shard: Callable[[BadShardError], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the raw samples of one tar shard, in order: ``{"__key__": str, "__url__": location, ext: bytes}``
+    (members are never decoded, so nothing is unpickled).
+
+    ``location`` is a path or URL (see :func:`location_kind`; ``pipe:`` only with ``allow_pipe_urls``). A shard
+    that is missing, answers with an HTTP error, is cut off or unreadable, or whose size is not ``expected_bytes``
+    (its index's ``bytes``) raises :class:`BadShardError` — possibly after some samples were yielded — or, with
+    ``on_bad_shard``, is handed to it and ends the iteration quietly (to skip the shard and go on).
+    """
+    kind = location_kind(location, allow_pipe_urls=allow_pipe_urls)
+    try:
+        yield from _shard_samples(location, kind, expected_bytes)
+    except BadShardError as error:
+        if on_bad_shard is None:
+            raise
+        on_bad_shard(error)
+
+
+def read_index(location: str | Path, *, check_shards: bool = True, allow_pipe_urls: bool = False) -> dict[str, Any]:
+    """Read and validate the index of the shard set at ``location``: a folder, or a URL (``index.json`` is read from
+    the same place). With ``check_shards``, every shard of a local set must exist with the size its index records
+    (a :class:`BadShardError` names the first that does not); a remote set's shards are checked as they are read
+    (:func:`read_shard`). Indexes without ``members`` (written before it existed) are read as they are.
+
+    Raises ``FileNotFoundError`` (no index there) or :class:`ShardSetError` naming the file and the field at fault.
+    """
+    location = str(location)
+    kind = location_kind(location, allow_pipe_urls=allow_pipe_urls)
+    path = _in_set(location, kind, INDEX_FILE)
+    try:
+        stream, _ = _open_location(path, kind)
+        with stream:
+            text = stream.read()
+    except _Unavailable as error:
+        if error.missing:
+            raise FileNotFoundError(f"{path}: no shard-set index ({error.problem}; is {location} a shard set?)") \
+                from None
+        raise ShardSetError(f"{path}: the shard-set index {error.problem}") from None
+    except (OSError, http.client.HTTPException) as error:
+        raise ShardSetError(f"{path}: the shard-set index cannot be read ({error})") from None
+    try:
+        index = json.loads(text.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ShardSetError(f"{path}: not valid JSON ({error})") from None
+
+    def fail(field_name: str, problem: str) -> ShardSetError:
+        return ShardSetError(f"{path}: field {field_name!r} {problem}")
 
     if not isinstance(index, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(index).__name__}")
+        raise ShardSetError(f"{path}: expected a JSON object, got {type(index).__name__}")
     if index.get("format") != INDEX_FORMAT:
         raise fail("format", f"must be {INDEX_FORMAT!r}, got {index.get('format')!r}")
     if index.get("kind") not in KIND_MEMBERS:
@@ -256,6 +446,10 @@ def read_index(directory: str | Path) -> dict[str, Any]:
     allowed = {ext for group in KIND_MEMBERS[index["kind"]] for ext in group}
     if not isinstance(keys, list) or not keys or not set(keys) <= allowed:
         raise fail("keys", f"must list members of a {index['kind']!r} set ({sorted(allowed)}), got {keys!r}")
+    members = index.get("members", {ext: 0 for ext in keys})
+    if (not isinstance(members, dict) or not set(keys) <= set(members)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in members.values())):
+        raise fail("members", f"must map every member extension (at least {keys}) to a sample count, got {members!r}")
     shards = index.get("shards")
     if not isinstance(shards, list) or not shards:
         raise fail("shards", "must be a non-empty list")
@@ -265,32 +459,112 @@ def read_index(directory: str | Path) -> dict[str, Any]:
             raise fail(where, "must be an object with name, samples, bytes")
         name = shard.get("name")
         if not isinstance(name, str) or not _SHARD_NAME.match(name):
-            raise fail(f"{where}.name", f"must be a file name '<prefix>-NNNNNN.tar', got {name!r}")
+            raise fail(f"{where}.name", f"must be a plain '.tar' file name in the set's folder, got {name!r}")
         for count in ("samples", "bytes"):
             if not isinstance(shard.get(count), int) or isinstance(shard[count], bool) or shard[count] < 0:
                 raise fail(f"{where}.{count}", f"must be a non-negative integer, got {shard.get(count)!r}")
-        shard_path = path.parent / name
-        if not shard_path.is_file():
-            raise FileNotFoundError(f"{path}: {where} names {name}, which does not exist")
-        if shard_path.stat().st_size != shard["bytes"]:
-            raise fail(f"{where}.bytes", f"is {shard['bytes']} but {name} has {shard_path.stat().st_size} bytes")
     for total in ("samples", "bytes"):
         expected = sum(shard[total] for shard in shards)
         if index.get(total) != expected:
             raise fail(total, f"is {index.get(total)!r} but the shards add up to {expected}")
+    if check_shards and kind == "local":
+        for shard in shard_files(location, index):
+            path = _local_path(shard.location)
+            size = path.stat().st_size if path.is_file() else None
+            if size is None:
+                raise BadShardError(shard.location, f"does not exist ({INDEX_FILE} lists it)")
+            if size != shard.bytes:
+                raise BadShardError(shard.location, f"has {size} bytes but its index says {shard.bytes}")
     return index
 
 
+def shard_files(location: str | Path, index: Mapping[str, Any], *, allow_pipe_urls: bool = False) -> list[ShardFile]:
+    """The shards of the set at ``location`` whose index is ``index`` (from :func:`read_index`), in index order."""
+    location = str(location)
+    kind = location_kind(location, allow_pipe_urls=allow_pipe_urls)
+    return [ShardFile(_in_set(location, kind, s["name"]), s["samples"], s["bytes"]) for s in index["shards"]]
+
+
 def shard_paths(directory: str | Path) -> list[Path]:
-    """The shard files of a validated set, in index order."""
+    """The shard files of a validated local set, in index order."""
     return [Path(directory) / shard["name"] for shard in read_index(directory)["shards"]]
 
 
-def iter_shard_samples(directory: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the samples of a shard set in order as raw ``{"__key__": str, ext: bytes, ...}`` (no decoding)."""
-    pipeline = wds.DataPipeline(wds.SimpleShardList([str(p) for p in shard_paths(directory)]),
-                                wds.tarfile_to_samples())
-    yield from pipeline
+def iter_shard_samples(location: str | Path, *, allow_pipe_urls: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the samples of a shard set (a folder or URL) in order as raw ``{"__key__": str, ext: bytes, ...}`` (no
+    decoding); a bad shard raises :class:`BadShardError`."""
+    index = read_index(location, allow_pipe_urls=allow_pipe_urls)
+    for shard in shard_files(location, index, allow_pipe_urls=allow_pipe_urls):
+        yield from read_shard(shard.location, expected_bytes=shard.bytes, allow_pipe_urls=allow_pipe_urls)
+
+
+def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
+    """Write ``directory/index.json`` atomically (staged, then renamed: a reader never sees half an index)."""
+    staged = directory / f".{INDEX_FILE}.partial"
+    staged.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    os.replace(staged, directory / INDEX_FILE)
+
+
+def index_existing_shards(directory: str | Path, kind: str, *, overwrite: bool = False) -> ShardSetSummary:
+    """Index the ``*.tar`` shards already in ``directory`` (as img2dataset and open_clip corpora are: ``00000.tar``
+    … with ``jpg``/``webp``, ``txt`` and ``json`` members, ``_stats.json`` and parquet files beside them) in place:
+    read each tar once and write ``index.json`` beside them — samples and bytes per shard, the member extensions
+    (``members``: how many samples hold each). The tars and the other files are not touched.
+
+    A tar that cannot be read, or whose name is not a plain ``.tar`` file name, is left out of the index, counted
+    (``unreadable_shard``, ``unsupported_name``) and logged. Samples that lack a member ``kind`` needs stay in their
+    shard's count (a reader skips them as ``missing_key``) and are logged in total. Raises ``ValueError`` if no
+    shard is readable or no sample holds one of ``kind``'s member groups, ``FileExistsError`` if an index is
+    there and not ``overwrite``.
+    """
+    directory = Path(directory)
+    if kind not in KIND_MEMBERS:
+        raise ValueError(f"unknown shard-set kind {kind!r}; expected one of {sorted(KIND_MEMBERS)}")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory")
+    if (directory / INDEX_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{directory / INDEX_FILE} exists already; pass --overwrite (overwrite=True) to "
+                              "replace it")
+    groups = KIND_MEMBERS[kind]
+    shards: list[dict[str, Any]] = []
+    members: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    incomplete = 0
+    for path in sorted(p for p in directory.iterdir() if p.suffix == ".tar" and p.is_file()):
+        if not _SHARD_NAME.match(path.name):
+            skipped["unsupported_name"] += 1
+            logger.warning("skipped (unsupported_name): %s: a shard name is letters, digits, '_', '.', '-' + .tar",
+                           path)
+            continue
+        size, samples, seen = path.stat().st_size, 0, Counter()
+        try:
+            for sample in read_shard(str(path), expected_bytes=size):
+                extensions = [k for k in sample if not k.startswith("__")]
+                seen.update(extensions)
+                samples += 1
+                incomplete += not all(set(group) & set(extensions) for group in groups)
+        except BadShardError as error:
+            skipped["unreadable_shard"] += 1
+            logger.warning("skipped (unreadable_shard): %s", error)
+            continue
+        shards.append({"name": path.name, "samples": samples, "bytes": size})
+        members.update(seen)
+    if not shards:
+        raise ValueError(f"{directory}: no readable .tar shards (skipped: {dict(skipped) or 'none'})")
+    absent = [" or ".join(group) for group in groups if not set(group) & set(members)]
+    if absent:
+        raise ValueError(f"{directory}: no sample holds {', '.join(absent)}, so this is not a {kind!r} set "
+                         f"(members found: {sorted(members)})")
+    if incomplete:
+        logger.warning("%s: %d samples lack a member a %r sample needs (%s); readers skip them (missing_key)",
+                       directory, incomplete, kind, " + ".join(" or ".join(group) for group in groups))
+    allowed = {ext for group in groups for ext in group}
+    index = {"format": INDEX_FORMAT, "kind": kind, "keys": sorted(set(members) & allowed),
+             "members": dict(sorted(members.items())), "shards": shards,
+             "samples": sum(s["samples"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
+             "source": str(directory), "skipped": dict(sorted(skipped.items()))}
+    _write_index(directory, index)
+    return ShardSetSummary(directory, kind, index["samples"], len(shards), index["bytes"], dict(skipped))
 
 
 # --- Writers from real formats ---------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ units and slots (never in valid samples), so every position is a closed-form fun
 - **Shard visits.** A lane reads a stream as visits: visit ``t`` is shard ``rng(seed, lane, stream, t)`` (drawn
   with replacement: resampled shards) through webdataset's shuffle buffer seeded by the same tuple. A visit
   occupies exactly the shard's ``samples`` slots from ``index.json``; a bad sample still occupies its slot (it
-  is skipped and counted), and a truncated tar's missing samples are counted as ``truncated_shard``. Units are
-  never refilled, so a unit may hold fewer than ``unit_size`` samples — that is what makes positions history-free.
+  is skipped and counted), and so does a bad shard's: a shard that is missing, answers with an HTTP error, is
+  cut off mid-transfer or whose size disagrees with the index is logged by name and its slots not read are
+  counted as ``bad_shard`` (``strict: true`` refuses it instead, with an error naming it). Units are never
+  refilled, so a unit may hold fewer than ``unit_size`` samples — that is what makes positions history-free.
 - **Split.** Rank ``r`` of ``W`` takes units ``U ≡ r (mod W)``. A DataLoader item is a *group* of ``g``
   consecutive units of the rank (a micro-batch: one hand-off between processes per group, not per unit); worker
   ``i`` of ``n`` makes every ``n``-th group, so PyTorch's round-robin over workers returns them in global order.
@@ -22,9 +24,13 @@ units and slots (never in valid samples), so every position is a closed-form fun
   position, skipping the consumed slots of the current visit before decoding: a run stopped at unit ``S`` and
   restarted — with the same or another world size — sees exactly the units it would have seen.
 
-Decoding is an explicit whitelist (UTF-8 text, ASCII class ids, PNG/JPEG through PIL, ``.npy`` without pickle);
-any other member (``.pyd``, ``.pickle``, ``.pth`` …) is dropped undecoded — the sample itself is kept — and counted
-as ``ignored_member``. Skipped samples are counted per reason in their unit's ``skipped`` and logged (rate-limited)
+Shard sets are local folders or ``http(s)://`` URLs (:func:`~itnet_scale.data.shards.read_shard`); a ``pipe:``
+path is refused unless the caller passes ``allow_pipe_urls`` (a command-line flag: a config must never run code).
+
+Decoding is an explicit whitelist (UTF-8 text, ASCII class ids, PNG/JPEG — and WebP where PIL has it — through PIL,
+``.npy`` without pickle); any other member is dropped undecoded — the sample itself is kept. Members the set's index
+declares (img2dataset's ``json``) are dropped quietly; others (``.pyd``, ``.pickle``, ``.pth`` …) are counted as
+``ignored_member``. Skipped samples are counted per reason in their unit's ``skipped`` and logged (rate-limited)
 with their shard and key. :func:`collate_units` turns units into per-stream batches (tensors and text lists).
 """
 
@@ -46,18 +52,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import webdataset as wds
-from PIL import Image
+from PIL import Image, features
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from itnet_scale.config import load_config
-from itnet_scale.data.shards import KIND_MEMBERS, read_index
+from itnet_scale.data.shards import KIND_MEMBERS, BadShardError, ShardFile, read_index, read_shard, shard_files
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class StreamConfig:
-    """One stream: a shard set (``path``), its mixture ``weight`` and its limits (longer samples are skipped).
+    """One stream: a shard set (``path``: a folder or an ``http(s)://`` URL), its mixture ``weight`` and its limits
+    (longer samples are skipped).
 
     ``kind`` is the set's kind as the config expects it (checked against ``index.json``); empty takes the index's.
     ``heldout``: a shard set of the same kind that pretraining never reads, for held-out evaluation (empty: none).
@@ -77,7 +84,9 @@ class StreamConfig:
 class DataConfig:
     """The stream mixture (``configs/data/*.yaml``): seed, lanes, unit size, mixture period, shuffle buffer.
 
-    ``data_root`` is only there to be interpolated into stream paths (``path: ${data_root}/text``).
+    ``data_root`` is only there to be interpolated into stream paths (``path: ${data_root}/text``). ``strict``:
+    refuse a bad shard (missing, cut off, HTTP error, size not the index's) with an error naming it — local sets
+    are checked before anything is read — instead of skipping its samples as ``bad_shard``.
     """
 
     data_root: str = "demo_data"
@@ -86,6 +95,7 @@ class DataConfig:
     unit_size: int = 8
     mix_period: int = 100
     shuffle_buffer: int = 64
+    strict: bool = False
     streams: list[StreamConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -120,7 +130,7 @@ class DataConfig:
 
     def fingerprint(self) -> str:
         """What positions depend on (not paths' locations): checked when a state is loaded."""
-        shape = {k: v for k, v in asdict(self).items() if k not in ("streams", "data_root")}
+        shape = {k: v for k, v in asdict(self).items() if k not in ("streams", "data_root", "strict")}
         shape["streams"] = [(s.name, s.weight) for s in self.streams]
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -179,6 +189,10 @@ class MixtureSchedule:
         return full * int(self.counts[stream]) + int((self.order(lane, full)[:rest] == stream).sum())
 
 
+# The image decoders a sample may use (PIL's others stay off): PNG, JPEG and WebP where PIL was built with it.
+IMAGE_FORMATS = ("PNG", "JPEG", *(("WEBP",) if features.check("webp") else ()))
+
+
 def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple[dict[str, Any] | None, str | None]:
     """Decode one raw webdataset sample of ``kind`` with the whitelist: ``(sample, None)`` or ``(None, reason)``.
 
@@ -205,9 +219,11 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                 sample["cls"] = int(data.decode("ascii").strip())
             except (UnicodeDecodeError, ValueError):
                 return None, "bad_class"
-        elif ext in ("png", "jpg"):
+        elif ext in ("png", "jpg", "webp"):
+            if ext == "webp" and "WEBP" not in IMAGE_FORMATS:
+                return None, "unsupported_image"
             try:
-                with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:  # only these decoders
+                with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:  # only these decoders
                     if image.width * image.height > limits.max_image_pixels:
                         return None, "too_long"
                     image.load()
@@ -246,40 +262,38 @@ class _LaneStream:
     def _iterate(self, start: int) -> Iterator[tuple[dict[str, Any] | None, str | None]]:
         visit, offset = 0, start
         shards = self.dataset.shards[self.stream]
-        while offset >= (size := shards[self._shard(visit)][1]):  # closed-form walk over visit sizes
+        while offset >= (size := shards[self._shard(visit)].samples):  # closed-form walk over visit sizes
             offset -= size
             visit += 1
         config, stream = self.dataset.config, self.dataset.config.streams[self.stream]
         kind = self.dataset.kinds[self.stream]
         while True:
-            path, size = shards[self._shard(visit)]
-            raw = wds.tariterators.tarfile_samples(iter([{"url": path}]), handler=self._truncated(path))
+            shard = shards[self._shard(visit)]
+            failures: list[BadShardError] = []
+            raw = read_shard(shard.location, expected_bytes=shard.bytes, allow_pipe_urls=self.dataset.allow_pipe_urls,
+                             on_bad_shard=None if config.strict else failures.append)
             seed = int(_rng(config.seed, self.lane, self.stream, visit, 1).integers(2**62))
             shuffled = wds.filters.shuffle(config.shuffle_buffer, config.shuffle_buffer, seed=seed)(raw)
             produced = 0
             for produced, item in enumerate(shuffled, start=1):
-                if produced > size:
+                if produced > shard.samples:
                     break
                 if produced <= offset:
                     continue  # consumed before a resume: skipped before decoding
                 sample, reason = decode_sample(item, kind, stream)
                 if reason is not None:
-                    self.dataset.log_skip(path, item.get("__key__"), reason)
+                    self.dataset.log_skip(shard.location, item.get("__key__"), reason)
                 yield sample, reason
-            if produced < size:
-                logger.warning("%s: ended after %d of its %d samples (truncated?); the rest count as truncated_shard",
-                               path, produced, size)
-            for _ in range(max(offset, produced if produced <= size else size), size):
-                yield None, "truncated_shard"
+            if produced < shard.samples and not failures:
+                failures.append(BadShardError(shard.location, f"holds {produced} samples but its index says "
+                                                              f"{shard.samples}"))
+                if config.strict:
+                    raise failures[0]
+            if failures:
+                self.dataset.log_bad_shard(failures[0], shard.samples - min(produced, shard.samples))
+            for _ in range(max(offset, min(produced, shard.samples)), shard.samples):
+                yield None, "bad_shard"
             visit, offset = visit + 1, 0
-
-    @staticmethod
-    def _truncated(path: str):
-        def handler(error: Exception) -> bool:
-            logger.warning("%s: stopped reading (%s: %s)", path, type(error).__name__, error)
-            return False  # stop this tar; the missing slots are counted as truncated_shard
-
-        return handler
 
     def take(self, count: int) -> list[tuple[dict[str, Any] | None, str | None]]:
         self.position += count
@@ -292,33 +306,38 @@ class StreamingDataset:
     Read it through :func:`unit_loader` (a ``DataLoader`` whose items are groups of units) or :meth:`units`.
     Each unit is
     ``{"stream", "kind", "unit", "samples": [decoded samples], "skipped": {reason: count}}``.
-    ``rank``/``world_size`` default to ``torch.distributed``'s.
+    ``rank``/``world_size`` default to ``torch.distributed``'s. ``allow_pipe_urls``: let stream paths be ``pipe:``
+    commands (a command-line flag's setting; never from a config).
     """
 
     def __init__(self, config: DataConfig, *, rank: int | None = None, world_size: int | None = None,
-                 start_unit: int = 0) -> None:
+                 start_unit: int = 0, allow_pipe_urls: bool = False) -> None:
         initialized = dist.is_available() and dist.is_initialized()
         self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
         self.world_size = world_size if world_size is not None else (dist.get_world_size() if initialized else 1)
         if config.lanes % self.world_size:
             raise ValueError(f"lanes={config.lanes} must be divisible by the world size {self.world_size}")
         self.config = config
+        self.allow_pipe_urls = allow_pipe_urls
         self.start_unit = 0
         self.set_position(start_unit)
         self.skips_logged: Counter[str] = Counter()
-        self.shards: list[list[tuple[str, int]]] = []
+        self.bad_shards_logged: Counter[str] = Counter()
+        self.shards: list[list[ShardFile]] = []
         self.kinds: list[str] = []
+        self.declared_members: list[set[str]] = []
         for i, stream in enumerate(config.streams):
-            try:
-                index = read_index(stream.path)
+            try:  # strict: a local set's shards are all checked here, before anything is read
+                index = read_index(stream.path, check_shards=config.strict, allow_pipe_urls=allow_pipe_urls)
+                files = shard_files(stream.path, index, allow_pipe_urls=allow_pipe_urls)
             except (OSError, ValueError) as error:
                 raise ValueError(f"streams[{i}] ({stream.name}).path: {error}") from None
             if stream.kind and stream.kind != index["kind"]:
                 raise ValueError(f"streams[{i}] ({stream.name}).kind is {stream.kind!r} but {stream.path} holds "
                                  f"a {index['kind']!r} shard set")
             self.kinds.append(index["kind"])
-            self.shards.append([(str(Path(stream.path) / s["name"]), int(s["samples"])) for s in index["shards"]
-                                if s["samples"] > 0])
+            self.declared_members.append(set(index.get("members", ())))
+            self.shards.append([shard for shard in files if shard.samples > 0])
             if not self.shards[-1]:
                 raise ValueError(f"streams[{i}] ({stream.name}).path: every shard of {stream.path} is empty")
         self.schedule = MixtureSchedule([s.weight for s in config.streams], config.mix_period, config.seed)
@@ -347,6 +366,15 @@ class StreamingDataset:
         if count <= 10 or count % 1000 == 0:
             logger.warning("%s: sample %s skipped (%s; %d so far in this process)", shard, key, reason, count)
 
+    def log_bad_shard(self, error: BadShardError, slots: int) -> None:
+        """Warn about a bad shard, by name: on the first visit of this process, then every 100th (a bad shard
+        is visited again and again; each visit counts its ``slots`` as ``bad_shard`` either way)."""
+        self.bad_shards_logged[error.shard] += 1
+        visits = self.bad_shards_logged[error.shard]
+        if visits == 1 or visits % 100 == 0:
+            logger.warning("bad shard skipped: %s; its %d unread sample slot(s) count as bad_shard (visit %d in this "
+                           "process)", error, slots, visits)
+
     def units(self, workers: int = 1, worker: int = 0, group: int = 1) -> Iterator[dict[str, Any]]:
         """This rank's units from ``start_unit``: those of ``worker`` of ``workers``, which makes every
         ``workers``-th group of ``group`` consecutive units (see the module doc)."""
@@ -368,11 +396,12 @@ class StreamingDataset:
         if reader is None or reader.position != start:
             reader = readers[(lane, stream)] = _LaneStream(self, lane, stream, start)
         samples, skipped = [], Counter()
+        declared = self.declared_members[stream]
         for sample, reason in reader.take(config.unit_size):
             if reason is None:
                 samples.append(sample)
-                skipped.update({"ignored_member": len(sample["ignored_members"])} if sample["ignored_members"]
-                               else {})
+                unexpected = [member for member in sample["ignored_members"] if member not in declared]
+                skipped.update({"ignored_member": len(unexpected)} if unexpected else {})
             else:
                 skipped[reason] += 1
         return {"stream": config.streams[stream].name, "kind": self.kinds[stream], "unit": unit,

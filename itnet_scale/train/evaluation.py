@@ -90,20 +90,21 @@ class Evaluator:
 
     ``builder(stream, kind, index)`` makes each stream's batch builder (the trainer's); ``prompt_tokens``: the
     zero-shot prompts' token limit (the captions'); ``rank`` / ``world_size`` / ``group``: the data-parallel ones
-    (ranks that share a sequence evaluate the same batches).
+    (ranks that share a sequence evaluate the same batches); ``allow_pipe_urls``: the command line's flag.
     """
 
     def __init__(self, data: DataConfig, settings: EvalSettings, tokenizer: Tokenizer,
                  builder: Callable[[str, str, int], MicroBatchBuilder], *, prompt_tokens: int = 32, rank: int = 0,
-                 world_size: int = 1, group: dist.ProcessGroup | None = None) -> None:
+                 world_size: int = 1, group: dist.ProcessGroup | None = None, allow_pipe_urls: bool = False) -> None:
         self.settings, self.tokenizer, self.prompt_tokens = settings, tokenizer, prompt_tokens
         self.rank, self.world_size, self.group = rank, world_size, group
-        self.sets = {s.name: HeldOutSet(s, batch_size=settings.batch_size, max_batches=settings.max_batches)
+        reading = {"strict": data.strict, "allow_pipe_urls": allow_pipe_urls}
+        self.sets = {s.name: HeldOutSet(s, batch_size=settings.batch_size, max_batches=settings.max_batches, **reading)
                      for s in data.streams if s.heldout}
         self.calibration = {}
         if self.sets and settings.calibration_batches:
             self.calibration = {s.name: HeldOutSet(s, batch_size=settings.batch_size, training=True,
-                                                   max_batches=settings.calibration_batches)
+                                                   max_batches=settings.calibration_batches, **reading)
                                 for s in data.streams if s.kind in ("", "image_text")}
             self.calibration = {name: held for name, held in self.calibration.items() if held.kind == "image_text"}
         self.builders: dict[str, MicroBatchBuilder] = {

@@ -44,7 +44,7 @@ from itnet_scale.train.engine import build_engine
 from itnet_scale.train.evaluation import Evaluator, format_metrics, metrics_table
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
 from itnet_scale.train.objectives import gather_rows, micro_step_losses
-from itnet_scale.train.pretrain_data import MicroBatchBuilder, PretrainStreams
+from itnet_scale.train.pretrain_data import MicroBatchBuilder, PretrainStreams, agree_on_startup_error
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
 from itnet_scale.train.step_guard import StepGuard, guarded_step
 
@@ -84,9 +84,11 @@ def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 
 class Pretrainer:
     """A pretraining run on DeepSpeed (see the module doc). ``deepspeed_config_file``: the user's own DeepSpeed
-    JSON, merged over the generated one."""
+    JSON, merged over the generated one. ``allow_pipe_urls``: the command line's consent to ``pipe:`` stream paths
+    (a config cannot give it)."""
 
-    def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> None:
+    def __init__(self, config: PretrainConfig, deepspeed_config_file: str | Path | None = None, *,
+                 allow_pipe_urls: bool = False) -> None:
         self.config = config
         init_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -115,11 +117,17 @@ class Pretrainer:
 
         self.streams = PretrainStreams(
             data, config.deepspeed.micro_batch_size // data.unit_size, builder, num_workers=config.num_workers,
-            data_parallel_rank=self.sp.data_parallel_rank, data_parallel_size=self.sp.data_parallel_size)
-        self.evaluator = Evaluator(data, config.eval, self.tokenizer, builder,
-                                   prompt_tokens=config.objectives.max_caption_tokens,
-                                   rank=self.sp.data_parallel_rank, world_size=self.sp.data_parallel_size,
-                                   group=self.sp.data_parallel_group)
+            data_parallel_rank=self.sp.data_parallel_rank, data_parallel_size=self.sp.data_parallel_size,
+            allow_pipe_urls=allow_pipe_urls)
+        problem = None
+        try:  # a held-out set that cannot be read stops every rank alike, reported once
+            self.evaluator = Evaluator(data, config.eval, self.tokenizer, builder,
+                                       prompt_tokens=config.objectives.max_caption_tokens,
+                                       rank=self.sp.data_parallel_rank, world_size=self.sp.data_parallel_size,
+                                       group=self.sp.data_parallel_group, allow_pipe_urls=allow_pipe_urls)
+        except (OSError, ValueError) as error:
+            problem = str(error)
+        agree_on_startup_error(problem)
         self.guard = StepGuard(config.guard.spike_factor, config.guard.spike_window, config.guard.spike_warmup)
         self.step = 0
         self.resumed_from: str | None = None
@@ -325,6 +333,7 @@ def _memory_scalars() -> dict[str, float]:
     return scalars
 
 
-def run_pretraining(config: PretrainConfig, deepspeed_config_file: str | Path | None = None) -> PretrainResult:
+def run_pretraining(config: PretrainConfig, deepspeed_config_file: str | Path | None = None, *,
+                    allow_pipe_urls: bool = False) -> PretrainResult:
     """Build a :class:`Pretrainer` from ``config`` and run it to ``config.steps``."""
-    return Pretrainer(config, deepspeed_config_file).run()
+    return Pretrainer(config, deepspeed_config_file, allow_pipe_urls=allow_pipe_urls).run()

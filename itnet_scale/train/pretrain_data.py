@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from itnet_scale.data.stream import DataConfig, StreamingDataset, collate_units, largest_remainder, unit_loader
@@ -37,6 +38,26 @@ from itnet_scale.nn.heads import mask_tokens
 from itnet_scale.train.config import OBJECTIVES_OF_KIND, ObjectiveSettings
 
 logger = logging.getLogger(__name__)
+
+
+class StartupError(ValueError):
+    """A problem found before training starts that every rank raises alike (the ranks agreed on it), so the launcher
+    can report it once, from rank 0, and every rank can stop together."""
+
+
+def agree_on_startup_error(error: str | None) -> None:
+    """Every rank passes its own set-up problem (``None`` if none); if any rank has one, every rank raises
+    :class:`StartupError` with the first (by rank) — so no rank goes on to wait for the others in a collective.
+    Without a process group, a problem is raised as it is."""
+    if dist.is_available() and dist.is_initialized():
+        errors: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if failed:
+            rank, message = failed[0]
+            raise StartupError(message if rank == 0 else f"(rank {rank}) {message}")
+    elif error is not None:
+        raise StartupError(error)
 
 
 def random_subset_mask(rows: int, size: int, ratio: float, generator: torch.Generator) -> Tensor:
@@ -141,10 +162,15 @@ class PretrainStreams:
     whose share rounds to 0 is an error naming it. :meth:`next` returns one :class:`MicroBatch` per stream, in the
     config's order. A stream whose units this step hold no valid sample is stood in for by its last good batch
     with ``stand_in`` weight 0 (every rank must still run every objective; see the module doc).
+
+    A stream that cannot be opened (no index, a refused location, a bad shard under ``strict``) raises
+    :class:`StartupError` on every rank (see :func:`agree_on_startup_error`). ``allow_pipe_urls``: the command-line
+    flag's consent to ``pipe:`` stream paths.
     """
 
     def __init__(self, data: DataConfig, micro_units: int, builder: Callable[[str, str, int], MicroBatchBuilder], *,
-                 data_parallel_rank: int, data_parallel_size: int, num_workers: int = 0) -> None:
+                 data_parallel_rank: int, data_parallel_size: int, num_workers: int = 0,
+                 allow_pipe_urls: bool = False) -> None:
         counts = largest_remainder([s.weight for s in data.streams], micro_units)
         starved = [s.name for s, c in zip(data.streams, counts) if c == 0]
         if starved:
@@ -154,12 +180,18 @@ class PretrainStreams:
         self.data, self.num_workers = data, num_workers
         self.units_per_step = {s.name: int(c) for s, c in zip(data.streams, counts)}
         self.data_parallel_size = data_parallel_size
-        self.datasets = {s.name: StreamingDataset(data.only(s.name), rank=data_parallel_rank,
-                                                  world_size=data_parallel_size) for s in data.streams}
-        for name, dataset in self.datasets.items():
-            dataset.check_workers(max(num_workers, 1), self.units_per_step[name])
-            if dataset.kinds[0] not in OBJECTIVES_OF_KIND:
-                raise ValueError(f"stream {name!r}: no pretraining objective reads {dataset.kinds[0]!r} shards")
+        problem = None
+        try:
+            self.datasets = {s.name: StreamingDataset(data.only(s.name), rank=data_parallel_rank,
+                                                      world_size=data_parallel_size, allow_pipe_urls=allow_pipe_urls)
+                             for s in data.streams}
+            for name, dataset in self.datasets.items():
+                dataset.check_workers(max(num_workers, 1), self.units_per_step[name])
+                if dataset.kinds[0] not in OBJECTIVES_OF_KIND:
+                    raise ValueError(f"stream {name!r}: no pretraining objective reads {dataset.kinds[0]!r} shards")
+        except (OSError, ValueError) as error:
+            problem = str(error)
+        agree_on_startup_error(problem)
         self.builders = {s.name: builder(s.name, self.kind(s.name), i) for i, s in enumerate(data.streams)}
         self.consumed = {name: 0 for name in self.datasets}  # global units read, per stream
         self._iterators: dict[str, Iterator[MicroBatch]] = {}

@@ -15,8 +15,10 @@ from PIL import Image
 
 from itnet_scale.data.meshes import Mesh, box, parse_off, sample_surface
 from itnet_scale.data.shards import (
+    BadShardError,
     ShardSetSummary,
     ShardSetWriter,
+    index_existing_shards,
     iter_shard_samples,
     read_index,
     split_documents,
@@ -25,6 +27,7 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
+from tests.corpus_fixtures import write_img2dataset_folder
 
 UNIT_CUBE_OFF = """OFF
 # a unit cube, faces as quads
@@ -121,7 +124,7 @@ def test_writer_rejects_bad_samples_and_empty_sets(tmp_path: Path) -> None:
         ShardSetWriter(tmp_path / "b", "text", max_count=0)
     with pytest.raises(ValueError, match=r"prefix 'a/b' must be"):
         ShardSetWriter(tmp_path / "c", "text", prefix="a/b")
-    missing_cls = r"sample 0: a 'image' sample holds png or jpg \+ cls, got members \['png'\]"
+    missing_cls = r"sample 0: a 'image' sample holds png or jpg or webp \+ cls, got members \['png'\]"
     with pytest.raises(ValueError, match=missing_cls), ShardSetWriter(tmp_path / "d", "image") as writer:
         writer.write({"png": b"..."})
     with pytest.raises(ValueError, match=r"got members \['cls', 'jpg', 'png'\]"), \
@@ -144,17 +147,17 @@ def make_set(directory: Path) -> dict:
 
 
 @pytest.mark.parametrize(("edit", "error", "message"), [
-    (lambda index, d: (d / "shard-000001.tar").unlink(), FileNotFoundError,
-     r"shards\[1\] names shard-000001\.tar, which does not exist"),
-    (lambda index, d: (d / "shard-000000.tar").write_bytes(b"x" * 100), ValueError,
-     r"field 'shards\[0\]\.bytes' is \d+ but shard-000000\.tar has 100 bytes"),
     (lambda index, d: index.update(format="itnet-shards/0"), ValueError, r"field 'format' must be 'itnet-shards/1'"),
     (lambda index, d: index.update(kind="video"), ValueError, r"field 'kind' must be one of"),
     (lambda index, d: index.update(keys=["jpg"]), ValueError, r"field 'keys' must list members of a 'text' set"),
     (lambda index, d: index.update(samples=5), ValueError, r"field 'samples' is 5 but the shards add up to 4"),
     (lambda index, d: index.update(shards=[]), ValueError, r"field 'shards' must be a non-empty list"),
     (lambda index, d: index["shards"][0].update(name="../shard-000000.tar"), ValueError,
-     r"field 'shards\[0\]\.name' must be a file name"),
+     r"field 'shards\[0\]\.name' must be a plain '\.tar' file name in the set's folder"),
+    (lambda index, d: index["shards"][0].update(name="pipe:touch x.tar"), ValueError,
+     r"field 'shards\[0\]\.name' must be a plain '\.tar' file name"),
+    (lambda index, d: index.update(members={"json": 4}), ValueError,
+     r"field 'members' must map every member extension \(at least \['txt'\]\)"),
     (lambda index, d: index["shards"][1].update(samples=-1), ValueError,
      r"field 'shards\[1\]\.samples' must be a non-negative integer"),
 ])
@@ -164,6 +167,21 @@ def test_read_index_names_what_is_wrong(tmp_path: Path, edit, error: type[Except
     (tmp_path / "index.json").write_text(json.dumps(index))
     with pytest.raises(error, match=r"index\.json: .*" + message):
         read_index(tmp_path)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: (d / "shard-000001.tar").unlink(), r"shard-000001\.tar: does not exist \(index\.json lists it\)"),
+    (lambda d: (d / "shard-000000.tar").write_bytes(b"x" * 100),
+     r"shard-000000\.tar: has 100 bytes but its index says \d+"),
+])
+def test_read_index_checks_local_shards_unless_told_not_to(tmp_path: Path, edit, message: str) -> None:
+    """A missing shard or one of another size is a BadShardError naming it; ``check_shards=False`` (a streaming
+    reader, which skips bad shards as it meets them) reads the index all the same."""
+    index = make_set(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(BadShardError, match=message):
+        read_index(tmp_path)
+    assert read_index(tmp_path, check_shards=False) == index
 
 
 def test_read_index_rejects_invalid_json(tmp_path: Path) -> None:
@@ -362,3 +380,34 @@ def test_class_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "flat" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"flat: no class folders"):
         write_point_cloud_shards(tmp_path / "flat", tmp_path / "out")
+
+
+def test_existing_img2dataset_tars_are_indexed_in_place(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """img2dataset's folder (2 tars of 5 samples, one image as WebP, ``_stats.json`` and parquet files beside them)
+    plus a third tar cut off by a killed download: the readable tars are indexed — counts, member extensions,
+    per-shard sizes — the cut one is left out and logged, and no file in the folder changes."""
+    folder = tmp_path / "laion"
+    write_img2dataset_folder(folder, webp_keys=("000010003",))
+    with wds.TarWriter(str(folder / "00002.tar")) as sink:
+        sink.write({"__key__": "000020000", "jpg": b"\xff\xd8" + b"x" * 4000, "txt": "cut off", "json": "{}"})
+    (folder / "00002.tar").write_bytes((folder / "00002.tar").read_bytes()[:3000])
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    summary = index_existing_shards(folder, "image_text")
+    assert summary == ShardSetSummary(folder, "image_text", 10, 2, summary.bytes, {"unreadable_shard": 1})
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "index.json"} == before
+    index = read_index(folder)
+    assert index["shards"] == [{"name": n, "samples": 5, "bytes": len(before[n])} for n in ("00000.tar", "00001.tar")]
+    assert index["keys"] == ["jpg", "txt", "webp"]
+    assert index["members"] == {"jpg": 9, "json": 10, "txt": 10, "webp": 1}
+    assert index["samples"] == 10 and index["skipped"] == {"unreadable_shard": 1}
+    assert "00002.tar: cannot be read after" in caplog.text
+    assert [s["__key__"] for s in iter_shard_samples(folder)] == [f"0000{s}000{i}" for s in (0, 1) for i in range(5)]
+
+    with pytest.raises(FileExistsError, match=r"laion/index\.json exists already; pass --overwrite"):
+        index_existing_shards(folder, "image_text")
+    with pytest.raises(ValueError, match=r"no sample holds cls, so this is not a 'image' set \(members found: "
+                                         r"\['jpg', 'json', 'txt', 'webp'\]\)"):
+        index_existing_shards(folder, "image", overwrite=True)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"none: no readable \.tar shards"):
+        index_existing_shards(tmp_path / "none", "image_text")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import json
 import logging
 import os
 import pickle
+import re
+import threading
 from itertools import islice
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from PIL import Image
 
 from itnet_scale.config import merge_config
 from itnet_scale.data.demo import build_demo_data
+from itnet_scale.data.shards import BadShardError, index_existing_shards
 from itnet_scale.data.stream import (
     DataConfig,
     MixtureSchedule,
@@ -28,6 +34,7 @@ from itnet_scale.data.stream import (
     unit_loader,
 )
 from itnet_scale.data.tokenizer import TokenizerConfig
+from tests.corpus_fixtures import write_img2dataset_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
@@ -266,7 +273,9 @@ def test_bad_image_text_is_skipped_counted_logged_and_never_unpickled(tmp_path, 
     assert any("sample 005 skipped (missing_key" in m for m in logged)
 
 
-def test_truncated_tar_counts_its_missing_slots(tmp_path, caplog):
+def test_a_broken_tar_counts_its_unread_slots_as_bad_shard(tmp_path, caplog):
+    """A tar cut inside a member's header (its index agrees with its size: the tar itself is broken): the samples
+    before the break are read, the shard is logged by name, and its unread slots count as ``bad_shard``."""
     samples = [{"__key__": f"{i:03d}", "png": png(i), "txt": b"fine"} for i in range(6)]
     whole = tmp_path / "whole"
     write_set(whole, "image_text", samples, 6)
@@ -274,10 +283,11 @@ def test_truncated_tar_counts_its_missing_slots(tmp_path, caplog):
     dataset = single_shard_dataset(tmp_path, "image_text", samples, cut_at=cut)
     with caplog.at_level(logging.WARNING, logger="itnet_scale.data.stream"):
         units = list(islice(dataset.units(), 2))
-    for unit in units:  # 003 arrives without its caption; 004 and 005 never arrive
-        assert unit["skipped"] == {"missing_key": 1, "truncated_shard": 2}
+    for unit in units:  # 003 never completes; 004 and 005 never arrive
+        assert unit["skipped"] == {"bad_shard": 3}
         assert sorted(s["__key__"] for s in unit["samples"]) == ["000", "001", "002"]
-    assert any("shard-000000.tar: ended after 4 of its 6 samples" in r.getMessage() for r in caplog.records)
+    assert any("bad shard skipped: " in r.getMessage() and "shard-000000.tar: cannot be read after" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_bad_points_and_classes_are_skipped_by_reason(tmp_path):
@@ -370,3 +380,167 @@ def test_demo_config_streams_the_demo_data(tmp_path):
     assert by_kind["points"]["points"].shape == (256, 3) and by_kind["points"]["points"].dtype == np.float32
     assert "digit" in by_kind["image_text"]["txt"] or "number" in by_kind["image_text"]["txt"]
     assert all(not u["skipped"] for u in units)
+
+
+# --- Shard sets by URL, bad shards -----------------------------------------------------------------------------
+
+
+class ShardServer(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder as a static web server does; files named in the server's ``cut_files`` announce their full
+    size but stop after half of it (a transfer cut off mid-way)."""
+
+    def copyfile(self, source, outputfile) -> None:
+        if Path(self.path).name in self.server.cut_files:
+            data = source.read()
+            outputfile.write(data[: len(data) // 2])
+        else:
+            super().copyfile(source, outputfile)
+
+    def log_message(self, *args) -> None:  # quiet: the requests are the test's own
+        pass
+
+
+@contextlib.contextmanager
+def serve(root: Path, cut_files: tuple[str, ...] = ()):
+    """``root`` served over HTTP on a free local port, in a thread; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(ShardServer, directory=str(root)))
+    server.cut_files = set(cut_files)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def at(sets: dict[str, Path], base: str) -> dict[str, str]:
+    """The sets' locations under ``base`` (a URL or a pipe: template) instead of their folders."""
+    return {name: f"{base}/{path.name}" for name, path in sets.items()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_set_by_url_reads_as_from_disk_and_resumes(sets, workers):
+    """The same sets served over HTTP: the same units as from disk — through DataLoader workers too — and after a
+    resume mid-visit (set_position, state_dict) the same units as the uninterrupted run."""
+    whole = first(StreamingDataset(config_for(sets)), 30)
+    with serve(sets["text"].parent) as url:
+        remote = at(sets, url)
+        read = islice(iter(unit_loader(StreamingDataset(config_for(remote)), num_workers=workers)), 30)
+        assert keys(units for item in read for units in [item[0]]) == whole
+        resumed = StreamingDataset(config_for(remote))
+        resumed.load_state_dict(StreamingDataset(config_for(sets)).state_dict(13))
+        assert first(resumed, 17) == whole[13:]
+
+
+def numbered_text_set(directory: Path, shards: int = 3, per_shard: int = 4) -> Path:
+    """A text set whose keys name their shard (``s1-002``)."""
+    samples = [{"__key__": f"s{i // per_shard}-{i % per_shard:03d}", "txt": f"text {i} ".encode() * 20}
+               for i in range(shards * per_shard)]
+    return write_set(directory, "text", samples, per_shard)
+
+
+def one_stream(path: str, **changes) -> DataConfig:
+    """One stream, one lane, one shard visit per unit (unit_size = samples per shard)."""
+    return DataConfig(**{"seed": 5, "lanes": 1, "unit_size": 4, "mix_period": 1, "shuffle_buffer": 4,
+                         "streams": [StreamConfig(name="text", path=path)], **changes})
+
+
+def half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["halved", "missing", "http_404", "cut_mid_transfer"])
+def test_a_bad_shard_is_skipped_counted_logged_and_positions_hold(tmp_path, caplog, damage):
+    """Shard 1 of 3 is halved on disk (its index keeps the full size), deleted, 404s, or its transfer stops half-way:
+    each visit to it logs it by name and counts its unread slots as ``bad_shard``; every other unit is what it is
+    on the clean set, and a resume gives the uninterrupted run's units."""
+    clean = numbered_text_set(tmp_path / "clean")
+    bad = numbered_text_set(tmp_path / "bad")
+    shard = bad / "shard-000001.tar"
+    if damage == "halved":
+        half(shard)
+    elif damage in ("missing", "http_404"):
+        shard.unlink()
+    with contextlib.ExitStack() as stack:
+        location = str(bad)
+        if damage in ("http_404", "cut_mid_transfer"):
+            cut = ("shard-000001.tar",) if damage == "cut_mid_transfer" else ()
+            location = f"{stack.enter_context(serve(tmp_path, cut))}/bad"
+        expected = list(islice(StreamingDataset(one_stream(str(clean))).units(), 12))
+        with caplog.at_level(logging.WARNING, logger="itnet_scale.data.stream"):
+            got = list(islice(StreamingDataset(one_stream(location)).units(), 12))
+        logged = [r.getMessage() for r in caplog.records if "bad shard skipped" in r.getMessage()]
+        resumed = StreamingDataset(one_stream(location))
+        resumed.set_position(5)
+        assert keys(islice(resumed.units(), 7)) == keys(got[5:])
+    visits_to_bad = 0
+    for want, unit in zip(expected, got, strict=True):
+        if want["samples"][0]["__key__"].startswith("s1-"):
+            visits_to_bad += 1
+            read = len(unit["samples"])
+            assert unit["skipped"] == {"bad_shard": 4 - read}
+            assert read == 0 or damage == "cut_mid_transfer"  # a cut transfer delivers what came before the cut
+        else:
+            assert keys([unit]) == keys([want]) and unit["skipped"] == {}
+    assert visits_to_bad >= 2
+    problem = {"halved": r"has \d+ bytes but its index says \d+", "missing": "does not exist",
+               "http_404": r"HTTP 404 \(File not found\)", "cut_mid_transfer": r"cannot be read after \d+ bytes"}
+    assert len(logged) == 1 and re.search(r"shard-000001\.tar: " + problem[damage], logged[0]), logged
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_strict_refuses_a_bad_shard_naming_it(tmp_path, remote):
+    """``strict: true``: a halved local shard is refused before anything is read; a remote one when its visit
+    comes (its size is only known then). Either error names the shard and the problem."""
+    bad = numbered_text_set(tmp_path / "bad")
+    half(bad / "shard-000001.tar")
+    if not remote:
+        with pytest.raises(ValueError, match=r"streams\[0\] \(text\)\.path: .*bad/shard-000001\.tar: has \d+ bytes "
+                                             r"but its index says \d+"):
+            StreamingDataset(one_stream(str(bad), strict=True))
+        return
+    with serve(tmp_path) as url:
+        dataset = StreamingDataset(one_stream(f"{url}/bad", strict=True))
+        with pytest.raises(BadShardError, match=rf"{url}/bad/shard-000001\.tar: has \d+ bytes but its index says"):
+            list(islice(dataset.units(), 12))
+
+
+def test_pipe_locations_need_the_caller_to_allow_them(sets, tmp_path):
+    """A ``pipe:`` stream path is refused — without running it — unless the caller passes ``allow_pipe_urls`` (a
+    command-line flag); allowed, it reads the same units as the folders. Other schemes are refused by name."""
+    marker = tmp_path / "RAN"
+    command = f"pipe:touch {marker}; cat {sets['text'].parent}/{{name}}"
+    piped = {name: command.replace("{name}", f"{path.name}/{{name}}") for name, path in sets.items()}
+    with pytest.raises(ValueError, match=r"streams\[0\] \(text\)\.path: .*a pipe: location runs a shell command, "
+                                         r"and nothing in a config may run code; pass --allow_pipe_urls"):
+        StreamingDataset(config_for(piped))
+    assert not marker.exists()
+    whole = first(StreamingDataset(config_for(sets)), 12)
+    assert first(StreamingDataset(config_for(piped), allow_pipe_urls=True), 12) == whole
+    assert marker.exists()
+    with pytest.raises(ValueError, match=r"with \{name\} where the file name goes"):
+        StreamingDataset(config_for(at(sets, "pipe:cat")), allow_pipe_urls=True)
+    with pytest.raises(ValueError, match=r"'s3://bucket/text': unsupported scheme 's3'"):
+        StreamingDataset(config_for(at(sets, "s3://bucket")))
+
+
+def test_an_indexed_img2dataset_folder_streams_as_it_is(tmp_path):
+    """img2dataset's tars, indexed in place, stream without being rewritten: JPEG and WebP images decode (WebP through
+    PIL, lossless here: the exact pixels), captions are the ``txt``, the ``json`` member is dropped undecoded and,
+    as the index declares it, not counted as an ignored member."""
+    folder = tmp_path / "laion"
+    pixels = write_img2dataset_folder(folder, webp_keys=("000010003",))
+    index_existing_shards(folder, "image_text")
+    config = DataConfig(seed=0, lanes=1, unit_size=5, mix_period=1, shuffle_buffer=1,
+                        streams=[StreamConfig(name="laion", path=str(folder), kind="image_text")])
+    units = list(islice(StreamingDataset(config).units(), 6))
+    samples = {s["__key__"]: s for unit in units for s in unit["samples"]}
+    assert sorted(samples) == sorted(pixels) and all(unit["skipped"] == {} for unit in units)
+    webp = samples["000010003"]
+    assert webp["image"].shape == (3, 16, 16) and np.array_equal(webp["image"], pixels["000010003"].transpose(2, 0, 1))
+    jpeg = samples["000000001"]
+    assert np.abs(jpeg["image"].astype(int) - pixels["000000001"].transpose(2, 0, 1)).mean() < 4  # lossy
+    assert jpeg["txt"] == "a photo of thing number 1" and jpeg["ignored_members"] == ["json"] and "json" not in jpeg
+    batch = collate_units(units[:2])["laion"]
+    assert batch["image"].shape == (10, 3, 16, 16) and len(batch["txt"]) == 10

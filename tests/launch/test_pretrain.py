@@ -7,10 +7,12 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,13 @@ from itnet_scale.checkpoint.deepspeed_checkpoint import (
     read_client_state,
     step_tag,
 )
+from itnet_scale.data.shards import read_index
+from itnet_scale.data.stream import StreamingDataset, load_data_config
 from tests.distributed import REPO, free_port, run_deepspeed
 from tests.pretrain_fixtures import DEMO_CONFIG, checkpoint_weights, fast_overrides, small_demo_data
 
 LAUNCH = REPO / "launch" / "pretrain.py"
+DEMO_DATA_CONFIG = REPO / "configs" / "data" / "demo.yaml"
 WORKER = Path(__file__).with_name("pretrain_worker.py")
 
 
@@ -226,3 +231,49 @@ def test_sequence_parallel_pretraining_and_its_logs(data, tmp_path):
     assert all(value == value for _, value in scalars["loss/total"])
     state = read_client_state(tmp_path / "run" / "checkpoints" / step_tag(3))
     assert state["sequence_parallel_size"] == 2 and state["data"]["text"]["units"] == 3 * 1 * 2  # one replica
+
+
+def damaged_copy(data: Path, directory: Path, avoid_units: int, visit_units: int) -> tuple[Path, Path]:
+    """A copy of the demo data whose text shard read by none of 1 rank's first ``avoid_units`` text units but by one
+    of the next ``visit_units`` is cut to half its size (its index keeps the full size). Returns (data, shard)."""
+    copy = Path(shutil.copytree(data, directory))
+    text = load_data_config(DEMO_DATA_CONFIG, [f"data_root={copy}", "unit_size=4"]).only("text")
+    units = list(islice(StreamingDataset(text, rank=0, world_size=1).units(), avoid_units + visit_units))
+    shard_of, first = {}, 0  # the writer's keys number the samples of the whole set: 000000000, 000000001, …
+    for shard in read_index(copy / "text")["shards"]:
+        shard_of.update({f"{i:09d}": shard["name"] for i in range(first, first + shard["samples"])})
+        first += shard["samples"]
+    early = {shard_of[s["__key__"]] for unit in units[:avoid_units] for s in unit["samples"]}
+    later = {shard_of[s["__key__"]] for unit in units[avoid_units:] for s in unit["samples"]} - early
+    shard = copy / "text" / sorted(later)[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    return copy, shard
+
+
+@pytest.mark.multiprocess
+def test_a_bad_shard_under_strict_stops_every_rank_with_one_error_line(data, tmp_path):
+    """2 ranks, ``strict: true``, a text shard cut to half its size: both ranks stop before training with exit
+    status 2, and the output holds one ``error:`` line naming the shard and the problem, and no traceback."""
+    copy, shard = damaged_copy(data, tmp_path / "data", 0, 8)
+    overrides = fast_overrides(copy, tmp_path / "run", 2, data_overrides=f"[data_root={copy},unit_size=4,strict=true]")
+    process = run_deepspeed(LAUNCH, ["--config", str(DEMO_CONFIG), *overrides], ranks=2)
+    assert process.returncode == 2, process.stdout[-6000:]
+    errors = [line for line in process.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1, process.stdout[-6000:]
+    assert re.fullmatch(rf"error: streams\[0\] \(text\)\.path: {shard}: has \d+ bytes but its index says \d+",
+                        errors[0]), errors
+    assert "Traceback" not in process.stdout
+
+
+@pytest.mark.multiprocess
+def test_a_bad_shard_is_skipped_by_name_and_the_run_trains_on(data, tmp_path):
+    """1 rank, a text shard cut to half its size (not the first one read): the run trains its 4 steps, and the
+    shard is logged by name with its problem."""
+    copy, shard = damaged_copy(data, tmp_path / "data", 2, 6)
+    process = run_deepspeed(LAUNCH, ["--config", str(DEMO_CONFIG),
+                                     *fast_overrides(copy, tmp_path / "run", 4, **{"checkpoint.save_every": 4})],
+                            ranks=1)
+    assert process.returncode == 0, process.stdout[-6000:]
+    assert "finished step 4" in process.stdout
+    assert re.search(rf"bad shard skipped: {shard}: has \d+ bytes but its index says \d+; its 24 unread sample "
+                     r"slot\(s\) count as bad_shard", process.stdout), process.stdout[-6000:]

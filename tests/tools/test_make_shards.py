@@ -14,6 +14,7 @@ from PIL import Image
 
 from itnet_scale.data.shards import read_index
 from itnet_scale.data.tokenizer import Tokenizer
+from tests.corpus_fixtures import write_img2dataset_folder
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
 
@@ -82,6 +83,34 @@ def test_bad_input_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureF
     with pytest.raises(SystemExit):
         tool.main(["demo", str(tmp_path), "--output", str(tmp_path / "o")])  # demo takes no INPUT
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_index_existing_tars_then_check_the_set(tmp_path: Path) -> None:
+    """``index DIR --kind image_text`` on img2dataset's output prints the summary and writes index.json (a second run
+    refuses to replace it); ``check`` reads every shard and names a bad one (exit status 2)."""
+    folder = tmp_path / "laion"
+    write_img2dataset_folder(folder)
+    result = run("index", str(folder), "--kind", "image_text")
+    assert result.returncode == 0, result.stderr
+    total = read_index(folder)["bytes"]
+    assert result.stdout.strip() == f"image_text: 10 samples in 2 shards, {total} bytes -> {folder} (skipped: none)"
+    again = run("index", str(folder), "--kind", "image_text")
+    assert again.returncode == 2 and "index.json exists already; pass --overwrite" in again.stderr
+    assert run("index", str(folder), "--kind", "image_text", "--overwrite").returncode == 0
+
+    checked = run("check", str(folder))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == f"{folder}: image_text, 10 samples in 2 shards, {total} bytes: every shard " \
+                                     "reads as its index says"
+    shard = folder / "00001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    checked = run("check", str(folder))
+    assert checked.returncode == 2
+    assert f"1 of 2 shards are bad:\n  {shard}: has 1000 bytes but its index says" in checked.stderr
+    refused = run("check", f"pipe:cat {folder}/{{name}}")
+    assert refused.returncode == 2 and "pass --allow_pipe_urls" in refused.stderr
+    allowed = run("check", f"pipe:cat {folder}/{{name}}", "--allow_pipe_urls")
+    assert allowed.returncode == 2 and "00001.tar: cannot be read after 1000 bytes" in allowed.stderr
 
 
 @pytest.mark.slow
