@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input found while setting up: named, not a traceback
         return report_startup_error(error)
     trainer.run()
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a clean exit: gloo's threads still running at exit can abort the process
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -82,7 +82,11 @@ def evaluate(checkpoint: Path, config_path: Path, overrides: list[str]) -> dict[
                           rank=rank, world_size=world)
     if not evaluator:
         raise ValueError(f"no stream of {config.data} names a heldout shard set: nothing to evaluate")
-    return {"step": float(source.info.get("step", 0)), **evaluator.evaluate(model)}
+    metrics = {"step": float(source.info.get("step") or 0), **evaluator.evaluate(model)}
+    if dist.is_initialized():  # a clean exit: gloo's threads still running at exit abort the process
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
 
 
 if __name__ == "__main__":

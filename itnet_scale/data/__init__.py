@@ -1,6 +1,8 @@
-"""Data: the sentencepiece tokenizer, webdataset shard sets (writers, streaming), and the embedded demo data."""
+"""Data: the sentencepiece tokenizer, webdataset shard sets (writers, streaming, held-out sets), and the embedded
+demo data."""
 
 from itnet_scale.data.demo import build_demo_data
+from itnet_scale.data.heldout import HeldOutBatch, HeldOutSet
 from itnet_scale.data.meshes import Mesh, parse_off, read_off, sample_surface
 from itnet_scale.data.shards import (
     BadShardError,
@@ -31,6 +33,8 @@ from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig
 __all__ = [
     "BadShardError",
     "DataConfig",
+    "HeldOutBatch",
+    "HeldOutSet",
     "Mesh",
     "ShardFile",
     "ShardSetError",

@@ -56,8 +56,10 @@ def demo_paragraphs() -> list[str]:
 
 
 def digit_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as uint8 ``[N, image_size, image_size]`` (ink bright, nearest-neighbour upsampled
-    from 8×8 values 0–16) and their labels ``[N]``. Needs scikit-learn (the ``demo`` extra)."""
+    """scikit-learn's digits as uint8 ``[N, image_size, image_size]`` (ink bright, bilinearly upsampled from 8×8
+    values 0–16) and their labels ``[N]``. Bilinear, not nearest-neighbour: a nearest-neighbour 4× upsampling makes
+    every 4×4 patch one flat pixel, whose per-patch-normalized masked-patch target is all zeros — masked patch
+    modeling would learn nothing. Needs scikit-learn (the ``demo`` extra)."""
     try:  # imported here, not with the module: scikit-learn is an optional dependency
         from sklearn.datasets import load_digits
     except ModuleNotFoundError as error:
@@ -66,7 +68,7 @@ def digit_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    images = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.Resampling.NEAREST))
+    images = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.Resampling.BILINEAR))
                        for img in small])
     return images, digits.target.astype(np.int64)
 

@@ -69,7 +69,7 @@ class HeldOutSet:
                              f"stream is {stream.kind!r}")
         self.stream, self.path, self.kind, self.batch_size = stream, path, index["kind"], batch_size
         self.strict, self.allow_pipe_urls = strict, allow_pipe_urls
-        self.info: dict[str, Any] = index.get("info") or {}
+        self.classes: list[str] = [str(name) for name in index.get("classes") or []]  # the index's class names
         slots = sum(shard.samples for shard in self.shards)
         if slots == 0:
             raise ValueError(f"stream {stream.name!r}: {what} {path} holds no sample")

@@ -130,7 +130,7 @@ class ZeroShotSettings:
     class's name in every template (``{}`` marks the name), the text embeddings averaged per class; an image's
     prediction is the class whose embedding is nearest. ``stream``: an ``image`` stream whose held-out set has
     class ids (``cls``); empty: no zero-shot evaluation. ``classes``: the names by class id; empty: the held-out
-    index's ``info.classes``."""
+    index's ``classes``."""
 
     stream: str = ""
     classes: list[str] = field(default_factory=list)

@@ -117,10 +117,13 @@ class Evaluator:
             if held.kind != "image":
                 raise ValueError(f"eval.zero_shot.stream={zero_shot.stream!r} holds {held.kind!r} samples; "
                                  "zero-shot classification reads an image stream with class ids")
-            self.classes = list(zero_shot.classes) or [str(c) for c in held.info.get("classes", [])]
+            self.classes = list(zero_shot.classes) or held.classes
             if not self.classes:
                 raise ValueError(f"eval.zero_shot.classes is empty and the heldout index of stream "
-                                 f"{zero_shot.stream!r} names no info.classes")
+                                 f"{zero_shot.stream!r} names no classes")
+            if held.classes and len(held.classes) != len(self.classes):
+                raise ValueError(f"eval.zero_shot.classes names {len(self.classes)} classes, the heldout index of "
+                                 f"stream {zero_shot.stream!r} {len(held.classes)} ({held.classes})")
 
     def __bool__(self) -> bool:
         return bool(self.sets)

@@ -15,7 +15,14 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from itnet_scale.data.demo import CAPTION_TEMPLATES, DEMO_SETS, DIGIT_NAMES, HELDOUT_SETS, build_demo_data
+from itnet_scale.data.demo import (
+    CAPTION_TEMPLATES,
+    DEMO_SETS,
+    DIGIT_NAMES,
+    HELDOUT_SETS,
+    build_demo_data,
+    digit_images,
+)
 from itnet_scale.data.meshes import SHAPES
 from itnet_scale.data.shards import iter_shard_samples, read_index
 from itnet_scale.data.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer_config
@@ -57,9 +64,18 @@ def test_text_is_pydoc_paragraphs(demo: dict[str, Path]) -> None:
 
 
 def upsampled_digits() -> dict[bytes, int]:
-    """Every digit's pixels (nearest-neighbour 8 -> 32), as bytes, → its index in ``load_digits`` (all differ)."""
+    """Every digit's pixels (bilinear 8 -> 32), as bytes, → its index in ``load_digits`` (all differ)."""
     small = np.round(load_digits().images * 255.0 / 16.0).astype(np.uint8)
-    return {image.tobytes(): i for i, image in enumerate(np.kron(small, np.ones((1, 4, 4), dtype=np.uint8)))}
+    large = [np.asarray(Image.fromarray(image).resize((32, 32), Image.Resampling.BILINEAR)) for image in small]
+    return {image.tobytes(): i for i, image in enumerate(large)}
+
+
+def test_digit_patches_have_texture_for_masked_patch_modeling() -> None:
+    """Bilinear upsampling: a 4×4 patch with ink is not one flat value (its normalized target would be all 0)."""
+    patches = digit_images(32)[0][:50].reshape(50, 8, 4, 8, 4).transpose(0, 1, 3, 2, 4).reshape(50, 64, 16)
+    inked = patches.max(-1) > 0
+    flat = patches.min(-1) == patches.max(-1)
+    assert (flat & inked).sum() < 0.1 * inked.sum()
 
 
 def digit_indices(folder: Path) -> list[int]:

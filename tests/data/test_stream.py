@@ -373,8 +373,8 @@ def test_demo_config_streams_the_demo_data(tmp_path):
     assert [s.path for s in config.streams] == [str(tmp_path / n) for n in ("text", "image_text", "image", "points")]
     units = list(islice(StreamingDataset(config).units(), 200))
     counts = {name: sum(u["stream"] == name for u in units) for name in ("text", "image_text", "image", "points")}
-    # weights 4:3:2:1, exact over each lane's periods (2 lanes × 10 periods of 10 units)
-    assert counts == {"text": 80, "image_text": 60, "image": 40, "points": 20}
+    # weights 2:5:2:1, exact over each lane's periods (2 lanes × 10 periods of 10 units)
+    assert counts == {"text": 40, "image_text": 100, "image": 40, "points": 20}
     by_kind = {u["kind"]: u["samples"][0] for u in units}
     assert by_kind["image"]["image"].shape == (1, 32, 32) and 0 <= by_kind["image"]["cls"] <= 9
     assert by_kind["points"]["points"].shape == (256, 3) and by_kind["points"]["points"].dtype == np.float32

@@ -119,6 +119,9 @@ def test_demo(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == f"tokenizer -> {tmp_path / 'tokenizer'}"
-    assert [line.split(":")[0] for line in lines[1:]] == ["text", "image", "image_text", "points"]
-    assert "image: 1797 samples in 4 shards" in result.stdout and "points: 600 samples in 2 shards" in result.stdout
+    sets = ["text", "image", "image_text", "points"]
+    assert [line.split(":")[0] for line in lines[1:]] == sets * 2  # the training sets, then the held-out ones
+    assert "image: 1437 samples in 3 shards" in result.stdout and "points: 540 samples in 2 shards" in result.stdout
+    assert any(line.startswith("image: 360 samples in 1 shards") and line.split(" -> ")[1].startswith(
+        str(tmp_path / "heldout" / "image")) for line in lines)
     assert Tokenizer.from_dir(tmp_path / "tokenizer").vocab_size == 3000

@@ -5,6 +5,8 @@ training state is untouched, bad settings are refused by name. Several ranks: te
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from tests.distributed import run_deepspeed
 from tests.pretrain_fixtures import REPO, config_for, evaluator_for, small_demo_data
 
 WORKER = Path(__file__).with_name("evaluation_worker.py")
+EVALUATE = REPO / "tools" / "evaluate_pretrained.py"
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +119,11 @@ def test_bad_eval_settings_are_refused_by_name(data: Path, tmp_path: Path) -> No
     without.write_text("\n".join(line for line in demo_data.splitlines() if "heldout:" not in line))
     with pytest.raises(ValueError, match=r"eval.every=5 but no stream of .* names a heldout shard set"):
         config_for(data, tmp_path, f"data={without}", **{"eval.every": 5, "eval.zero_shot.stream": "''"})
+    config = config_for(data, tmp_path, **{"eval.zero_shot.classes": "[zero,one]"})
+    with pytest.raises(ValueError, match=r"names 2 classes, the heldout index of stream 'image' 10"):
+        evaluator_for(config)
+    config = config_for(data, tmp_path, **{"eval.zero_shot.classes": "[]"})
+    assert evaluator_for(config)[0].classes == [str(d) for d in range(10)]  # the index's class names
     config = config_for(data, tmp_path, **{"eval.zero_shot.stream": "image_text"})
     with pytest.raises(ValueError, match=r"holds 'image_text' samples; zero-shot classification reads an image"):
         evaluator_for(config)
@@ -151,3 +159,23 @@ def test_two_ranks_evaluate_each_sample_once_and_training_is_untouched(data: Pat
     assert [e.step for e in events.Scalars("eval/zero_shot/top1")] == [0, 2, 4]
     assert {"eval/loss/mlm", "eval/loss/itc", "eval/loss/mpm", "eval/loss/mpp",
             "eval/retrieval/image_to_text_r1"} <= set(events.Tags()["scalars"])
+    # the standalone command gives the run's last evaluation: on its DeepSpeed checkpoint (one process) and on the
+    # library folder converted from it (two ranks)
+    run = tmp_path / "with_eval" / "run"
+    library = tmp_path / "library"
+    converted = subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "library",
+                                str(run / "checkpoints"), str(library)], capture_output=True, text=True, cwd=REPO)
+    assert converted.returncode == 0, converted.stderr
+    config = ["--config", str(run / "config.yaml")]
+    one = subprocess.run([sys.executable, str(EVALUATE), str(run / "checkpoints"), *config, "--json",
+                          str(tmp_path / "one.json")], capture_output=True, text=True, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "| metric | step 4 |" in one.stdout and "| zero_shot/top1 |" in one.stdout
+    two = run_deepspeed(EVALUATE, [str(library), *config, "--json", str(tmp_path / "two.json")])
+    assert two.returncode == 0, two.stdout[-3000:]
+    for output in ("one.json", "two.json"):
+        metrics = json.loads((tmp_path / output).read_text())
+        assert metrics.keys() == lines[-1].keys()
+        for name, value in lines[-1].items():
+            if name != "step":
+                assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-5), (output, name)

@@ -40,7 +40,7 @@ def streams_for(data: DataConfig, tokenizer: Path, micro_units: int = 6, rank: i
 
 def test_the_micro_batch_is_split_by_weight(data):
     streams = streams_for(demo_config(data), data / "tokenizer", micro_units=6)
-    assert streams.units_per_step == {"text": 2, "image_text": 2, "image": 1, "points": 1}  # 4:3:2:1 of 6
+    assert streams.units_per_step == {"text": 1, "image_text": 3, "image": 1, "points": 1}  # 2:5:2:1 of 6
     assert streams.objectives == ["itc", "mlm", "mpm", "mpp"]
     with pytest.raises(ValueError, match=r"a micro-batch of 3 unit\(s\) gives stream\(s\) \['points'\] none"):
         streams_for(demo_config(data), data / "tokenizer", micro_units=3)
@@ -52,12 +52,12 @@ def test_each_kind_becomes_the_batch_of_its_objectives(data):
     assert waited >= 0 and [p.stream for p, _ in parts] == ["text", "image_text", "image", "points"]
     by_stream = {p.stream: p for p, weight in parts if weight == 1.0}
     text = by_stream["text"].batch
-    assert set(text) == {"text_ids", "text_attention_mask", "mlm_labels"} and by_stream["text"].samples == 8
+    assert set(text) == {"text_ids", "text_attention_mask", "mlm_labels"} and by_stream["text"].samples == 4
     picked = text["mlm_labels"] != IGNORE
     assert picked.any() and not (picked & ~text["text_attention_mask"]).any()  # only real tokens are masked
     assert by_stream["text"].tokens == int(text["text_attention_mask"].sum())
     pairs = by_stream["image_text"].batch
-    assert pairs["images"].shape == (8, 1, 32, 32) and pairs["images"].dtype == torch.float32
+    assert pairs["images"].shape == (12, 1, 32, 32) and pairs["images"].dtype == torch.float32
     assert float(pairs["images"].min()) >= 0.0 and float(pairs["images"].max()) <= 1.0 and "mlm_labels" in pairs
     image = by_stream["image"].batch
     assert image["image_mask"].shape == (4, 64) and image["image_mask"].sum(1).tolist() == [26] * 4  # 0.4 × 64
@@ -90,12 +90,12 @@ def test_ranks_read_disjoint_units_and_resume_at_another_world_size(data):
             assert units == list(range(2 * G * step, 2 * G * (step + 1))), (name, step, units)
     state = ranks[0].state_dict()
     assert state == ranks[1].state_dict()
-    assert {name: s["units"] for name, s in state.items()} == {"text": 12, "image_text": 12, "image": 6, "points": 6}
-    assert state["text"]["samples"] == 12 * 4
+    assert {name: s["units"] for name, s in state.items()} == {"text": 6, "image_text": 18, "image": 6, "points": 6}
+    assert state["image_text"]["samples"] == 18 * 4
     single = streams_for(config, data / "tokenizer", rank=0, size=1)
     single.load_state_dict(state)
     parts, _ = single.next()
-    assert parts[0][0].units == [12, 13] and parts[2][0].units == [6]
+    assert parts[1][0].units == [18, 19, 20] and parts[2][0].units == [6]
     other = streams_for(demo_config(data, seed=5), data / "tokenizer")
     with pytest.raises(ValueError, match=r"data state was saved with another data config"):
         other.load_state_dict(state)
