@@ -29,11 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="a pretraining YAML (configs/pretrain/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (omegaconf dot-list)")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--allow_pipe_urls", action="store_true",
+                        help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_intermixed_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
-        metrics = evaluate(args.checkpoint, args.config, args.overrides)
+        metrics = evaluate(args.checkpoint, args.config, args.overrides, allow_pipe_urls=args.allow_pipe_urls)
     except (ValueError, FileNotFoundError) as error:
         if rank == 0:
             print(f"error: {error}", file=sys.stderr)
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate(checkpoint: Path, config_path: Path, overrides: list[str]) -> dict[str, float]:
+def evaluate(checkpoint: Path, config_path: Path, overrides: list[str], *,
+             allow_pipe_urls: bool = False) -> dict[str, float]:
     """The held-out metrics of ``checkpoint`` under the pretraining config (``{"step": …, <metric>: …}``)."""
     import torch.distributed as dist
 
@@ -79,7 +82,7 @@ def evaluate(checkpoint: Path, config_path: Path, overrides: list[str]) -> dict[
                                  data.seed)
 
     evaluator = Evaluator(data, config.eval, tokenizer, builder, prompt_tokens=config.objectives.max_caption_tokens,
-                          rank=rank, world_size=world)
+                          rank=rank, world_size=world, allow_pipe_urls=allow_pipe_urls)
     if not evaluator:
         raise ValueError(f"no stream of {config.data} names a heldout shard set: nothing to evaluate")
     metrics = {"step": float(source.info.get("step") or 0), **evaluator.evaluate(model)}
