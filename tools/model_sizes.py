@@ -30,7 +30,8 @@ states), so this scales linearly to ``--seq``. Without checkpointing a micro-bat
 checkpointing of every block it keeps each block's input (``dim`` × 2 bytes per token) plus one block's bytes while
 that block recomputes. Both add the MLM head's logits over every text token (``vocab`` × (2 bytes bf16 + 4 bytes of
 the fp32 cross-entropy)). Not counted: the encoders' own activations (small beside the blocks), temporary buffers of
-a kernel, allocator fragmentation, ZeRO's communication buckets — keep ~10–20 % of the GPU free for those.
+a kernel, allocator fragmentation, ZeRO's communication buckets: the "fits" column counts on 90 % of the GPU's
+memory (``USABLE_SHARE``) and leaves the rest for those.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ ZERO_SETTINGS = (("ZeRO-2", 2, False, False), ("ZeRO-2 + offload_optimizer", 2, 
                  ("ZeRO-3", 3, False, False), ("ZeRO-3 + offload_optimizer", 3, True, False),
                  ("ZeRO-3 + offload_optimizer + offload_param", 3, True, True))
 DEFAULT_GPUS = (8, 16, 32, 64, 128, 256, 512)
+#: The share of a GPU's memory the "fits" column counts on: the rest for what the estimate leaves out.
+USABLE_SHARE = 0.9
 
 PARTS = ("backbone", "text encoder", "image encoder", "point encoder", "MLM head", "ITC head", "MPM head",
          "MPP head")
@@ -163,13 +166,13 @@ def cluster_table(names: list[str], gpus: list[int], gpus_per_node: int, micro_b
                   gpu_gib: float) -> Table:
     """Per-GPU memory of each model under each ZeRO setting and GPU count (see the module doc)."""
     columns = ["model", "GPUs", "ZeRO setting", "model states GiB/GPU", "CPU GiB/node", "+ activations GiB",
-               "+ activations, checkpointed GiB", f"fits {gpu_gib:g} GB"]
+               "+ activations, checkpointed GiB", f"fits {gpu_gib:g} GB (90 %)"]
     title = (f"per-GPU memory: model states (DeepSpeed's estimators, mixed-precision Adam) + activations of one "
              f"micro-batch of {micro_batch} × {seq} tokens (bf16; measured per block and scaled, see "
              f"tools/model_sizes.py), without / with activation checkpointing of every block; {gpus_per_node} GPUs "
              f"per node")
     table = Table(title, columns, right_aligned=set(columns[1:2] + columns[3:7]))
-    budget = gpu_gib * 1e9 / GIB  # a "80 GB" GPU holds 80·10⁹ bytes, ~74.5 GiB
+    budget = USABLE_SHARE * gpu_gib * 1e9 / GIB  # a "80 GB" GPU holds 80·10⁹ bytes, ~74.5 GiB; 90 % of it usable
     for name in names:
         config = load_model_config(name)
         with torch.device("meta"):

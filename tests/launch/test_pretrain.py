@@ -247,3 +247,14 @@ def test_bf16_is_one_config_switch(data, tmp_path):
         # Every fp32 master weight moved (a first-step update of ~lr/warmup is below bf16's resolution for weights
         # near 1, such as the norms': the master keeps it), and the bf16 weights are the masters rounded.
         assert seen["masters_changed"] == seen["parameters"] and seen["weights_are_rounded_masters"], seen
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_activation_checkpointing_under_zero3_trains_as_without(data, tmp_path):
+    """``activation_checkpointing.every=1`` at ZeRO-3 (parameters gathered again for the recomputation), dropout and
+    drop path on, 2 ranks: the same loss curve as without, step for step."""
+    process = run_deepspeed(WORKER, ["checkpointing", str(data), str(tmp_path)], timeout=600)
+    assert process.returncode == 0, process.stdout[-6000:]
+    curves = json.loads((tmp_path / "checkpointing.json").read_text())
+    assert len(curves["0"]) == 3 and curves["1"] == curves["0"]

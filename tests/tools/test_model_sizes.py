@@ -105,7 +105,7 @@ def test_cluster_table_per_gpu_memory():
     assert result.returncode == 0, result.stderr
     assert "1 × 2048 tokens" in result.stdout
     header, *body = markdown_rows(result.stdout)
-    assert header[:3] == ["model", "GPUs", "ZeRO setting"] and header[-1] == "fits 80 GB"
+    assert header[:3] == ["model", "GPUs", "ZeRO setting"] and header[-1] == "fits 80 GB (90 %)"
     assert len(body) == 2 * 2 * 5 and {row[2] for row in body} == {s[0] for s in load_tool().ZERO_SETTINGS}
     for row in body:
         states, plain, saved = float(row[3]), float(row[5]), float(row[6])
