@@ -16,7 +16,9 @@ venv: $(STAMP)
 # torch goes in first and explicitly: without CUDA we want the CPU build of the pinned
 # version, never the multi-GB CUDA build a bare `torch` requirement would pull.
 # DeepSpeed ships as an sdist whose setup.py imports torch, so it is built against the
-# torch already in the venv (--no-build-isolation).
+# torch already in the venv (--no-build-isolation). Its CPU Adam op (the optimizer of ZeRO-Offload) is compiled
+# just in time on first use (~1 min, needs g++; ninja comes with DeepSpeed); we build it here, once, into torch's
+# extension cache, so that neither a test nor a run pays for it.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
@@ -29,6 +31,10 @@ $(STAMP): pyproject.toml
 	fi
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo]"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c \
+		"from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()" >/dev/null || { \
+		echo "error: DeepSpeed's CPU Adam op (ZeRO-Offload's optimizer) did not build: it needs a C++ compiler" \
+		     "(g++) and ninja (installed with DeepSpeed)"; exit 1; }
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,6 +1,6 @@
 """Modules of the ITNet model."""
 
-from itnet_scale.nn.backbone import ITNetBackbone
+from itnet_scale.nn.backbone import ITNetBackbone, configure_activation_checkpointing
 from itnet_scale.nn.block import MLP, DropPath, ITNetBlock, TransformConfig
 from itnet_scale.nn.encoders import (
     EncodedTokens,
@@ -27,5 +27,5 @@ from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig, c
 __all__ = ["MLP", "ClassificationHead", "ContrastiveHead", "DropPath", "EncodedTokens", "FeatureMap",
            "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "KernelConfig", "MLMHead",
            "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "TextEncoder",
-           "TransformConfig", "VQAHead", "chamfer_distance", "configure_integrators", "farthest_point_sampling",
-           "mask_tokens", "mean_pool"]
+           "TransformConfig", "VQAHead", "chamfer_distance", "configure_activation_checkpointing",
+           "configure_integrators", "farthest_point_sampling", "mask_tokens", "mean_pool"]

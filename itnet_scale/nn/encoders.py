@@ -169,7 +169,8 @@ class ImageEncoder(nn.Module):
         h, w = self.grid(images, name)
         B = images.shape[0]
         mask = _check_mask(f"{name.replace('images', 'image')}_mask", mask, (B, h * w))
-        tokens = self.stem(images).flatten(2).transpose(1, 2)  # [B, h·w, dim]
+        # Pixels in the weights' dtype (a bf16 model takes fp32 images).
+        tokens = self.stem(images.to(self.stem.weight.dtype)).flatten(2).transpose(1, 2)  # [B, h·w, dim]
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         tokens = tokens + self.type_embedding[index]
@@ -255,7 +256,8 @@ class PointEncoder(nn.Module):
         nearest = distance.topk(self.group_size, dim=-1, largest=False).indices  # [B, G, k]
         local = unit[batch[..., None], nearest] - centers[:, :, None]  # [B, G, k, 3]
         features = torch.cat([local, centers[:, :, None].expand_as(local)], dim=-1)
-        tokens = self.mlp(features).amax(2)
+        # The geometry above stays in the input's precision; the MLP reads it in the weights' dtype (bf16 models).
+        tokens = self.mlp(features.to(self.mlp[0].weight.dtype)).amax(2)
         mask = _check_mask("point_mask", mask, tuple(tokens.shape[:2]))
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)

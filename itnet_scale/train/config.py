@@ -8,7 +8,7 @@ value fails on every rank, naming it, before any process group, engine or data l
 Sections: ``objectives`` (masking and loss weights), ``eval`` (held-out evaluation), ``optimizer``
 (:class:`~itnet_scale.train.optimizer.OptimizerSettings`), ``deepspeed``
 (:class:`~itnet_scale.train.deepspeed_config.DeepSpeedSettings`), ``checkpoint``, ``logging`` and ``guard``
-(:class:`~itnet_scale.train.step_guard.StepGuard`'s loss-spike rule).
+(:class:`~itnet_scale.train.step_guard.StepGuard`'s loss-spike rule), ``activation_checkpointing``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from itnet_scale.config import load_config
 from itnet_scale.data.stream import DataConfig, load_data_config
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import load_model_config
+from itnet_scale.nn.backbone import check_checkpoint_every
 from itnet_scale.train.deepspeed_config import DeepSpeedSettings
 from itnet_scale.train.optimizer import OptimizerSettings
 
@@ -174,6 +175,19 @@ class EvalSettings:
 
 
 @dataclass
+class ActivationCheckpointingSettings:
+    """Activation checkpointing of the backbone's blocks: ``every: k`` recomputes the activations of every k-th
+    block (blocks 0, k, 2k, …) in backward instead of keeping them (``1``: all blocks; ``0``: off). It trades about
+    one more forward of those blocks for their activation memory; gradients are unchanged (random draws replay;
+    :mod:`itnet_scale.nn.backbone`)."""
+
+    every: int = 0
+
+    def __post_init__(self) -> None:
+        check_checkpoint_every(self.every, "activation_checkpointing.every")
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining run.
 
@@ -206,6 +220,7 @@ class PretrainConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
+    activation_checkpointing: ActivationCheckpointingSettings = field(default_factory=ActivationCheckpointingSettings)
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -27,7 +27,11 @@ class DeepSpeedSettings:
 
     ``micro_batch_size`` counts samples per rank per forward; the global batch is
     ``micro_batch_size × gradient_accumulation_steps × data-parallel ranks``. ``offload_optimizer`` (ZeRO ≥ 1)
-    keeps optimizer states in CPU memory, ``offload_param`` (ZeRO-3) the parameters too.
+    keeps the fp32 master weights and Adam moments in CPU memory and steps them there with DeepSpeed's CPU Adam
+    (:func:`~itnet_scale.train.optimizer.guarded_cpu_adam`); ``offload_param`` (ZeRO-3) keeps the parameters there
+    too, gathered to the accelerator layer by layer. ``precision``: ``bf16`` trains in bfloat16 with fp32 master
+    weights and optimizer states (DeepSpeed's bf16 mode; the GPU setting), ``fp16`` with dynamic loss scaling,
+    ``fp32`` throughout.
 
     ``bucket_size``: elements per ZeRO gradient-reduction / all-gather bucket (ZeRO-3 prefetches 0.9 of it);
     ``zero3_persistence_threshold``: ZeRO-3 keeps parameters with fewer elements whole on every rank. Unset, they
@@ -93,10 +97,10 @@ def build_deepspeed_config(settings: DeepSpeedSettings, *, on_cpu: bool,
         "zero_optimization": zero,
         "bf16": {"enabled": settings.precision == "bf16"},
         "fp16": {"enabled": settings.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        # The optimizer is ours (GuardedAdamW, passed to deepspeed.initialize) so a step can be vetoed on every
-        # stage; these two let ZeRO and ZeRO-Offload wrap it.
+        # The optimizer is ours (itnet_scale.train.optimizer, passed to deepspeed.initialize) so a step can be vetoed
+        # on every stage; this lets ZeRO wrap it. With offload it is DeepSpeedCPUAdam (a vetoable subclass), which
+        # DeepSpeed's own check (zero_force_ds_cpu_optimizer, on by default) requires.
         "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # our logger reports progress; keep DeepSpeed's own prints quiet
         "wall_clock_breakdown": False,
     }

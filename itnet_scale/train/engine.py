@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from itnet_scale.train.deepspeed_config import DeepSpeedSettings, build_deepspeed_config, resolve_deepspeed_config
-from itnet_scale.train.optimizer import GuardedAdamW, OptimizerSettings, build_lr_schedule, build_optimizer
+from itnet_scale.train.optimizer import OptimizerSettings, build_lr_schedule, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,11 @@ logger = logging.getLogger(__name__)
 def build_engine(model: nn.Module, deepspeed: DeepSpeedSettings, optimizer: OptimizerSettings, total_steps: int, *,
                  model_width: int | None = None, deepspeed_config_file: str | Path | None = None,
                  sequence_parallel: Any = None, zero_overrides: dict[str, Any] | None = None,
-                 ) -> tuple[Any, GuardedAdamW]:
-    """``(engine, optimizer)``: ``model`` under ``deepspeed.initialize`` with :class:`GuardedAdamW` and the warm-up +
-    cosine schedule over ``total_steps``.
+                 ) -> tuple[Any, torch.optim.Optimizer]:
+    """``(engine, optimizer)``: ``model`` under ``deepspeed.initialize`` with the vetoable AdamW
+    (:func:`~itnet_scale.train.optimizer.build_optimizer`: DeepSpeed's CPU Adam when the final config offloads the
+    optimizer states, else :class:`~itnet_scale.train.optimizer.GuardedAdamW`) and the warm-up + cosine schedule
+    over ``total_steps``.
 
     The DeepSpeed config is generated from ``deepspeed`` (``model_width`` sizes ZeRO's buckets), with the user's
     ``deepspeed_config_file`` and then ``zero_overrides`` (``zero_optimization`` keys) on top, checked by DeepSpeed's
@@ -35,8 +37,6 @@ def build_engine(model: nn.Module, deepspeed: DeepSpeedSettings, optimizer: Opti
     # accelerator on stdout, and the config checks and the benchmarks' reports import this module without needing it.
     import deepspeed as ds
 
-    adamw = build_optimizer(model, optimizer)
-    schedule = build_lr_schedule(adamw, optimizer, total_steps)
     generated = build_deepspeed_config(deepspeed, on_cpu=not torch.cuda.is_available(), model_width=model_width)
     if zero_overrides:
         generated["zero_optimization"].update(zero_overrides)
@@ -48,9 +48,18 @@ def build_engine(model: nn.Module, deepspeed: DeepSpeedSettings, optimizer: Opti
         raise ValueError(f"{deepspeed_config_file}: train_micro_batch_size_per_gpu="
                          f"{config['train_micro_batch_size_per_gpu']} differs from deepspeed.micro_batch_size="
                          f"{deepspeed.micro_batch_size}; the data is read by the latter, so set it there")
+    adamw = build_optimizer(model, optimizer, offload=offloads_optimizer(config))
+    schedule = build_lr_schedule(adamw, optimizer, total_steps)
     engine, *_ = ds.initialize(model=model, optimizer=adamw, lr_scheduler=schedule, config=config, mpu=mpu)
     share_fp32_master_weights(engine)
     return engine, adamw
+
+
+def offloads_optimizer(config: dict[str, Any]) -> bool:
+    """Whether a DeepSpeed config keeps the optimizer states off the accelerator (``offload_optimizer`` to ``cpu``
+    or ``nvme``: DeepSpeed then steps them on the CPU)."""
+    offload = config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") in ("cpu", "nvme")
 
 
 def share_fp32_master_weights(engine: Any) -> int:

@@ -38,6 +38,7 @@ from itnet_scale.config import to_yaml
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.flops import TrainingFlops
 from itnet_scale.models.itnet import ITNetForPretraining
+from itnet_scale.nn.backbone import configure_activation_checkpointing
 from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
 from itnet_scale.train.engine import build_engine
@@ -105,6 +106,7 @@ class Pretrainer:
         if config.init_from is not None:
             self._load_initial_weights(model, config.init_from)
         apply_sequence_parallel(model, self.sp)
+        configure_activation_checkpointing(model, config.activation_checkpointing.every)
         self.flops = TrainingFlops(model)  # before ZeRO-3 partitions the parameters (their numel becomes 0)
         self.engine, self.optimizer = build_engine(
             model, config.deepspeed, config.optimizer, config.steps, model_width=self.model_config.dim,

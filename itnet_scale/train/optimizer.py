@@ -1,15 +1,19 @@
 """The optimizer: AdamW with decoupled weight decay on matrices only, whose step can be vetoed on every rank.
 
 It is built here and handed to ``deepspeed.initialize(optimizer=...)`` (ZeRO 1–3 wrap it and call its ``step``
-for their partitions), rather than named in the DeepSpeed JSON, so that :class:`GuardedAdamW` can skip a
-poisoned step identically at every ZeRO stage (see :mod:`itnet_scale.train.step_guard`).
+for their partitions), rather than named in the DeepSpeed JSON, so that a poisoned step is skipped identically at
+every ZeRO stage (see :mod:`itnet_scale.train.step_guard`). Two implementations of the same update, one veto
+(:class:`VetoableStep`): :class:`GuardedAdamW` (``torch.optim.AdamW``) where the optimizer states live with the
+weights, and :func:`guarded_cpu_adam` (DeepSpeed's ``DeepSpeedCPUAdam``, its vectorized C++ AdamW, the optimizer
+DeepSpeed requires for ZeRO-Offload) when they are offloaded to CPU memory.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,37 +46,71 @@ class OptimizerSettings:
             raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
-class GuardedAdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` whose steps are vetoed while ``skip_next`` is set (the caller clears it).
+class VetoableStep:
+    """An optimizer mixin: steps are vetoed while ``skip_next`` is set (the caller clears it).
 
-    A vetoed step leaves parameters and moments untouched and sets ``overflow``, the attribute DeepSpeed's
-    engine reads after ``optimizer.step()`` to count a skipped step and hold the LR schedule (ZeRO-0).
+    A vetoed step leaves parameters and moments untouched (the update is never called, so no moment is even
+    created) and sets ``overflow``, the attribute DeepSpeed's engine reads after ``optimizer.step()`` to count a
+    skipped step and hold the LR schedule (ZeRO-0). Put it before the optimizer class in the bases.
     """
 
-    def __init__(self, params: Iterable, **kwargs) -> None:
-        super().__init__(params, **kwargs)
-        self.skip_next = False
-        self.overflow = False
+    skip_next: bool = False
+    overflow: bool = False
 
     @torch.no_grad()
-    def step(self, closure=None):
-        # The veto holds until the caller clears it: ZeRO 1–2 call step() once per parameter group.
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        # The veto holds until the caller clears it: ZeRO 1–3 call step() once per parameter group or sub-group.
         self.overflow = self.skip_next
         if self.overflow:
             return None
-        return super().step(closure)
+        return super().step(*args, **kwargs)
 
 
-def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> GuardedAdamW:
-    """A :class:`GuardedAdamW` over ``model``'s trainable parameters in two groups: matrices with weight decay,
-    everything else (biases, norms, scalars such as τ rates) without."""
+class GuardedAdamW(VetoableStep, torch.optim.AdamW):
+    """``torch.optim.AdamW`` with the :class:`VetoableStep` veto."""
+
+
+@functools.cache
+def _guarded_cpu_adam_class() -> type:
+    # DeepSpeed is imported when an offloading optimizer is built, not with this module (the config checks import
+    # it): its import costs seconds and announces its accelerator.
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    class GuardedCPUAdam(VetoableStep, DeepSpeedCPUAdam):
+        """``DeepSpeedCPUAdam`` (AdamW mode) with the :class:`VetoableStep` veto, on ``step`` and on the per
+        sub-group ``step_subgroup`` some ZeRO-3 offload paths call."""
+
+        def step_subgroup(self, *args: Any, **kwargs: Any) -> Any:
+            self.overflow = self.skip_next
+            if self.overflow:
+                return None
+            return super().step_subgroup(*args, **kwargs)
+
+    GuardedCPUAdam.__module__ = __name__
+    GuardedCPUAdam.__qualname__ = "GuardedCPUAdam"
+    return GuardedCPUAdam
+
+
+def guarded_cpu_adam(param_groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.Optimizer:
+    """A ``GuardedCPUAdam``: DeepSpeed's ``DeepSpeedCPUAdam`` in AdamW mode (decoupled weight decay, per group) with
+    the :class:`VetoableStep` veto. Its C++ op is built on first use (a C++ compiler and ninja;
+    ``make venv`` builds it ahead)."""
+    return _guarded_cpu_adam_class()(param_groups, adamw_mode=True, **kwargs)
+
+
+def build_optimizer(model: nn.Module, settings: OptimizerSettings, offload: bool = False) -> torch.optim.Optimizer:
+    """The vetoable AdamW over ``model``'s trainable parameters in two groups: matrices with weight decay,
+    everything else (biases, norms, scalars such as τ rates) without. ``offload``: the optimizer states live in
+    CPU memory (ZeRO-Offload), so DeepSpeed's CPU Adam (:func:`guarded_cpu_adam`); else :class:`GuardedAdamW`."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return GuardedAdamW([g for g in groups if g["params"]], lr=settings.lr, betas=tuple(settings.betas),
-                        eps=settings.eps)
+    groups = [g for g in groups if g["params"]]
+    if offload:
+        return guarded_cpu_adam(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+    return GuardedAdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -3,8 +3,8 @@
 Each rank reports what it saw this optimizer step — a non-finite loss in any micro-batch, a non-finite
 gradient, or (optionally) a loss spike above ``spike_factor ×`` the running mean of accepted losses — and a
 MAX all-reduce makes the decision global, so every rank skips the same steps and the replicas never diverge.
-A skipped step changes neither the weights nor the optimizer state
-(:class:`~itnet_scale.train.optimizer.GuardedAdamW` returns without updating), and since checkpoints are only
+A skipped step changes neither the weights nor the optimizer state (the optimizer's
+:class:`~itnet_scale.train.optimizer.VetoableStep` returns without updating), and since checkpoints are only
 written after applied steps, a checkpoint never comes from a poisoned state.
 """
 
@@ -85,7 +85,8 @@ def guarded_step(engine: Any, optimizer: Any, reason: str | None) -> bool:
 
     A vetoed step also leaves the learning-rate schedule where it was.
 
-    ``optimizer`` is the :class:`~itnet_scale.train.optimizer.GuardedAdamW` given to ``deepspeed.initialize``.
+    ``optimizer`` is the :class:`~itnet_scale.train.optimizer.VetoableStep` optimizer given to
+    ``deepspeed.initialize``.
     The veto is cleared afterwards even when DeepSpeed's own overflow check (ZeRO 1–3) skipped the step before
     calling it, so it never leaks into the next step.
     """

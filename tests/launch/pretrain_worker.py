@@ -4,6 +4,11 @@
 curve to ``OUT/losses.json``.
 ``nan DATA OUT``: rank 1's loss turns NaN at step 4 (save_every=4); writes what every rank saw to
 ``OUT/nan-rank{r}.json``.
+``checkpointing DATA OUT``: 3 steps at ZeRO-3 with dropout and drop path, without and with activation checkpointing
+of every block; writes both loss curves to ``OUT/checkpointing.json``.
+``bf16 DATA OUT``: one step with ``deepspeed.precision=bf16`` and activation checkpointing of every block; writes
+the dtypes of the weights and of what the optimizer steps, the step's record and whether the weights moved to
+``OUT/bf16-rank{r}.json``.
 """
 
 from __future__ import annotations
@@ -60,14 +65,53 @@ def nan(data: Path, out: Path) -> None:
         "skipped": dict(trainer.guard.skipped), "finite": finite}))
 
 
+def checkpointing(data: Path, out: Path) -> None:
+    curves = {}
+    for every in (0, 1):
+        config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
+            data, out / f"every{every}", 3, **{"deepspeed.zero_stage": 3, "activation_checkpointing.every": every,
+                                               "model_overrides.dropout": 0.1, "model_overrides.drop_path": 0.2,
+                                               "checkpoint.save_every": 100}))
+        trainer = loop.Pretrainer(config)
+        curves[every] = [record.losses for record in trainer.run().records]
+    if torch.distributed.get_rank() == 0:
+        (out / "checkpointing.json").write_text(json.dumps(curves))
+
+
+def bf16(data: Path, out: Path) -> None:
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
+        data, out / "run", 1, **{"deepspeed.precision": "bf16", "activation_checkpointing.every": 1,
+                                 "checkpoint.save_every": 100}))
+    trainer = loop.Pretrainer(config)
+    parameters = list(trainer.engine.module.parameters())
+    masters_before = [safe_get_full_fp32_param(p).clone() for p in parameters]
+    result = trainer.run()
+    masters = [safe_get_full_fp32_param(p) for p in parameters]
+    rank = torch.distributed.get_rank()
+    (out / f"bf16-rank{rank}.json").write_text(json.dumps({
+        "bf16_enabled": trainer.engine.bfloat16_enabled(),
+        "weight_dtypes": sorted({str(p.dtype) for p in parameters}),
+        "master_dtypes": sorted({str(m.dtype) for m in masters}),
+        "stepped_dtypes": sorted({str(p.dtype) for group in trainer.optimizer.param_groups for p in group["params"]}),
+        "moment_dtypes": sorted({str(v.dtype) for state in trainer.optimizer.state.values() for k, v in state.items()
+                                 if k.startswith("exp_avg")}),
+        "checkpointed_blocks": trainer.engine.module.itnet.backbone.checkpointed_blocks(),
+        "applied": [r.applied for r in result.records], "losses": [r.losses for r in result.records],
+        "masters_changed": sum(not torch.equal(a, b) for a, b in zip(masters_before, masters)),
+        "weights_are_rounded_masters": all(torch.equal(p.detach(), m.to(p.dtype)) for p, m in zip(parameters, masters)),
+        "parameters": len(parameters)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["stages", "nan"])
+    parser.add_argument("mode", choices=["stages", "nan", "bf16", "checkpointing"])
     parser.add_argument("data", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--local_rank", type=int, default=0)
     args = parser.parse_args()
-    {"stages": stages, "nan": nan}[args.mode](args.data, args.out)
+    {"stages": stages, "nan": nan, "bf16": bf16, "checkpointing": checkpointing}[args.mode](args.data, args.out)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     sys.stdout.flush()

@@ -4,6 +4,7 @@ checkpoints on another world size, two nodes on loopback, a poisoned step, seque
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -277,3 +278,34 @@ def test_a_bad_shard_is_skipped_by_name_and_the_run_trains_on(data, tmp_path):
     assert "finished step 4" in process.stdout
     assert re.search(rf"bad shard skipped: {shard}: has \d+ bytes but its index says \d+; its 24 unread sample "
                      r"slot\(s\) count as bad_shard", process.stdout), process.stdout[-6000:]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_bf16_is_one_config_switch(data, tmp_path):
+    """``deepspeed.precision=bf16`` (the GPU setting) with activation checkpointing of every block: one step on 2
+    CPU ranks at the demo's ZeRO-1 trains the weights in bfloat16 while the optimizer steps fp32 master weights
+    with fp32 moments. This checks the plumbing only — one step, a small model: bf16 matmuls on a CPU are far too
+    slow (~200×) to say anything about bf16 training itself."""
+    process = run_deepspeed(WORKER, ["bf16", str(data), str(tmp_path)], timeout=600)
+    assert process.returncode == 0, process.stdout[-6000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"bf16-rank{rank}.json").read_text())
+        assert seen["bf16_enabled"] and seen["weight_dtypes"] == ["torch.bfloat16"], seen
+        assert seen["master_dtypes"] == seen["stepped_dtypes"] == seen["moment_dtypes"] == ["torch.float32"], seen
+        assert seen["checkpointed_blocks"] == [0, 1]
+        assert seen["applied"] == [True] and all(map(math.isfinite, seen["losses"][0].values())), seen
+        # Every fp32 master weight moved (a first-step update of ~lr/warmup is below bf16's resolution for weights
+        # near 1, such as the norms': the master keeps it), and the bf16 weights are the masters rounded.
+        assert seen["masters_changed"] == seen["parameters"] and seen["weights_are_rounded_masters"], seen
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_activation_checkpointing_under_zero3_trains_as_without(data, tmp_path):
+    """``activation_checkpointing.every=1`` at ZeRO-3 (parameters gathered again for the recomputation), dropout and
+    drop path on, 2 ranks: the same loss curve as without, step for step."""
+    process = run_deepspeed(WORKER, ["checkpointing", str(data), str(tmp_path)], timeout=600)
+    assert process.returncode == 0, process.stdout[-6000:]
+    curves = json.loads((tmp_path / "checkpointing.json").read_text())
+    assert len(curves["0"]) == 3 and curves["1"] == curves["0"]

@@ -23,8 +23,10 @@ from itnet_scale.models import (
 )
 from itnet_scale.models.registry import MODEL_CONFIGS, TASKS, register_task
 
-EXPECTED_BACKBONE = {"tiny": (1e6, 4e6), "small": (10e6, 20e6), "base": (85e6, 110e6), "large": (280e6, 360e6)}
-EXPECTED_TOTAL = {"tiny": (2e6, 5e6), "small": (20e6, 40e6), "base": (100e6, 140e6), "large": (300e6, 420e6)}
+EXPECTED_BACKBONE = {"tiny": (1e6, 4e6), "small": (10e6, 20e6), "base": (85e6, 110e6), "large": (280e6, 360e6),
+                     "1b": (0.95e9, 1.1e9), "7b": (6.4e9, 6.8e9)}
+EXPECTED_TOTAL = {"tiny": (2e6, 5e6), "small": (20e6, 40e6), "base": (100e6, 140e6), "large": (300e6, 420e6),
+                  "1b": (1.0e9, 1.2e9), "7b": (6.6e9, 6.9e9)}
 
 
 def count(module: torch.nn.Module) -> int:
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_registered_names_are_the_config_files_of_the_package():
-    assert list_models() == ["base", "large", "small", "tiny"]
+    assert list_models() == ["1b", "7b", "base", "large", "small", "tiny"]
     assert sorted(entry.name for entry in MODEL_CONFIGS.iterdir()) == [f"{name}.yaml" for name in list_models()]
     package_folder = Path(str(MODEL_CONFIGS))
     assert package_folder == REPO / "itnet_scale" / "models" / "configs"
@@ -66,7 +68,7 @@ def test_registering_a_task_twice_or_with_an_unknown_label_argument_is_refused()
     assert TASKS["vqa"].model_class is ITNetForVQA and "segmentation" not in TASKS
 
 
-@pytest.mark.parametrize("name", ["small", "base", "large"])
+@pytest.mark.parametrize("name", ["small", "base", "large", "1b", "7b"])
 def test_cluster_sizes_build_on_the_meta_device(name):
     with torch.device("meta"):
         model = create_model(name)
@@ -77,15 +79,17 @@ def test_cluster_sizes_build_on_the_meta_device(name):
     assert low <= count(model) <= high
     config = model.itnet.config
     assert (config.dim, config.depth, config.heads) == {"small": (384, 8, 6), "base": (768, 12, 12),
-                                                        "large": (1024, 24, 16)}[name]
+                                                        "large": (1024, 24, 16), "1b": (2048, 20, 16),
+                                                        "7b": (4096, 32, 32)}[name]
     supports = [block.mixer.spec.support for block in model.itnet.backbone.blocks]
     assert supports[0] == "window" and supports[-1] == "all"
 
 
-def test_large_integrates_its_top_layers_in_low_rank():
+@pytest.mark.parametrize(("name", "exact", "lowrank"), [("large", 16, 8), ("1b", 15, 5), ("7b", 24, 8)])
+def test_large_configs_integrate_their_top_layers_in_low_rank(name, exact, lowrank):
     with torch.device("meta"):
-        model = create_model("large", task="backbone")
-    assert [block.mixer.integrator.name for block in model.backbone.blocks] == ["exact"] * 16 + ["lowrank"] * 8
+        model = create_model(name, task="backbone")
+    assert [block.mixer.integrator.name for block in model.backbone.blocks] == ["exact"] * exact + ["lowrank"] * lowrank
 
 
 def test_tiny_builds_for_real_and_runs(monkeypatch):
@@ -117,7 +121,8 @@ def test_overrides_and_paths(tmp_path):
 
 
 def test_errors_name_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown model 'huge'; known: \['base', 'large', 'small', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown model 'huge'; known: \['1b', '7b', 'base', 'large', 'small', "
+                                         r"'tiny'\]"):
         create_model("huge")
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml: no such model config"):
         create_model(tmp_path / "missing.yaml")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
-from itnet_scale.nn import KernelConfig, TransformConfig, configure_integrators
+from itnet_scale.models import create_model, load_model_config
+from itnet_scale.nn import KernelConfig, TransformConfig, configure_activation_checkpointing, configure_integrators
 from itnet_scale.nn.backbone import ITNetBackbone
+from itnet_scale.nn.heads import mask_tokens
 from itnet_scale.ops import Exact, LowRank
 
 
@@ -74,3 +78,80 @@ def test_bad_settings_name_the_layer():
             offset_range=(2, 2)))])
     with pytest.raises(ValueError, match=r"depth must be >= 1, got 0"):
         ITNetBackbone(16, 0, 2, pos_dim=3)
+
+
+# -- activation checkpointing ---------------------------------------------------------------------------------------
+
+#: The tiny model with dropout and stochastic depth on, and every integrator: layers 0–1 exact in windows (as
+#: configured), layer 2 low rank, layer 3 Monte Carlo.
+CHECKPOINTED_TINY = {"dropout": 0.1, "drop_path": 0.2,
+                     "layers": {"0-1": {"support": "window", "support_size": 4.0},
+                                "2": {"integrator": "lowrank", "rank": 16},
+                                "3": {"integrator": "montecarlo", "samples": 24, "sample_block": 16}}}
+
+
+def tiny_pretraining_batch(B: int = 4, L: int = 48) -> dict[str, torch.Tensor]:
+    """An image–text pretraining batch for the tiny model: 32×32 digits-sized images (64 patches), ``L`` text ids
+    masked BERT-style, half the patches masked: MLM, masked patches and the contrastive loss."""
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(7, 3000, (B, L), generator=generator)
+    ids[1, L - 9:] = 0  # padding
+    inputs, labels = mask_tokens(ids, mask_id=4, vocab_size=3000, special_ids=range(7), generator=generator)
+    return {"images": torch.randn(B, 1, 32, 32, generator=generator), "text_ids": inputs, "mlm_labels": labels,
+            "image_mask": torch.rand(B, 64, generator=generator) < 0.5}
+
+
+def tiny_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The gradients of the summed pretraining losses, global and Monte Carlo generators seeded by ``seed``."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    model.itnet.backbone.blocks[3].mixer.generator.manual_seed(seed + 1)
+    sum(model(batch).values()).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("every", [1, 2, 3], ids=["all", "every-2nd", "every-3rd"])
+def test_checkpointed_blocks_give_the_same_gradients(monkeypatch, every):
+    """Recomputation replays dropout, drop path and the Monte Carlo draws (from torch's and from the layer's own
+    generator), so the gradients are bitwise those without checkpointing; afterwards the layer's generator is where
+    an unchecked run leaves it. every=2 recomputes blocks 0 (exact) and 2 (lowrank), every=3 blocks 0 and 3
+    (Monte Carlo), every=1 all four."""
+    monkeypatch.setenv("ITNET_COMPILE", "0")  # tiny tiles: compiling would cost seconds, not change the numbers
+    torch.manual_seed(0)
+    model = create_model(load_model_config("tiny", **CHECKPOINTED_TINY)).train()
+    generator = model.itnet.backbone.blocks[3].mixer.generator = torch.Generator()
+    batch = tiny_pretraining_batch()
+    reference = tiny_gradients(model, batch, seed=7)
+    generator_after = generator.get_state()
+    assert all(any(n.startswith(f"itnet.backbone.blocks.{i}.mixer.") for n in reference) for i in range(4))
+    assert not all(torch.equal(reference[n], g) for n, g in tiny_gradients(model, batch, seed=8).items())  # random
+
+    calls = Counter()
+    for index, block in enumerate(model.itnet.backbone.blocks):
+        block.register_forward_pre_hook(lambda module, args, index=index: calls.update([index]))
+    assert configure_activation_checkpointing(model, every) == 1
+    assert model.itnet.backbone.checkpointed_blocks() == list(range(0, 4, every))
+    checkpointed = tiny_gradients(model, batch, seed=7)
+    assert checkpointed.keys() == reference.keys()
+    for name, grad in reference.items():
+        assert torch.equal(checkpointed[name], grad), name
+    assert torch.equal(generator.get_state(), generator_after)
+    # Three backbone passes (MLM + patches, the image alone, the text alone); checkpointed blocks start twice each
+    # (a recomputation stops early, once it has what backward needs: count starts, not ends).
+    assert dict(calls) == {i: 6 if i % every == 0 else 3 for i in range(4)}
+
+    calls.clear()
+    with torch.no_grad():
+        model(batch)
+    model.eval()
+    model(batch)
+    assert set(calls.values()) == {6}  # no recomputation without gradients or in eval mode: 3 passes each, twice
+
+
+def test_checkpoint_every_is_checked():
+    with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 0 \(0 = off"):
+        ITNetBackbone(16, 2, 2, pos_dim=3, checkpoint_every=-1)
+    backbone = ITNetBackbone(16, 2, 2, pos_dim=3)
+    with pytest.raises(ValueError, match="activation checkpointing 'every' must be an int >= 0"):
+        configure_activation_checkpointing(backbone, 1.5)
+    assert backbone.checkpointed_blocks() == []

@@ -4,6 +4,7 @@ and DeepSpeed's ZeRO estimates."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from itnet_scale.models import create_model
+from itnet_scale.models import create_model, load_model_config
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "model_sizes.py"
 
@@ -37,7 +38,7 @@ def test_prints_one_row_per_config():
     header, *body = markdown_rows(result.stdout)
     assert header[:5] == ["model", "dim", "depth", "heads", "total M"] and header[-2:] == ["ZeRO-2 GiB/GPU",
                                                                                         "ZeRO-3 GiB/GPU"]
-    assert [row[0] for row in body] == ["tiny", "small", "base", "large"]
+    assert [row[0] for row in body] == ["tiny", "small", "base", "large", "1b", "7b"]
     for row in body:
         total, parts = float(row[4]), [float(c) for c in row[5:13]]
         assert abs(sum(parts) - total) < 0.005 * total + 0.01, row  # the parts are the whole
@@ -77,3 +78,46 @@ def test_zero_memory_matches_deepspeeds_own_report(capsys):
     zero3_line = next(line for line in lines if line.endswith(no_offload))
     assert zero2_line.split("|")[1].strip() == f"{zero2 / 2**30:.2f}GB"
     assert zero3_line.split("|")[1].strip() == f"{zero3 / 2**30:.2f}GB"
+
+
+def test_block_activations_are_linear_in_tokens_and_near_the_blocks_tensors(monkeypatch):
+    """The measured bytes per token do not depend on the measuring length (the scaling to long sequences holds),
+    and match the block's kept tensors: ~19 widths per token at 2 bytes (LayerNorm and projection inputs, q, k, v,
+    the transform's output, the MLP's 4-wide hidden twice …) plus the kernel MLP's a, b."""
+    monkeypatch.setenv("ITNET_COMPILE", "0")  # as the tool runs them: eager kernels
+    tool = load_tool()
+    config = load_model_config("tiny")
+    for layer in (0, 3):  # windowed exact, global exact
+        short, long = (tool.saved_bytes_per_token(config, layer, tokens) for tokens in (128, 512))
+        assert long == pytest.approx(short, rel=0.03)
+        assert 15 * config.dim * 2 <= long <= 25 * config.dim * 2, long
+    without, checkpointed = tool.activation_bytes(config, micro_batch=2, seq=1024)
+    logits = 2 * 1024 * config.vocab_size * 6
+    assert logits < checkpointed < without
+    blocks = (without - logits) / config.depth  # every block alike but windows: about one block's kept bytes each
+    assert checkpointed - logits == pytest.approx(2 * 1024 * config.depth * config.dim * 2 + blocks, rel=0.1)
+
+
+@pytest.mark.slow
+def test_cluster_table_per_gpu_memory():
+    result = subprocess.run([sys.executable, str(TOOL), "--cluster", "--markdown", "--models", "tiny", "1b", "--gpus",
+                             "8", "64", "--seq", "2048"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "1 × 2048 tokens" in result.stdout
+    header, *body = markdown_rows(result.stdout)
+    assert header[:3] == ["model", "GPUs", "ZeRO setting"] and header[-1] == "fits 80 GB (90 %)"
+    assert len(body) == 2 * 2 * 5 and {row[2] for row in body} == {s[0] for s in load_tool().ZERO_SETTINGS}
+    for row in body:
+        states, plain, saved = float(row[3]), float(row[5]), float(row[6])
+        assert states < saved < plain, row  # checkpointing keeps less than every block's activations
+        assert row[7] == "yes" and (row[4] != "") == ("offload" in row[2]), row
+    one_b = {(row[1], row[2]): float(row[3]) for row in body if row[0] == "1b"}
+    assert one_b[("8", "ZeRO-3")] < one_b[("8", "ZeRO-2")] and one_b[("64", "ZeRO-3")] < one_b[("8", "ZeRO-3")]
+    assert one_b[("8", "ZeRO-3 + offload_optimizer + offload_param")] < one_b[("8", "ZeRO-3 + offload_optimizer")]
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--models", "huge"], r"--models: unknown \['huge'\]"),
+                                               (["--cluster", "--gpus", "12"], r"--gpus \[12\]: more than one node")])
+def test_bad_arguments_are_named(args, message):
+    result = subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and re.search(message, result.stderr), result.stderr

@@ -17,6 +17,8 @@ def test_demo_config_loads_with_its_sections():
     assert config.model_config(vocab_size=500).vocab_size == 500  # the tokenizer's unless overridden
     assert config.model_config().dim == 192
     assert str(config.checkpoint_dir) == "runs/demo/checkpoints"
+    assert config.activation_checkpointing.every == 0  # off unless asked for
+    assert load_pretrain_config(DEMO_CONFIG, ["activation_checkpointing.every=2"]).activation_checkpointing.every == 2
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -33,6 +35,8 @@ def test_demo_config_loads_with_its_sections():
     ("guard.spike_factor=0.5", r"guard.spike_factor must be 0 \(off\) or > 1"),
     ("checkpoint.save_every=0", r"checkpoint.save_every must be >= 1"),
     ("sequence_parallel_size=0", r"sequence_parallel_size must be >= 1"),
+    ("activation_checkpointing.every=-2", r"activation_checkpointing.every must be an int >= 0 \(0 = off, 1 = every"),
+    ("activation_checkpointing.every=all", r"bad pretrain config key 'activation_checkpointing.every'"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -8,17 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from itnet_scale.train.optimizer import GuardedAdamW, OptimizerSettings, build_optimizer, lr_factor
+from itnet_scale.train.engine import offloads_optimizer
+from itnet_scale.train.optimizer import GuardedAdamW, OptimizerSettings, VetoableStep, build_optimizer, lr_factor
 from itnet_scale.train.step_guard import StepGuard
 from tests.distributed import run_deepspeed
 
 WORKER = Path(__file__).with_name("step_guard_worker.py")
 
 
-def test_vetoed_steps_change_nothing_until_cleared():
+@pytest.mark.parametrize("offload", [False, True], ids=["adamw", "cpu-adam"])
+def test_vetoed_steps_change_nothing_until_cleared(offload):
+    """Both optimizers: torch's AdamW, and DeepSpeed's CPU Adam (ZeRO-Offload's; its C++ op built by make venv)."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    optimizer = build_optimizer(model, OptimizerSettings(lr=0.1, weight_decay=0.5))
-    assert isinstance(optimizer, GuardedAdamW)
+    optimizer = build_optimizer(model, OptimizerSettings(lr=0.1, weight_decay=0.5), offload=offload)
+    assert isinstance(optimizer, VetoableStep)
+    assert isinstance(optimizer, GuardedAdamW) != offload
+    assert type(optimizer).__mro__[2].__name__ == ("DeepSpeedCPUAdam" if offload else "AdamW")
     assert [len(g["params"]) for g in optimizer.param_groups] == [1, 3]  # the matrix decays; bias, norm don't
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
     (model(torch.randn(2, 4)) * torch.randn(2, 4)).sum().backward()
@@ -26,11 +31,21 @@ def test_vetoed_steps_change_nothing_until_cleared():
     optimizer.skip_next = True
     optimizer.step()
     optimizer.step()  # ZeRO calls step once per group: the veto holds until cleared
+    if offload:
+        optimizer.step_subgroup(0)  # the per sub-group step of DeepSpeed's ZeRO-3 offload paths is vetoed too
     assert optimizer.overflow and not optimizer.state  # no moments were created
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     optimizer.skip_next = False
     optimizer.step()
     assert not optimizer.overflow and all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_offloaded_optimizer_states_are_read_from_the_final_config():
+    assert offloads_optimizer({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    assert offloads_optimizer({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme"}}})
+    assert not offloads_optimizer({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "none"}}})
+    assert not offloads_optimizer({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}})
+    assert not offloads_optimizer({"zero_optimization": {"stage": 0}})
 
 
 def test_schedule_warms_up_from_the_first_step_and_ends_at_the_floor():
@@ -64,3 +79,17 @@ def test_nan_on_one_rank_skips_the_step_on_all(stage):
     assert process.returncode == 0, process.stdout[-4000:]
     for rank in (0, 1):
         assert f"rank {rank}: skipped {{'nonfinite_loss': 1}} of 4 steps" in process.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("offload", ["optimizer", "param"])
+def test_offloaded_steps_run_on_deepspeeds_cpu_adam_and_are_vetoed_the_same(offload):
+    """2 ranks, DeepSpeed's CPU Adam (ZeRO-Offload): ZeRO-2 with offload_optimizer, ZeRO-3 with offload_param (and
+    offload_optimizer). A step vetoed for a NaN loss on one rank (step 2) and one vetoed by the spike rule (step 5)
+    leave the fp32 master weights, the weights the ranks hold and every Adam moment bitwise unchanged, and the
+    schedule where it was; the applied steps change all of them (asserted in the worker)."""
+    process = run_deepspeed(WORKER, ["--offload", offload])
+    assert process.returncode == 0, process.stdout[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: skipped {{'loss_spike': 1, 'nonfinite_loss': 1}} of 6 steps" in process.stdout

@@ -10,7 +10,12 @@ project's AdamW and warm-up + cosine schedule), each wrapped by ``deepspeed.init
 - ``itnet-exact``: ``create_model("tiny")`` as configured (exact integrator; layers 0–1 windowed);
 - ``itnet-lowrank``: the same with every layer ``integrator: lowrank``, non-causal (support ``all``: low rank
   integrates no windows), rank ``R = 64`` and ``learned`` feature maps (the layer's defaults, which start as
-  FAVOR+ positive random features), the config's other settings unchanged.
+  FAVOR+ positive random features), the config's other settings unchanged;
+- ``itnet-exact-ckpt``, ``itnet-lowrank-ckpt``: those two with activation checkpointing of every block
+  (:func:`~itnet_scale.nn.configure_activation_checkpointing`, ``activation_checkpointing.every: 1``). Built from
+  the same seed, each trains exactly as its unchecked twin (the same gradients, so the same losses); the
+  activation-checkpointing table gives each pair's step-time and peak-memory ratios (medians of the rounds' own
+  ratios, like the throughput ratios).
 
 A step is ``engine(batch)`` → the summed losses → ``engine.backward`` → ``engine.step``. Every method first takes
 ``--warmup`` untimed steps at each length (``torch.compile`` of the exact integrator's tiles, allocator caches),
@@ -61,6 +66,7 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 from itnet_scale.data.demo import build_demo_data, demo_paragraphs
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models import ModelConfig, create_model, load_model_config
+from itnet_scale.nn import configure_activation_checkpointing
 from itnet_scale.nn.block import MLP
 from itnet_scale.nn.encoders import TextEncoder
 from itnet_scale.nn.heads import MLMHead, mask_tokens
@@ -73,9 +79,12 @@ from .cli import format_mib, format_ms, format_ratio, non_negative_int, positive
 from .launch import run_local_ranks
 from .measure import MIB, PeakMemoryTracker, describe_environment
 
-METHODS = ("transformer", "itnet-exact", "itnet-lowrank")
+METHODS = ("transformer", "itnet-exact", "itnet-lowrank", "itnet-exact-ckpt", "itnet-lowrank-ckpt")
 BASELINE = "transformer"
-LABELS = {"transformer": "transformer (SDPA)", "itnet-exact": "ITNet exact", "itnet-lowrank": "ITNet lowrank"}
+LABELS = {"transformer": "transformer (SDPA)", "itnet-exact": "ITNet exact", "itnet-lowrank": "ITNet lowrank",
+          "itnet-exact-ckpt": "ITNet exact, checkpointed", "itnet-lowrank-ckpt": "ITNet lowrank, checkpointed"}
+#: Activation checkpointing of every block (the ``-ckpt`` methods) and the method it is compared with.
+CHECKPOINTED = {"itnet-exact-ckpt": "itnet-exact", "itnet-lowrank-ckpt": "itnet-lowrank"}
 DEFAULT_SIZES = (1024, 4096)
 QUICK_SIZES = (128, 256)
 DEFAULT_RANK, DEFAULT_FEATURE_MAP = 64, "learned"
@@ -203,6 +212,10 @@ def build_method_model(method: str, vocab_size: int, rank: int = DEFAULT_RANK,
     config = load_model_config("tiny", vocab_size=vocab_size)
     if method == "transformer":
         return TransformerForMLM(config)
+    if method in CHECKPOINTED:
+        model = build_method_model(CHECKPOINTED[method], vocab_size, rank, feature_map)
+        configure_activation_checkpointing(model, 1)
+        return model
     if method == "itnet-exact":
         return create_model(config)
     if method == "itnet-lowrank":
@@ -407,6 +420,17 @@ class TrainResults:
         c = self.case(n, method)
         return None if c is None or not c.step_seconds else statistics.median(c.rates(self.tokens_per_step(n)))
 
+    def checkpoint_ratios(self, n: int, method: str) -> tuple[float | None, float | None]:
+        """For a ``-ckpt`` method: medians over rounds of its step time / its unchecked twin's, and of its peak
+        memory growth / the twin's, in the same round (None where not measured)."""
+        c, twin = self.case(n, method), self.case(n, CHECKPOINTED[method])
+        if c is None or twin is None or not c.step_seconds or not twin.step_seconds:
+            return None, None
+        time = statistics.median(statistics.median(a) / statistics.median(b)
+                                 for a, b in zip(c.step_seconds, twin.step_seconds))
+        pairs = [(a, b) for a, b in zip(c.peak_bytes, twin.peak_bytes) if a is not None and b]
+        return time, statistics.median(a / b for a, b in pairs) if pairs else None
+
     def ratio(self, n: int, method: str) -> float | None:
         """Median over rounds of ``method``'s rate / the baseline's rate in the same round."""
         c, base = self.case(n, method), self.case(n, BASELINE)
@@ -586,10 +610,46 @@ def memory_table(results: TrainResults) -> Table:
     return table
 
 
+CHECKPOINT_COLUMNS = ["seq", "model", "step ms", "step ms, checkpointed", "step time ×", "peak MiB",
+                      "peak MiB, checkpointed", "peak memory ×", "same losses"]
+
+
+def _median_step(case: Case) -> float:
+    return statistics.median(statistics.median(seconds) for seconds in case.step_seconds)
+
+
+def _median_peak(case: Case) -> int | None:
+    known = [b for b in case.peak_bytes if b is not None]
+    return int(statistics.median(known)) if known else None
+
+
+def checkpoint_table(results: TrainResults) -> Table:
+    """Each checkpointed method against its unchecked twin: step time and peak memory growth, medians over rounds
+    and the medians of the rounds' ratios."""
+    cfg = results.config
+    title = (f"activation checkpointing of every block: tiny ITNet, micro-batch {cfg.micro_batch}, step time and peak "
+             f"RSS growth with and without (medians of {cfg.repeats} interleaved rounds; ratios = medians of the "
+             f"rounds' own ratios)")
+    table = Table(title, CHECKPOINT_COLUMNS, right_aligned=set(CHECKPOINT_COLUMNS) - {"model"})
+    for c in results.cases:
+        twin = results.case(c.n, CHECKPOINTED.get(c.method, ""))
+        if c.method not in CHECKPOINTED or twin is None or not c.step_seconds or not twin.step_seconds:
+            continue
+        time_ratio, memory_ratio = results.checkpoint_ratios(c.n, c.method)
+        same = [x for r in c.losses for x in r] == [x for r in twin.losses for x in r]
+        table.add_row([str(c.n), LABELS[twin.method], format_ms(1e3 * _median_step(twin)),
+                       format_ms(1e3 * _median_step(c)), format_ratio(time_ratio), format_mib(_median_peak(twin)),
+                       format_mib(_median_peak(c)), format_ratio(memory_ratio), "yes" if same else "no"])
+    return table
+
+
 def build_report(results: TrainResults, environment: dict[str, Any]) -> SuiteReport:
     cfg = results.config
     targets = evaluate_targets(results)
     tables = [throughput_table(results)]
+    checkpointing = checkpoint_table(results)
+    if checkpointing.rows:
+        tables.append(checkpointing)
     if results.memory:
         tables.append(memory_table(results))
     notes = [f"same data: {results.tokens} tokens of demo text (pydoc_data.topics, demo tokenizer), rows of <cls> + "
@@ -602,7 +662,12 @@ def build_report(results: TrainResults, environment: dict[str, Any]) -> SuiteRep
              "params: each model's parameters; the ITNet pretraining models also hold image/point encoders and the "
              "contrastive, patch and point heads, unused by MLM batches",
              "step ms = tokens per step / the median tokens/s; peak MiB = growth of the process's resident high-water "
-             "mark over a round of steps, the largest over rounds; loss = the last timed step's"]
+             "mark over a round of steps, the largest over rounds; loss = the last timed step's",
+             "activation checkpointing: peak MiB = the median over rounds of that growth of the resident high-water "
+             "mark (VmHWM, reset at each round's start, freed memory returned first), so it measures everything a "
+             "step allocates above what lives between steps — activations, gradients, the optimizer's temporaries; "
+             "the growth of the checkpointed twin shrinks by the activations it does not keep; same losses = every "
+             "step's loss equal to the unchecked twin's (same seed and batches: identical training)"]
     if results.memory:
         notes.append("memory counted: every storage reachable from the engine, each once: parameters as the rank "
                      "holds them (whole, or ZeRO-3's partition ds_tensor plus the parameters kept whole), master "
@@ -620,6 +685,11 @@ def build_report(results: TrainResults, environment: dict[str, Any]) -> SuiteRep
             "rows": [c.to_dict(results.tokens_per_step(c.n)) for c in results.cases if c.step_seconds],
             "ratios_vs_transformer": {str(n): {m: results.ratio(n, m) for m in cfg.methods if m != BASELINE}
                                       for n in cfg.sizes},
+            "activation_checkpointing": {str(n): {CHECKPOINTED[m]: dict(zip(("step_time_ratio", "peak_memory_ratio"),
+                                                                             results.checkpoint_ratios(n, m)))
+                                                  for m in cfg.methods if m in CHECKPOINTED and CHECKPOINTED[m] in
+                                                  cfg.methods}
+                                         for n in cfg.sizes},
             "engines": {m: {k: v for k, v in i.items()} for m, i in results.engine_info.items()},
             "memory": results.memory, "memory_error": results.memory_error,
             "targets": [t.to_dict() for t in targets]}
@@ -642,7 +712,8 @@ class TrainSuite(BenchmarkSuite):
 
     name = "train"
     description = ("DeepSpeed training tokens/s of the tiny ITNet (exact and lowrank) against a same-size SDPA "
-                   "transformer, and ZeRO-3 vs ZeRO-0 per-rank state memory at 2 ranks")
+                   "transformer, the cost and saving of activation checkpointing, and ZeRO-3 vs ZeRO-0 per-rank state "
+                   "memory at 2 ranks")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--n", type=positive_int, nargs="+", metavar="N",

@@ -67,6 +67,18 @@ def test_short_run_reports_every_length_and_method(tokenizer_dir, monkeypatch):
     assert data[(48, "itnet-lowrank")]["parameters"] > data[(48, "itnet-exact")]["parameters"]  # + feature maps
     assert [t.name for t in report.targets] == ["exact_vs_transformer", "lowrank_vs_transformer", "zero3_memory"]
     assert [t.status for t in report.targets] == ["not evaluated"] * 3  # neither 1024, 4096 nor memory ran
+    # Activation checkpointing: each checkpointed model trains exactly as its twin; the ratios are the rounds' own.
+    checkpointing = {(row[0], row[1]): dict(zip(report.tables[1].columns, row)) for row in report.tables[1].rows}
+    assert set(checkpointing) == {(n, LABELS[m]) for n in ("48", "96") for m in ("itnet-exact", "itnet-lowrank")}
+    assert all(row["same losses"] == "yes" for row in checkpointing.values())
+    for n in (48, 96):
+        for method, twin in (("itnet-exact-ckpt", "itnet-exact"), ("itnet-lowrank-ckpt", "itnet-lowrank")):
+            assert data[(n, method)]["losses"] == data[(n, twin)]["losses"]
+            mine, theirs = data[(n, method)]["step_seconds"], data[(n, twin)]["step_seconds"]
+            expected = statistics.median(statistics.median(a) / statistics.median(b) for a, b in zip(mine, theirs))
+            ratios = report.data["activation_checkpointing"][str(n)][twin]
+            assert ratios["step_time_ratio"] == pytest.approx(expected)
+            assert ratios["peak_memory_ratio"] is None or ratios["peak_memory_ratio"] >= 0
 
 
 def _results(rates: dict[tuple[int, str], list[float]], memory: dict[str, int] | None = None) -> TrainResults:
