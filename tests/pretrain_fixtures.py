@@ -25,14 +25,16 @@ def small_demo_data(directory: Path) -> Path:
 
 
 def fast_overrides(data: Path, run_dir: Path, steps: int, **extra: object) -> list[str]:
-    """Overrides of configs/pretrain/demo.yaml for a run that takes about a second per few steps."""
+    """Overrides of configs/pretrain/demo.yaml for a run that takes about a second per few steps (no held-out
+    evaluation unless ``extra`` asks for it)."""
     overrides = {
         "run_dir": run_dir, "steps": steps, "tokenizer": data / "tokenizer",
         "data_overrides": f"[data_root={data},unit_size=4]",
         "model_overrides.dim": 64, "model_overrides.depth": 2, "model_overrides.heads": 2,
         "model_overrides.contrastive_dim": 32, "model_overrides.point_hidden": 32,
         "objectives.max_text_tokens": 32, "objectives.max_caption_tokens": 16,
-        "optimizer.warmup_steps": 3, "logging.print_every": 1, **extra}
+        "optimizer.warmup_steps": 3, "logging.print_every": 1,
+        "eval.every": 0, "eval.at_start": False, "eval.at_end": False, **extra}
     return [f"{key}={value}" for key, value in overrides.items()]
 
 

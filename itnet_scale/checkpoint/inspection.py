@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from itnet_scale.checkpoint.library import TensorSpec, dtype_name, is_library_folder
-from itnet_scale.checkpoint.sources import open_source
+from itnet_scale.checkpoint.sources import meta_model, open_source
 from itnet_scale.models.registry import TASKS
 
 
@@ -36,18 +36,25 @@ def module_sizes(specs: list[TensorSpec], depth: int = 2) -> dict[str, dict[str,
 
 def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     """What a DeepSpeed checkpoint or a library folder holds, without reading the weights: format, step, consumed
-    samples per stream, objectives, task and model class, the model config, parameter count (tied weights once),
-    per-module sizes, dtypes, tied weights and files."""
+    samples per stream, objectives, task and model class, the model config, parameter count (tied weights once;
+    buffers such as the contrastive head's running statistics counted apart), per-module sizes, dtypes, tied
+    weights and files."""
     source = open_source(path)
     library = is_library_folder(source.path)
+    buffer_names: set[str] = set()
+    if source.model_config is not None:
+        buffer_names = {name for name, _ in meta_model(source.task, source.model_config, source.labels).named_buffers()}
+    parameters = [spec for spec in source.specs if spec.name not in buffer_names]
     report: dict[str, Any] = {
         "path": str(source.path), "format": "library" if library else "deepspeed",
         "description": source.description, "task": source.task, "model_class": TASKS[source.task].model_class.__name__,
         "labels": source.labels, "step": source.info.get("step"), "consumed": source.info.get("consumed") or {},
         "objectives": source.info.get("objectives"),
-        "parameters": sum(math.prod(s.shape) for s in source.specs), "tensors": len(source.specs),
+        "parameters": sum(math.prod(s.shape) for s in parameters),
+        "buffers": sum(math.prod(s.shape) for s in source.specs if s.name in buffer_names),
+        "tensors": len(source.specs),
         "bytes": sum(s.nbytes for s in source.specs), "dtypes": sorted({dtype_name(s.dtype) for s in source.specs}),
-        "tied_weights": source.aliases, "modules": module_sizes(source.specs),
+        "tied_weights": source.aliases, "modules": module_sizes(parameters),
         "model_config": OmegaConf.to_container(OmegaConf.structured(source.model_config))
         if source.model_config is not None else None}
     if library:

@@ -258,7 +258,8 @@ def deepspeed_source(path: str | Path, model_config: ModelConfig | None = None) 
             logger.warning("%s: ZeRO-0 weights are %s (the engine's own copy; a 16-bit run's fp32 masters are not "
                            "read)", rank0, ", ".join(sorted(dtype_name(d) for d in dtypes)))
     for name, tensor in buffers.items():
-        add(name, tensor.shape, tensor.dtype, rank0)
+        if name not in files:  # a universal checkpoint holds the buffers as folders of their own too
+            add(name, tensor.shape, tensor.dtype, rank0)
     del state, module
 
     @contextlib.contextmanager

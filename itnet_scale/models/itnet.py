@@ -121,8 +121,33 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         self.mpm = MaskedPatchHead(config.dim, config.patch_size, config.image_channels)
         self.mpp = MaskedPointHead(config.dim, config.point_group_size)
 
-    def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None) -> dict[str, Tensor]:
-        return self.losses(batch, gather)
+    def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None, *,
+                evaluate: bool = False) -> dict[str, Tensor]:
+        """Training: :meth:`losses`. ``evaluate=True``: :meth:`evaluation_outputs` — as a forward of the whole
+        model, which is what DeepSpeed ZeRO-3's hooks need to gather every parameter it reads."""
+        return self.evaluation_outputs(batch) if evaluate else self.losses(batch, gather)
+
+    def evaluation_outputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """What held-out evaluation reads of a batch: every objective it asks for (``itc`` from the embeddings);
+        the normalized ``image_embedding`` / ``text_embedding`` ``[B, contrastive_dim]`` of image–text pairs
+        (retrieval), of images (zero-shot classification) and of text that asks for no objective (the zero-shot
+        prompts); and for image–text batches the pooled ``image_features`` / ``text_features`` ``[B, dim]`` (the
+        contrastive head's calibration)."""
+        modality = batch_modality(batch)
+        outputs: dict[str, Tensor] = {}
+        if any(key in batch for key in ("mlm_labels", "image_mask", "point_mask")):
+            outputs.update(self.losses(batch, contrastive=False))
+        if modality == "image_text":
+            image, text = self.contrastive_features(batch)
+            outputs["image_features"], outputs["text_features"] = image, text
+            outputs["image_embedding"], outputs["text_embedding"] = self.itc(image, text)
+            outputs["itc"] = self.itc.loss(outputs["image_embedding"], outputs["text_embedding"])
+        elif modality == "image":
+            outputs["image_embedding"] = self.itc.encode_image(self.image_features(batch["images"]))
+        elif modality == "text" and "mlm_labels" not in batch:
+            outputs["text_embedding"] = self.itc.encode_text(
+                self.text_features(batch["text_ids"], batch.get("text_attention_mask")))
+        return outputs
 
     def image_features(self, images: Tensor) -> Tensor:
         """``images`` ``[B, C, H, W]`` alone through the backbone, mean-pooled: ``[B, dim]``."""

@@ -27,7 +27,9 @@ change no training step.
 
 The model runs in eval mode under ``torch.no_grad``; the process's random generators are saved before and
 restored after, so a run that evaluates trains bit for bit as one that does not. The model is the plain module
-(under DeepSpeed, ``engine.module``: ZeRO-3's hooks gather parameters per module as in training).
+(under DeepSpeed, ``engine.module``); every computation is a call of the whole model
+(:meth:`~itnet_scale.models.itnet.ITNetForPretraining.evaluation_outputs` through ``forward``), because ZeRO-3
+gathers the parameters a module reads from its children only within a forward of the model.
 """
 
 from __future__ import annotations
@@ -151,26 +153,22 @@ class Evaluator:
         for name, held in self.sets.items():
             for part, padding in self._batches(held, dtype):
                 batch, counted = part.batch, not padding and part.samples > 0
-                losses = model.losses(batch, contrastive=False)
-                if held.kind == "image_text":  # the embeddings serve the loss and the retrieval
-                    image, text = model.contrastive_embeddings(batch)
-                    losses["itc"] = model.itc.loss(image, text)
-                    if counted:
-                        pairs.append((part.units[0], image.float(), text.float()))
+                outputs = model(batch, evaluate=True)
                 if counted:
                     for objective, count in objective_counts(batch).items():
-                        sums[f"loss/{objective}"] += float(losses[objective]) * count
+                        sums[f"loss/{objective}"] += float(outputs[objective]) * count
                         sums[f"count/{objective}"] += count
                     sums[f"samples/{name}"] += part.samples
-                if not padding:
-                    sums[f"skipped/{name}"] += sum(part.skipped.values())
-                if name == self.settings.zero_shot.stream:
-                    image = model.itc.encode_image(model.image_features(batch["images"])).float()
-                    if counted:
+                    if held.kind == "image_text":  # retrieval
+                        pairs.append((part.units[0], outputs["image_embedding"].float(),
+                                      outputs["text_embedding"].float()))
+                    if name == self.settings.zero_shot.stream:
                         assert class_embeddings is not None and part.labels is not None
-                        predicted = (image @ class_embeddings.T).argmax(1)
+                        predicted = (outputs["image_embedding"].float() @ class_embeddings.T).argmax(1)
                         correct += float((predicted == part.labels).sum())
                         total += len(predicted)
+                if not padding:
+                    sums[f"skipped/{name}"] += sum(part.skipped.values())
         sums["zero_shot/correct"], sums["zero_shot/total"] = correct, total
         names = [*(f"{what}/{o}" for o in OBJECTIVES for what in ("loss", "count")), "zero_shot/correct",
                  "zero_shot/total", *(f"{what}/{n}" for n in self.sets for what in ("samples", "skipped"))]
@@ -213,7 +211,8 @@ class Evaluator:
         moments = []
         for held in self.calibration.values():
             for part, padding in self._batches(held, dtype):
-                image, text = model.contrastive_features(part.batch)
+                outputs = model(part.batch, evaluate=True)
+                image, text = outputs["image_features"], outputs["text_features"]
                 if not padding and part.samples:
                     features = torch.stack([image, text]).double()  # [2, B, dim]
                     moments.append(torch.stack([features.sum(1), features.square().sum(1),
@@ -238,7 +237,8 @@ class Evaluator:
         embeddings = []
         for start in range(0, len(prompts), self.settings.batch_size):  # the same forwards on every rank
             rows = slice(start, start + self.settings.batch_size)
-            embeddings.append(model.itc.encode_text(model.text_features(ids[rows], attention[rows])).float())
+            prompts_batch = {"text_ids": ids[rows], "text_attention_mask": attention[rows]}
+            embeddings.append(model(prompts_batch, evaluate=True)["text_embedding"].float())
         per_class = torch.cat(embeddings).reshape(len(self.classes), len(templates), -1).mean(1)
         return F.normalize(per_class, dim=-1)
 

@@ -26,19 +26,23 @@ from tests.pretrain_fixtures import DEMO_CONFIG, fast_overrides
 
 
 def stages(data: Path, out: Path) -> None:
-    curves, aliased = {}, 0
+    curves, evaluations, aliased = {}, {}, 0
     for stage in (0, 1, 2, 3):
         config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
-            data, out / f"zero{stage}", 20, **{"deepspeed.zero_stage": stage, "checkpoint.save_every": 100}))
+            data, out / f"zero{stage}", 20, **{"deepspeed.zero_stage": stage, "checkpoint.save_every": 100,
+                                               "eval.at_end": True, "eval.batch_size": 8, "eval.max_batches": 2,
+                                               "eval.calibration_batches": 2}))
         trainer = loop.Pretrainer(config)
         result = trainer.run()
         curves[stage] = [record.losses for record in result.records]
+        evaluations[stage] = result.evaluations
         if stage == 3:  # fp32 ZeRO-3 keeps no second master copy (train.engine.share_fp32_master_weights)
             optimizer = trainer.engine.optimizer
             aliased = sum(a is b for a, b in zip(optimizer.fp16_partitioned_groups_flat,
                                                  optimizer.fp32_partitioned_groups_flat))
     if torch.distributed.get_rank() == 0:
-        (out / "losses.json").write_text(json.dumps({"curves": curves, "zero3_aliased_groups": aliased}))
+        (out / "losses.json").write_text(json.dumps({"curves": curves, "evaluations": evaluations,
+                                                        "zero3_aliased_groups": aliased}))
 
 
 def nan(data: Path, out: Path) -> None:

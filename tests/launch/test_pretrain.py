@@ -78,7 +78,7 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path):
 def test_zero_stages_train_the_same_loss_curve(data, tmp_path):
     """2 ranks, 20 steps: ZeRO 1, 2 and 3 follow ZeRO 0's loss curve to float tolerance — their bucketed reductions
     sum in another order, which moves the total loss by ~1e-5 relative by step 20 (each objective, small ones like
-    mpm ~ 0.01 especially, by up to ~1e-3) — and the loss falls."""
+    mpm ~ 0.01 especially, by up to ~1e-3) — and the loss falls. The held-out evaluation at the end agrees too."""
     process = run_deepspeed(WORKER, ["stages", str(data), str(tmp_path)], timeout=900)
     assert process.returncode == 0, process.stdout[-6000:]
     recorded = json.loads((tmp_path / "losses.json").read_text())
@@ -92,6 +92,14 @@ def test_zero_stages_train_the_same_loss_curve(data, tmp_path):
                 tolerance = {"rel": 1e-4} if name == "total" else {"rel": 1e-2, "abs": 1e-4}
                 assert got[name] == pytest.approx(want[name], **tolerance), (stage, step, name)
     assert reference[-1]["total"] < 0.9 * reference[0]["total"]
+    # the held-out evaluation after the last step runs at every stage (ZeRO-3: parameters gathered per module)
+    # and gives ZeRO-0's losses
+    evaluations = recorded["evaluations"]
+    for stage in ("0", "1", "2", "3"):
+        assert [e["step"] for e in evaluations[stage]] == [20], stage
+        for name, value in evaluations["0"][0].items():
+            if name.startswith("loss/"):
+                assert evaluations[stage][0][name] == pytest.approx(value, rel=1e-2), (stage, name)
 
 
 @pytest.mark.slow
@@ -133,7 +141,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights(data, tmp_pat
         torch.testing.assert_close(again[name], value, rtol=1e-6, atol=1e-7, msg=f"{name} differs after the restart")
     state = read_client_state(run_dir / "checkpoints" / step_tag(steps))
     assert state["step"] == steps and set(state["data"]) == {"text", "image_text", "image", "points"}
-    assert state["data"]["text"]["units"] == steps * 2 * 2  # 12 steps × 2 ranks × 2 text units per micro-batch
+    assert state["data"]["text"]["units"] == steps * 2 * 1  # 12 steps × 2 ranks × 1 text unit per micro-batch
     assert "model_config" in state and "rng" not in state  # the random states are per rank, next to it
     assert checkpoint_tags(run_dir / "checkpoints") == [step_tag(9), step_tag(12)]  # keep_last=2
 
@@ -160,7 +168,7 @@ def test_universal_checkpoint_resumes_on_one_rank(data, tmp_path):
     first, resumed = dict(two["loss/total"])[1], dict(one["loss/total"])[7]
     assert abs(resumed - dict(two["loss/total"])[7]) < 0.1 * (first - dict(two["loss/total"])[7]) + 0.05 * resumed
     state = read_client_state(tmp_path / "one" / "checkpoints" / step_tag(9))
-    assert state["step"] == 9 and state["data"]["text"]["units"] == 9 * 2 * 2 and state["world_size"] == 1
+    assert state["step"] == 9 and state["data"]["text"]["units"] == 9 * 2 * 1 and state["world_size"] == 1
     (tmp_path / "zero0").mkdir()
     with pytest.raises(ValueError, match=r"zero0: no ZeRO optimizer files .*a ZeRO-0 checkpoint already loads"):
         convert_to_universal(tmp_path / "zero0", tmp_path / "elsewhere")
@@ -231,7 +239,7 @@ def test_sequence_parallel_pretraining_and_its_logs(data, tmp_path):
     assert all(0 < value < 1 for _, value in scalars["throughput/mfu"])  # against a 100 GFLOP/s peak per rank
     assert all(value == value for _, value in scalars["loss/total"])
     state = read_client_state(tmp_path / "run" / "checkpoints" / step_tag(3))
-    assert state["sequence_parallel_size"] == 2 and state["data"]["text"]["units"] == 3 * 1 * 2  # one replica
+    assert state["sequence_parallel_size"] == 2 and state["data"]["text"]["units"] == 3 * 1 * 1  # one replica
 
 
 def damaged_copy(data: Path, directory: Path, avoid_units: int, visit_units: int) -> tuple[Path, Path]:

@@ -45,15 +45,16 @@ def text_ids(generator: torch.Generator, B: int, L: int) -> tuple[torch.Tensor, 
 
 def batches(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """Data-parallel group ``seed``'s batches: text of odd length (37, with padding in one row: 38 after the
-    sequence-parallel padding), image–text (64 patches + 13 tokens = 77: MLM and contrastive), points (32 tokens,
+    sequence-parallel padding), image–text (64 patches + 13 tokens = 77: MLM and contrastive; 6 pairs, since the
+    contrastive head standardizes over the batch and 2 rows would make that ill-conditioned), points (32 tokens,
     masked point modeling)."""
     generator = torch.Generator().manual_seed(seed)
     ids, labels = text_ids(generator, 2, 37)
     ids[1, 30:], labels[1, 30:] = 0, -100  # padding
-    pair_ids, pair_labels = text_ids(generator, 2, 13)
+    pair_ids, pair_labels = text_ids(generator, 6, 13)
     return {
         "text_mlm": {"text_ids": ids, "mlm_labels": labels},
-        "image_text": {"images": torch.randn(2, 1, 32, 32, generator=generator), "text_ids": pair_ids,
+        "image_text": {"images": torch.randn(6, 1, 32, 32, generator=generator), "text_ids": pair_ids,
                        "mlm_labels": pair_labels},
         "points_mpp": {"points": torch.randn(2, 100, 3, generator=generator),
                        "point_mask": torch.rand(2, 32, generator=generator) < 0.5},

@@ -43,7 +43,9 @@ def test_a_deepspeed_checkpoint_reports_its_run_and_model(tmp_path):
     assert report["deepspeed"]["tag"] == step_tag(5) and report["step"] == 5
     assert report["consumed"] == DATA and report["objectives"] == ["itc", "mlm", "mpm"]
     assert report["model_class"] == "ITNetForPretraining" and report["model_config"]["dim"] == 32
-    assert report["parameters"] == unique_parameters(model) and report["tensors"] == len(list(model.parameters()))
+    assert report["parameters"] == unique_parameters(model)
+    assert report["tensors"] == len([*model.parameters(), *model.buffers()])
+    assert report["buffers"] == sum(b.numel() for b in model.buffers()) == 4 * SMALL.dim  # the ITC statistics
     assert report["tied_weights"] == {"mlm.decoder.weight": "itnet.encoder.text.embedding.weight"}
     modules = report["modules"]
     assert sum(modules[name]["parameters"] for name in ("itnet", "mlm", "itc", "mpm", "mpp")) == report["parameters"]
@@ -75,7 +77,7 @@ def test_library_folders_report_their_provenance(tmp_path):
     assert status == 0, err
     report = json.loads(out)
     assert report["format"] == "library" and report["step"] == 7 and report["consumed"] == DATA
-    assert report["dtypes"] == ["bfloat16"] and report["bytes"] == 2 * report["parameters"]
+    assert report["dtypes"] == ["bfloat16"] and report["bytes"] == 2 * (report["parameters"] + report["buffers"])
     assert report["parameters"] == unique_parameters(model) and report["source"]["zero_stage"] == 0
     assert set(report["files"]) == {"config.yaml", "model.safetensors"}
     classifier = create_model(SMALL, task="classification", classes=4)
