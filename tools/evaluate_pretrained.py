@@ -73,7 +73,7 @@ def evaluate(checkpoint: Path, config_path: Path, overrides: list[str], *,
     if model.itnet.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"{checkpoint}: the model's vocab_size={model.itnet.config.vocab_size} is smaller than "
                          f"the tokenizer's {tokenizer.vocab_size} ids ({config.tokenizer})")
-    if "WORLD_SIZE" in os.environ:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under a launcher with several ranks
         init_distributed()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import deepspeed
 import torch
 
@@ -45,6 +48,11 @@ def moments(optimizer) -> list[torch.Tensor]:
 
 
 def shut_down() -> None:
-    """Leave the process group cleanly (an abrupt exit can abort gloo's teardown)."""
+    """Leave the process group cleanly (an abrupt exit can abort gloo's teardown), then exit at once: now and then
+    a rank that finished its checks still aborted at interpreter exit ("terminate called without an active
+    exception", a native thread torn down late), failing a run whose every check passed."""
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
