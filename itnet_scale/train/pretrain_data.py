@@ -20,6 +20,8 @@ the process's random state, so a batch is masked identically however the run was
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +40,9 @@ from itnet_scale.nn.heads import mask_tokens
 from itnet_scale.train.config import OBJECTIVES_OF_KIND, ObjectiveSettings
 
 logger = logging.getLogger(__name__)
+
+#: How many micro-steps a stream reads ahead for a stand-in when the run's first units hold no valid sample.
+LOOK_AHEAD = 64
 
 
 class StartupError(ValueError):
@@ -161,7 +166,9 @@ class PretrainStreams:
     ``units_per_step`` splits ``micro_units`` (the micro-batch in units) among the streams by weight; a stream
     whose share rounds to 0 is an error naming it. :meth:`next` returns one :class:`MicroBatch` per stream, in the
     config's order. A stream whose units this step hold no valid sample is stood in for by its last good batch
-    with ``stand_in`` weight 0 (every rank must still run every objective; see the module doc).
+    with ``stand_in`` weight 0 (every rank must still run every objective; see the module doc) — at the very first
+    step, by the first valid batch of the next :data:`LOOK_AHEAD` micro-steps, read ahead without moving the
+    stream's position.
 
     A stream that cannot be opened (no index, a refused location, a bad shard under ``strict``) raises
     :class:`StartupError` on every rank (see :func:`agree_on_startup_error`). ``allow_pipe_urls``: the command-line
@@ -232,11 +239,27 @@ class PretrainStreams:
                 stand_in = self._last_good[name]
                 parts.append((MicroBatch(name, part.kind, stand_in.batch, 0, 0, part.skipped, part.units), 0.0))
             else:
-                raise ValueError(f"stream {name!r}: the first units read ({part.units}) hold no valid sample "
-                                 f"(skipped: {part.skipped}); check the shards")
+                stand_in = self._valid_batch_ahead(name)
+                if stand_in is None:
+                    raise ValueError(f"stream {name!r}: the first units read ({part.units}) hold no valid sample "
+                                     f"(skipped: {part.skipped}), nor do the next {LOOK_AHEAD} micro-steps' units; "
+                                     "check the shards")
+                logger.warning("stream %s: the first units read (%s) held no valid sample (%s); a batch read ahead "
+                               "(units %s) stands in with weight 0", name, part.units, part.skipped, stand_in.units)
+                self._last_good[name] = stand_in
+                parts.append((MicroBatch(name, part.kind, stand_in.batch, 0, 0, part.skipped, part.units), 0.0))
         for name in self.consumed:
             self.consumed[name] += self.data_parallel_size * self.units_per_step[name]
         return parts, time.perf_counter() - began
+
+    def _valid_batch_ahead(self, name: str) -> MicroBatch | None:
+        """The first of stream ``name``'s next :data:`LOOK_AHEAD` micro-steps (this rank's units) that holds a valid
+        sample — a stand-in when the run's very first units hold none (e.g. all in one bad shard). Read by a reader
+        of its own, so the stream's position does not move."""
+        ahead = copy.copy(self.datasets[name])
+        ahead.set_position(self.consumed[name] + self.data_parallel_size * self.units_per_step[name])
+        loader = unit_loader(ahead, 0, units_per_item=self.units_per_step[name], transform=self.builders[name])
+        return next((part for part in itertools.islice(loader, LOOK_AHEAD) if part.batch is not None), None)
 
     def state_dict(self) -> dict[str, Any]:
         """The position per stream: global units and sample slots consumed, with each dataset's own state."""

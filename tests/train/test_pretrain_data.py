@@ -103,7 +103,8 @@ def test_ranks_read_disjoint_units_and_resume_at_another_world_size(data):
 
 def test_a_stream_without_valid_samples_is_stood_in_for(tmp_path, data):
     """A unit whose samples are all bad (not UTF-8) is replaced by the stream's last good batch at weight 0; when
-    the very first units hold no valid sample, the error names the stream."""
+    the very first units hold none, by a batch read ahead; when the next 64 micro-steps hold none either, the error
+    names the stream."""
     good = [{"__key__": f"g{i}", "txt": b"plain words here"} for i in range(4)]
     bad = [{"__key__": f"b{i}", "txt": b"\xff\xfe not utf-8"} for i in range(4)]
     texts = write_set(tmp_path / "text", "text", good + bad, shard_samples=8)
@@ -115,6 +116,16 @@ def test_a_stream_without_valid_samples_is_stood_in_for(tmp_path, data):
     assert first[0][1] == 1.0 and first[0][0].samples == 4
     assert second[0][1] == 0.0 and second[0][0].samples == 0 and second[0][0].skipped == {"bad_text": 4}
     assert second[0][0].batch is first[0][0].batch
+    # the very first units all bad (e.g. in a bad shard): a batch read ahead stands in, the position does not move
+    mixed = write_set(tmp_path / "mixed", "text", bad + good, shard_samples=8)
+    config = DataConfig(lanes=1, unit_size=4, mix_period=1, shuffle_buffer=1,
+                        streams=[StreamConfig(name="text", path=str(mixed))])
+    streams = streams_for(config, data / "tokenizer", micro_units=1)
+    first, _ = streams.next()
+    second, _ = streams.next()
+    assert first[0][1] == 0.0 and first[0][0].units == [0] and first[0][0].skipped == {"bad_text": 4}
+    assert second[0][1] == 1.0 and second[0][0].units == [1] and second[0][0].samples == 4
+    assert torch.equal(first[0][0].batch["text_ids"], second[0][0].batch["text_ids"])  # unit 1 stood in for unit 0
     bad_first = write_set(tmp_path / "bad", "text", bad, shard_samples=4)
     config = DataConfig(lanes=1, unit_size=4, mix_period=1, streams=[StreamConfig(name="t", path=str(bad_first))])
     with pytest.raises(ValueError, match=r"stream 't': the first units read \(\[0\]\) hold no valid sample"):
