@@ -13,37 +13,17 @@ A problem found before training starts (the config, the data: a missing shard se
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from itnet_scale.train.command_line import add_pretrain_config_arguments, leave_process_group, report_startup_error
 from itnet_scale.train.config import load_pretrain_config
-
-
-def report_startup_error(error: Exception) -> int:
-    """Print ``error: MESSAGE`` from rank 0 only (the launcher's ``RANK``; every rank found the same problem) and
-    return exit status 2. Ranks that agreed on the error (a :class:`StartupError`) wait for rank 0's line before
-    they exit: the launcher stops every rank as soon as one has exited."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-    from itnet_scale.train.pretrain_data import StartupError
-
-    if isinstance(error, StartupError):
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--config", type=Path, help="a pretraining YAML (configs/pretrain/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (omegaconf dot-list)")
+    add_pretrain_config_arguments(parser)
     parser.add_argument("--deepspeed_config", type=Path, default=None, help="your DeepSpeed JSON, over ours")
-    parser.add_argument("--allow_pipe_urls", action="store_true",
-                        help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
     try:
         config = load_pretrain_config(args.config, args.overrides)
@@ -57,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # bad input found while setting up: named, not a traceback
         return report_startup_error(error)
     trainer.run()
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # a clean exit: gloo's threads still running at exit can abort the process
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_process_group()
     return 0
 
 

@@ -22,27 +22,29 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
+from itnet_scale.checkpoint.sources import load_source_model, open_source
+from itnet_scale.data.tokenizer import Tokenizer
+from itnet_scale.models.itnet import ITNetForPretraining
+from itnet_scale.parallel import init_distributed
+from itnet_scale.train.command_line import add_pretrain_config_arguments, leave_process_group, report_startup_error
+from itnet_scale.train.config import load_pretrain_config
+from itnet_scale.train.evaluation import Evaluator, metrics_table
+from itnet_scale.train.pretrain_data import MicroBatchBuilder
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("checkpoint", type=Path, help="a DeepSpeed checkpoint or a library-format folder")
-    parser.add_argument("--config", type=Path, required=True, help="a pretraining YAML (configs/pretrain/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (omegaconf dot-list)")
+    add_pretrain_config_arguments(parser, config_required=True)
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--allow_pipe_urls", action="store_true",
-                        help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_intermixed_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
     try:
         metrics = evaluate(args.checkpoint, args.config, args.overrides, allow_pipe_urls=args.allow_pipe_urls)
     except (ValueError, FileNotFoundError) as error:
-        if rank == 0:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
-    if rank == 0:
-        from itnet_scale.train.evaluation import metrics_table
-
+        return report_startup_error(error)
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"held-out evaluation of {args.checkpoint}:\n{metrics_table([metrics])}", flush=True)
         if args.json is not None:
             args.json.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -52,16 +54,6 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate(checkpoint: Path, config_path: Path, overrides: list[str], *,
              allow_pipe_urls: bool = False) -> dict[str, float]:
     """The held-out metrics of ``checkpoint`` under the pretraining config (``{"step": …, <metric>: …}``)."""
-    import torch.distributed as dist
-
-    from itnet_scale.checkpoint.sources import load_source_model, open_source
-    from itnet_scale.data.tokenizer import Tokenizer
-    from itnet_scale.models.itnet import ITNetForPretraining
-    from itnet_scale.parallel import init_distributed
-    from itnet_scale.train.config import load_pretrain_config
-    from itnet_scale.train.evaluation import Evaluator
-    from itnet_scale.train.pretrain_data import MicroBatchBuilder
-
     config = load_pretrain_config(config_path, overrides)
     source = open_source(checkpoint)
     if source.task != "pretraining":
@@ -86,9 +78,7 @@ def evaluate(checkpoint: Path, config_path: Path, overrides: list[str], *,
     if not evaluator:
         raise ValueError(f"no stream of {config.data} names a heldout shard set: nothing to evaluate")
     metrics = {"step": float(source.info.get("step") or 0), **evaluator.evaluate(model)}
-    if dist.is_initialized():  # a clean exit: gloo's threads still running at exit abort the process
-        dist.barrier()
-        dist.destroy_process_group()
+    leave_process_group()
     return metrics
 
 

@@ -22,7 +22,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from itnet_scale.data.shards import BadShardError, read_index, read_shard, shard_files
@@ -39,7 +39,6 @@ class HeldOutBatch:
     index: int
     unit: dict[str, Any]
     padding: bool = False
-    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class HeldOutSet:

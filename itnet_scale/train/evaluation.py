@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -200,11 +201,10 @@ class Evaluator:
                 if last is None:
                     raise ValueError(f"stream {held.stream.name!r}: batch {item.index} of {held.path} holds no "
                                      f"valid sample (skipped: {part.skipped})")
-                part = MicroBatch(last.stream, last.kind, last.batch, 0, 0, part.skipped, part.units, last.labels)
+                part = replace(last, samples=0, tokens=0, skipped=part.skipped, units=part.units)
             last = part
             assert part.batch is not None
-            yield MicroBatch(part.stream, part.kind, _float_inputs(part.batch, dtype), part.samples, part.tokens,
-                             part.skipped, part.units, part.labels), item.padding
+            yield replace(part, batch=_float_inputs(part.batch, dtype)), item.padding
 
     def _calibrate(self, model: ITNetForPretraining, dtype: torch.dtype) -> None:
         """Recompute the contrastive head's standardization statistics over the calibration batches."""

@@ -12,7 +12,7 @@ from itnet_scale.data.stream import DataConfig, StreamConfig, load_data_config
 from itnet_scale.models.registry import load_model_config
 from itnet_scale.nn.heads import IGNORE
 from itnet_scale.train.config import ObjectiveSettings
-from itnet_scale.train.pretrain_data import MicroBatchBuilder, PretrainStreams, random_subset_mask
+from itnet_scale.train.pretrain_data import MicroBatch, MicroBatchBuilder, PretrainStreams, random_subset_mask
 from tests.data.test_stream import write_set
 from tests.pretrain_fixtures import REPO, small_demo_data
 
@@ -107,25 +107,24 @@ def test_a_stream_without_valid_samples_is_stood_in_for(tmp_path, data):
     names the stream."""
     good = [{"__key__": f"g{i}", "txt": b"plain words here"} for i in range(4)]
     bad = [{"__key__": f"b{i}", "txt": b"\xff\xfe not utf-8"} for i in range(4)]
-    texts = write_set(tmp_path / "text", "text", good + bad, shard_samples=8)
-    config = DataConfig(lanes=1, unit_size=4, mix_period=1, shuffle_buffer=1,
-                        streams=[StreamConfig(name="text", path=str(texts))])
-    streams = streams_for(config, data / "tokenizer", micro_units=1)
-    first, _ = streams.next()
-    second, _ = streams.next()
-    assert first[0][1] == 1.0 and first[0][0].samples == 4
-    assert second[0][1] == 0.0 and second[0][0].samples == 0 and second[0][0].skipped == {"bad_text": 4}
-    assert second[0][0].batch is first[0][0].batch
+
+    def first_two_steps(name: str, samples: list[dict]) -> tuple[tuple[MicroBatch, float], tuple[MicroBatch, float]]:
+        """The text stream's part of the first two micro-steps over ``samples`` in order (one unit each)."""
+        texts = write_set(tmp_path / name, "text", samples, shard_samples=8)
+        config = DataConfig(lanes=1, unit_size=4, mix_period=1, shuffle_buffer=1,
+                            streams=[StreamConfig(name="text", path=str(texts))])
+        streams = streams_for(config, data / "tokenizer", micro_units=1)
+        return streams.next()[0][0], streams.next()[0][0]
+
+    first, second = first_two_steps("text", good + bad)
+    assert first[1] == 1.0 and first[0].samples == 4
+    assert second[1] == 0.0 and second[0].samples == 0 and second[0].skipped == {"bad_text": 4}
+    assert second[0].batch is first[0].batch
     # the very first units all bad (e.g. in a bad shard): a batch read ahead stands in, the position does not move
-    mixed = write_set(tmp_path / "mixed", "text", bad + good, shard_samples=8)
-    config = DataConfig(lanes=1, unit_size=4, mix_period=1, shuffle_buffer=1,
-                        streams=[StreamConfig(name="text", path=str(mixed))])
-    streams = streams_for(config, data / "tokenizer", micro_units=1)
-    first, _ = streams.next()
-    second, _ = streams.next()
-    assert first[0][1] == 0.0 and first[0][0].units == [0] and first[0][0].skipped == {"bad_text": 4}
-    assert second[0][1] == 1.0 and second[0][0].units == [1] and second[0][0].samples == 4
-    assert torch.equal(first[0][0].batch["text_ids"], second[0][0].batch["text_ids"])  # unit 1 stood in for unit 0
+    first, second = first_two_steps("mixed", bad + good)
+    assert first[1] == 0.0 and first[0].units == [0] and first[0].skipped == {"bad_text": 4}
+    assert second[1] == 1.0 and second[0].units == [1] and second[0].samples == 4
+    assert torch.equal(first[0].batch["text_ids"], second[0].batch["text_ids"])  # unit 1 stood in for unit 0
     bad_first = write_set(tmp_path / "bad", "text", bad, shard_samples=4)
     config = DataConfig(lanes=1, unit_size=4, mix_period=1, streams=[StreamConfig(name="t", path=str(bad_first))])
     with pytest.raises(ValueError, match=r"stream 't': the first units read \(\[0\]\) hold no valid sample"):
