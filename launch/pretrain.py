@@ -13,10 +13,14 @@ A problem found before training starts (the config, the data: a missing shard se
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from itnet_scale.train.command_line import add_pretrain_config_arguments, leave_process_group, report_startup_error
+from itnet_scale.train.command_line import (
+    add_pretrain_config_arguments,
+    exit_process,
+    leave_process_group,
+    report_startup_error,
+)
 from itnet_scale.train.config import load_pretrain_config
 
 
@@ -42,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

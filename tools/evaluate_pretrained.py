@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -28,7 +27,12 @@ from itnet_scale.checkpoint.sources import load_source_model, open_source
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.parallel import init_distributed
-from itnet_scale.train.command_line import add_pretrain_config_arguments, leave_process_group, report_startup_error
+from itnet_scale.train.command_line import (
+    add_pretrain_config_arguments,
+    exit_process,
+    leave_process_group,
+    report_startup_error,
+)
 from itnet_scale.train.config import load_pretrain_config
 from itnet_scale.train.evaluation import Evaluator, metrics_table
 from itnet_scale.train.pretrain_data import MicroBatchBuilder
@@ -83,4 +87,4 @@ def evaluate(checkpoint: Path, config_path: Path, overrides: list[str], *,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,6 +1,6 @@
 """What the command lines that read a pretraining config share (``launch/pretrain.py``,
 ``tools/evaluate_pretrained.py``): their arguments, a problem found before work starts reported once, and a clean
-exit from the process group."""
+exit from the process group and the process."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch.distributed as dist
 
@@ -42,3 +43,14 @@ def leave_process_group() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(status: int) -> NoReturn:
+    """Exit with ``status`` once the work is done and written (checkpoint committed, logs closed, process group
+    left), skipping the interpreter's finalization. There, now and then, a finished rank aborted ("terminate called
+    without an active exception"): a native thread of the communication stack torn down after the interpreter,
+    which turned a run whose every step and file was good into a failed one (the launcher then reports the whole
+    job failed). Nothing is left to run at that point but that teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

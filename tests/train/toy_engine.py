@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import deepspeed
 import torch
 
+from itnet_scale.train.command_line import exit_process, leave_process_group
 from itnet_scale.train.deepspeed_config import DeepSpeedSettings
 from itnet_scale.train.engine import build_engine
 from itnet_scale.train.optimizer import OptimizerSettings
@@ -48,11 +46,6 @@ def moments(optimizer) -> list[torch.Tensor]:
 
 
 def shut_down() -> None:
-    """Leave the process group cleanly (an abrupt exit can abort gloo's teardown), then exit at once: now and then
-    a rank that finished its checks still aborted at interpreter exit ("terminate called without an active
-    exception", a native thread torn down late), failing a run whose every check passed."""
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    """Leave the process group together, then exit as the launch scripts do (see :func:`exit_process`)."""
+    leave_process_group()
+    exit_process(0)
