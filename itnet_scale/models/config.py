@@ -19,6 +19,7 @@ from typing import Any
 
 from itnet_scale.config import merge_config
 from itnet_scale.nn import KernelConfig, TransformConfig
+from itnet_scale.nn.encoders import check_image_stem
 from itnet_scale.ops import make_integrator, with_settings
 
 _LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -38,8 +39,9 @@ def layer_range(key: str | int, depth: int) -> range:
 @dataclass
 class LayerConfig:
     """A layer's integral transform in flat YAML keys: the kernel (``kernel_width``, ``kernel_depth``,
-    ``kernel_activation``, ``mode``, ``support``, ``support_size``, ``bilinear``, ``offset_range``, ``decay``, the
-    feature maps' ``rank`` and ``feature_map``: :class:`~itnet_scale.nn.KernelConfig`), the per-head sizes and
+    ``kernel_activation``, ``mode``, ``support``, ``support_size``, ``bilinear``, ``offset_range``, ``decay``,
+    ``locality`` (the strength of the locality prior at initialization), the feature maps' ``rank`` and
+    ``feature_map``: :class:`~itnet_scale.nn.KernelConfig`), the per-head sizes and
     biases, and the ``integrator`` (``exact`` / ``lowrank`` / ``montecarlo``) with its settings and ``backend``
     (:mod:`itnet_scale.ops.settings`; a setting the chosen integrator does not have is ignored).
     :meth:`transform` turns it into the block's :class:`~itnet_scale.nn.TransformConfig`; the defaults are those
@@ -54,6 +56,7 @@ class LayerConfig:
     bilinear: bool = True
     offset_range: int | None = None
     decay: bool = False
+    locality: float = 0.0
     head_dim: int | None = None
     value_dim: int | None = None
     bias: bool = True
@@ -72,7 +75,8 @@ class LayerConfig:
         kernel = KernelConfig(
             mode=self.mode, support=self.support, support_size=self.support_size, width=self.kernel_width,
             depth=self.kernel_depth, activation=self.kernel_activation, bilinear=self.bilinear,
-            offset_range=self.offset_range, decay=self.decay, rank=self.rank, feature_map=self.feature_map)
+            offset_range=self.offset_range, decay=self.decay, locality=self.locality, rank=self.rank,
+            feature_map=self.feature_map)
         default = make_integrator(self.integrator)  # an unknown name raises here, naming the choices
         mine = {f.name for f in dataclasses.fields(self)}
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(default) if f.name in mine}
@@ -87,7 +91,8 @@ class ModelConfig:
     Backbone: ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``dropout``, ``drop_path`` (stochastic depth of the
     last block, linear in depth), ``norm_eps``; ``layer`` and ``layers`` (see the module doc).
     Text: ``vocab_size`` ids, ``pad_id`` pads; ``tie_mlm_decoder`` ties the MLM decoder to the text embedding.
-    Images: ``image_channels`` × H × W, patches of ``patch_size`` (H and W multiples of it).
+    Images: ``image_channels`` × H × W, patches of ``patch_size`` (H and W multiples of it), tokenized by
+    ``image_stem`` (``patchify`` or ``conv``; :class:`~itnet_scale.nn.encoders.ImageEncoder`).
     Point clouds: ``point_tokens`` farthest-point centers (None: every point is a token), each a group of its
     ``point_group_size`` nearest points read by a per-point MLP of width ``point_hidden``; positions are the
     unit-ball cloud × ``point_position_scale``.
@@ -106,6 +111,7 @@ class ModelConfig:
     tie_mlm_decoder: bool = True
     image_channels: int = 3
     patch_size: int = 16
+    image_stem: str = "patchify"
     point_tokens: int | None = 64
     point_group_size: int = 32
     point_hidden: int = 128
@@ -123,6 +129,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.point_tokens is not None and self.point_tokens < 1:
             raise ValueError(f"point_tokens must be >= 1 or null (every point a token), got {self.point_tokens}")
+        check_image_stem(self.image_stem, self.patch_size)
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if not 0 <= self.pad_id < self.vocab_size:

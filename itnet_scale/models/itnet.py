@@ -84,8 +84,9 @@ class ITNetModel(PretrainedMixin, nn.Module):
         self.config = config
         self.encoder = MultimodalEncoder(
             config.dim, vocab_size=config.vocab_size, pad_id=config.pad_id, image_channels=config.image_channels,
-            patch_size=config.patch_size, point_tokens=config.point_tokens, point_group_size=config.point_group_size,
-            point_hidden=config.point_hidden, point_position_scale=config.point_position_scale)
+            patch_size=config.patch_size, image_stem=config.image_stem, point_tokens=config.point_tokens,
+            point_group_size=config.point_group_size, point_hidden=config.point_hidden,
+            point_position_scale=config.point_position_scale)
         self.backbone = ITNetBackbone(
             config.dim, config.depth, config.heads, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
             dropout=config.dropout, drop_path=config.drop_path, norm_eps=config.norm_eps,

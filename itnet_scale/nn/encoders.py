@@ -134,27 +134,57 @@ class TextEncoder(nn.Module):
         return EncodedTokens(tokens, pos, padding, {"text": slice(0, ids.shape[1])})
 
 
+IMAGE_STEMS = ("patchify", "conv")
+
+
+def check_image_stem(stem: str, patch: int) -> None:
+    """``ValueError`` naming ``image_stem`` unless ``stem`` can make ``patch × patch`` patches."""
+    if stem not in IMAGE_STEMS:
+        raise ValueError(f"image_stem must be one of {IMAGE_STEMS}, got {stem!r}")
+    if stem == "conv" and (patch < 2 or patch & (patch - 1)):
+        raise ValueError(f"image_stem='conv' halves the image per layer: patch_size must be a power of two >= 2, "
+                         f"got {patch}")
+
+
+def conv_stem(channels: int, dim: int, patch: int) -> nn.Sequential:
+    """``[B, channels, H, W] → [B, dim, H / patch, W / patch]``: ``log2(patch)`` blocks of 3×3 stride-2
+    convolution, BatchNorm and ReLU (widths doubling up to ``dim / 2``), then a 1×1 convolution to ``dim``."""
+    check_image_stem("conv", patch)
+    layers, width, steps = [], channels, patch.bit_length() - 1
+    for step in range(steps):
+        out = max(dim // 2 ** (steps - step), 8)
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        width = out
+    return nn.Sequential(*layers, nn.Conv2d(width, dim, 1))
+
+
 class ImageEncoder(nn.Module):
-    """Images ``[B, C, H, W]`` → one token per ``patch × patch`` patch (a patchify stem: ``Conv2d`` with
-    kernel = stride = patch), row-major, at :func:`grid_positions`, plus the type embedding of image
-    ``index`` (0: ``image``, 1: ``image2``, the second image of a pair).
+    """Images ``[B, C, H, W]`` → one token per ``patch × patch`` patch, row-major, at :func:`grid_positions`, plus
+    the type embedding of image ``index`` (0: ``image``, 1: ``image2``, the second image of a pair).
+
+    ``stem``: ``patchify``, one ``Conv2d`` with kernel = stride = patch (ViT); or ``conv``, ``log2(patch)``
+    3×3 stride-2 convolutions with BatchNorm and ReLU, then a 1×1 convolution to ``dim`` (the convolutional stem
+    of Xiao et al. 2021, "Early convolutions help transformers see better": the same token grid, but each token
+    sees a 3×3 neighbourhood at every scale, which a single linear map of a patch does not).
 
     ``mask`` ``[B, h·w]`` (True = hidden, for masked patch modeling) replaces those tokens by a learned mask
     token; their positions stay, so the model knows where to reconstruct.
     """
 
-    def __init__(self, channels: int, dim: int, patch: int, max_images: int = 2) -> None:
+    def __init__(self, channels: int, dim: int, patch: int, max_images: int = 2, stem: str = "patchify") -> None:
         super().__init__()
-        self.patch = patch
-        self.stem = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
+        check_image_stem(stem, patch)
+        self.patch, self.channels = patch, channels
+        self.stem = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch) if stem == "patchify" else \
+            conv_stem(channels, dim, patch)
         self.mask_token = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
         self.type_embedding = nn.Parameter(torch.randn(max_images, dim) * EMBEDDING_STD)
 
     def grid(self, images: Tensor, name: str = "images") -> tuple[int, int]:
         """Patch rows and columns of ``images``; a wrong layout or sides that are not multiples of the patch
         raise naming ``name``."""
-        if images.dim() != 4 or images.shape[1] != self.stem.in_channels:
-            raise ValueError(f"{name} must be [batch, {self.stem.in_channels}, height, width], "
+        if images.dim() != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"{name} must be [batch, {self.channels}, height, width], "
                              f"got {list(images.shape)}")
         H, W = images.shape[-2:]
         if H % self.patch or W % self.patch or H == 0 or W == 0:
@@ -170,7 +200,7 @@ class ImageEncoder(nn.Module):
         B = images.shape[0]
         mask = _check_mask(f"{name.replace('images', 'image')}_mask", mask, (B, h * w))
         # Pixels in the weights' dtype (a bf16 model takes fp32 images).
-        tokens = self.stem(images.to(self.stem.weight.dtype)).flatten(2).transpose(1, 2)  # [B, h·w, dim]
+        tokens = self.stem(images.to(self.mask_token.dtype)).flatten(2).transpose(1, 2)  # [B, h·w, dim]
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         tokens = tokens + self.type_embedding[index]
@@ -293,11 +323,11 @@ class MultimodalEncoder(nn.Module):
     """
 
     def __init__(self, dim: int, *, vocab_size: int, pad_id: int = 0, image_channels: int = 3, patch_size: int = 16,
-                 point_tokens: int | None = 64, point_group_size: int = 16, point_hidden: int = 128,
-                 point_position_scale: float = 8.0) -> None:
+                 image_stem: str = "patchify", point_tokens: int | None = 64, point_group_size: int = 16,
+                 point_hidden: int = 128, point_position_scale: float = 8.0) -> None:
         super().__init__()
         self.text = TextEncoder(vocab_size, dim, pad_id)
-        self.image = ImageEncoder(image_channels, dim, patch_size)
+        self.image = ImageEncoder(image_channels, dim, patch_size, stem=image_stem)
         self.points = PointEncoder(dim, point_tokens, point_group_size, point_hidden, point_position_scale)
 
     def forward(self, batch: Mapping[str, Tensor]) -> EncodedTokens:

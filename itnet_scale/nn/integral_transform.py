@@ -62,6 +62,14 @@ class KernelConfig:
         or one per dim); None: no table.
     decay: learn the decay ``τ`` (causal supports, self-transforms); ``decay_activation`` ``softplus`` keeps its
         increments > 0, ``identity`` leaves that to the caller (exact special cases).
+    locality: the strength ``α`` of a locality prior at initialization (0: none). Head ``h``'s kernel MLP starts
+        as the tent ``−α ‖(p_i − p_j) − Δ_h‖₁``, built from ``2·pos_dim`` of its ReLU units (``σ(±(e_k − Δ_hk))``
+        per position axis ``k``, content weights 0, ``w2 = −α``), around its own offset ``Δ_h``: the heads' offsets
+        lie on the unit circle of every pair of position axes, so on a grid the four heads of a 4-head layer start
+        on the four neighbours, and on a sequence on the previous token, the token itself and the next. This is
+        how the transform subsumes convolution (Cordonnier et al. 2020; ConViT's local initialization): every
+        head starts as a local kernel tap and the kernel MLP learns away from locality where the data asks.
+        Needs ``width ≥ 2·pos_dim``, ``depth = 1`` and ReLU.
     rank, feature_map: low-rank feature maps ``φ, ψ`` (:class:`~itnet_scale.nn.FeatureMap`, ``prf`` or
         ``learned``) of rank ``R`` that approximate this kernel, for the lowrank integrator and the learned Monte
         Carlo proposal. None: none, unless the layer is built with one of those (then ``R`` = 64).
@@ -77,6 +85,7 @@ class KernelConfig:
     offset_range: int | tuple[int, ...] | None = None
     decay: bool = False
     decay_activation: str = "softplus"
+    locality: float = 0.0
     rank: int | None = None
     feature_map: str = "learned"
 
@@ -85,6 +94,11 @@ class KernelConfig:
             raise ValueError(f"kernel width must be >= 0 and depth >= 1, got {self.width}, {self.depth}")
         if self.decay_activation not in DECAY_ACTIVATIONS:
             raise ValueError(f"decay_activation must be one of {DECAY_ACTIVATIONS}, got {self.decay_activation!r}")
+        if self.locality < 0:
+            raise ValueError(f"locality must be >= 0, got {self.locality}")
+        if self.locality and (self.width == 0 or self.depth != 1 or self.activation != "relu"):
+            raise ValueError(f"a locality prior is built from a depth-1 ReLU kernel MLP; got width={self.width}, "
+                             f"depth={self.depth}, activation={self.activation!r}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.feature_map not in FEATURE_MAPS:
@@ -183,6 +197,28 @@ class IntegralTransform(nn.Module):
         self.features = (FeatureMap(H, d if kernel.bilinear else 0, r, kernel.rank, kernel.feature_map, kernel.mode)
                          if kernel.rank is not None else None)
         self.integrator = integrator
+        if kernel.locality:
+            self.init_locality(kernel.locality)
+
+    @torch.no_grad()
+    def init_locality(self, strength: float) -> None:
+        """Make each head's kernel MLP the tent ``−strength · ‖(p_i − p_j) − Δ_h‖₁`` around its offset
+        ``Δ_h = locality_offsets(H, P)[h]`` (see :class:`KernelConfig`'s ``locality``), with the first ``2P`` of
+        its ``r`` units; the other units keep their random initialization."""
+        H, r, P = self.heads, self.kernel.width, self.pos_dim
+        if r < 2 * P:
+            raise ValueError(f"a locality prior over {P} position axes needs kernel width >= {2 * P}, got {r}")
+        a_w, a_c = self.a_proj.weight.view(H, r, -1), self.a_proj.bias.view(H, r)
+        b_w, u_w = self.b_proj.weight.view(H, r, -1), self.pos_proj.weight.view(H, r, P)
+        centers = locality_offsets(H, P).to(a_c)
+        for k in range(P):
+            for unit, sign in ((2 * k, 1.0), (2 * k + 1, -1.0)):  # σ(±(e_k − Δ_hk)), e = p_i − p_j
+                a_w[:, unit].zero_()
+                b_w[:, unit].zero_()
+                u_w[:, unit].zero_()
+                u_w[:, unit, k] = sign
+                a_c[:, unit] = -sign * centers[:, k]
+                self.w2[:, unit] = -strength
 
     # -- configuration ---------------------------------------------------------------
 
@@ -370,6 +406,16 @@ class IntegralTransform(nn.Module):
         if torch.isnan(pos).any():
             raise ValueError(f"{name} contains NaN")
         return pos.to(like.dtype)
+
+
+def locality_offsets(heads: int, pos_dim: int) -> Tensor:
+    """``[heads, pos_dim]``: head ``h``'s offset ``Δ_h``, at angle ``θ_h = 2πh / heads`` on the unit circle,
+    axis ``k`` taking ``cos(θ_h − kπ/2)``. Every pair of neighbouring axes then sees the heads on a circle: 4 heads
+    at the four grid neighbours on the (row, column) plane of an image, at ``+1, 0, −1, 0`` on a sequence axis."""
+    theta = 2 * math.pi * torch.arange(heads, dtype=torch.float64) / heads
+    axes = torch.arange(pos_dim, dtype=torch.float64) * (math.pi / 2)
+    offsets = torch.cos(theta[:, None] - axes[None, :])
+    return torch.where(offsets.abs() < 1e-12, 0.0, offsets).float()
 
 
 def check_integrator(spec: KernelSpec, integrator: Integrator, has_features: bool) -> None:

@@ -67,6 +67,24 @@ def test_image_patchify_grid_positions_and_mask():
     torch.testing.assert_close(masked[1], out.tokens[1])
 
 
+def test_conv_stem_makes_the_same_grid_from_a_3x3_neighbourhood_per_scale():
+    """patch 4: two 3×3 stride-2 convolutions (BatchNorm, ReLU) and a 1×1 to dim; same token grid and positions
+    as patchify, and a token depends on pixels beyond its own patch (its receptive field is 7×7 pixels)."""
+    encoder = ImageEncoder(1, 16, patch=4, stem="conv").eval()
+    strides = [m.stride for m in encoder.stem if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2), (2, 2), (1, 1)]
+    images = torch.randn(2, 1, 8, 12, requires_grad=True)
+    out = encoder(images)
+    assert out.tokens.shape == (2, 6, 16)
+    torch.testing.assert_close(out.pos, ImageEncoder(1, 16, patch=4)(images).pos)
+    out.tokens[0, 4].sum().backward()  # token (r=1, c=1): its own patch is pixels 4–7 × 4–7
+    seen = images.grad[0, 0].abs().sum(1) > 0
+    assert seen[3] and not seen[0]  # reaches a row outside its patch, not the far ones
+    for bad, message in ((("conv", 6), "power of two"), (("strided", 4), "image_stem must be one of")):
+        with pytest.raises(ValueError, match=message):
+            ImageEncoder(1, 16, patch=bad[1], stem=bad[0])
+
+
 def test_image_errors_name_the_input():
     encoder = ImageEncoder(3, 8, patch=4)
     with pytest.raises(ValueError, match=r"images: image size 8×10 is not a positive multiple of patch_size=4"):

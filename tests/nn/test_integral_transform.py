@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from itnet_scale.nn import IntegralTransform, KernelConfig
+from itnet_scale.nn.integral_transform import locality_offsets
 from itnet_scale.ops import Exact
 
 OPTIONS = [
@@ -162,10 +163,44 @@ def test_bad_input_names_the_argument(message, call, backend):
     (dict(rank=0), "rank"),
     (dict(feature_map="random"), "feature_map"),
     (dict(decay=True, support="causal", decay_activation="exp"), "decay_activation"),
+    (dict(locality=-1.0), "locality must be >= 0"),
+    (dict(locality=1.0, depth=2), "locality prior"),
+    (dict(locality=1.0, activation="gelu"), "locality prior"),
+    (dict(locality=1.0, width=0), "locality prior"),
 ])
 def test_bad_configuration_names_the_option(kwargs, message):
     with pytest.raises(ValueError, match=message):
         KernelConfig(**kwargs)
+
+
+def test_locality_prior_starts_each_head_as_a_tent_around_its_own_neighbour():
+    """With the prior on every unit (width = 2·pos_dim, no bilinear term) the kernel is exactly
+    softmax_j(−α‖(p_i − p_j) − Δ_h‖₁), whatever the content; the four heads of a 2-D layer peak on the four
+    grid neighbours, and extra units with random weights leave the peaks there."""
+    torch.manual_seed(0)
+    alpha, side = 3.0, 5
+    r, c = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    pos = torch.stack([r, c], -1).flatten(0, 1).double()                                        # [25, 2]
+    x = torch.randn(2, side * side, 16, dtype=torch.double)
+    exact = IntegralTransform(16, 4, KernelConfig(width=4, bilinear=False, locality=alpha), pos_dim=2).double()
+    K = exact.kernel_matrix(x, pos)                                                             # [2, 4, 25, 25]
+    centers = locality_offsets(4, 2).double()
+    e = pos[:, None, :] - pos[None, :, :]
+    expected = torch.softmax(-alpha * (e[None] - centers[:, None, None, :]).abs().sum(-1), dim=-1)
+    torch.testing.assert_close(K, expected.expand_as(K))
+    assert {tuple(v) for v in centers.tolist()} == {(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)}
+
+    mixed = IntegralTransform(16, 4, KernelConfig(width=8, locality=alpha), pos_dim=2).double()
+    center = 2 * side + 2
+    peaks = mixed.kernel_matrix(x, pos)[:, :, center].argmax(-1)                                # [2, 4]
+    neighbours = [int(((pos == pos[center] - d).all(-1)).nonzero()) for d in centers]
+    assert peaks.tolist() == [neighbours, neighbours]
+
+
+def test_locality_offsets_put_sequence_heads_on_the_previous_token_itself_and_the_next():
+    assert locality_offsets(4, 3)[:, 0].tolist() == [1.0, 0.0, -1.0, 0.0]
+    with pytest.raises(ValueError, match="kernel width >= 6"):
+        IntegralTransform(16, 4, KernelConfig(width=4, locality=1.0), pos_dim=3)
 
 
 def test_offset_range_needs_one_entry_per_position_dim():
