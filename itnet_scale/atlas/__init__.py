@@ -9,9 +9,10 @@ recurrence — read from its kernel ``K_h(i,j)`` on a batch.
 """
 
 from itnet_scale.atlas.capture import LayerKernel, capture_kernels
+from itnet_scale.atlas.figures import require_matplotlib
 from itnet_scale.atlas.kernel_atlas import Atlas, LayerAtlas, atlas, default_queries, inspection_batch, run_model
 from itnet_scale.atlas.scores import CLASSES, SCORES, AtlasSettings, HeadScores, head_scores, nearest_special_case
 
 __all__ = ["CLASSES", "SCORES", "Atlas", "AtlasSettings", "HeadScores", "LayerAtlas", "LayerKernel", "atlas",
            "capture_kernels", "default_queries", "head_scores", "inspection_batch", "nearest_special_case",
-           "run_model"]
+           "require_matplotlib", "run_model"]

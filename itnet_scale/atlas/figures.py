@@ -30,14 +30,20 @@ SUMMARY_SCORES = (("locality", (0.0, 1.0)), ("distance", None), ("translation", 
                   ("content", (0.0, 1.0)), ("causality", (0.0, 1.0)))
 
 
-def new_figure(**kwargs: Any) -> Figure:
-    """A matplotlib ``Figure`` (no pyplot state); a clear error when matplotlib is not installed."""
+def require_matplotlib() -> type[Figure]:
+    """matplotlib's ``Figure`` class, imported on first use (an optional dependency); a clear ``ImportError``
+    naming the extra to install when it is missing."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("the kernel atlas's figures need matplotlib: pip install 'itnet_scale[atlas]' "
                           "(or matplotlib>=3.8)") from None
-    return Figure(**kwargs)
+    return Figure
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` (no pyplot state)."""
+    return require_matplotlib()(**kwargs)
 
 
 def grid_shape(pos: Tensor) -> tuple[int, int, int, int] | None:
