@@ -86,10 +86,8 @@ def kernel_atlases(checkpoint: Path, config_path: Path | None, overrides: list[s
     if samples < 2:
         raise ValueError(f"--samples must be >= 2 (content dependence compares samples), got {samples}")
     require_matplotlib()  # before any work: the figures are what this command is for
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    config = load_pretrain_config(config_path or run_config(checkpoint), overrides)
     source = open_source(checkpoint)
+    config = load_pretrain_config(config_path or run_config(checkpoint), overrides)
     if source.task != "pretraining":
         raise ValueError(f"{checkpoint} holds a {source.task!r} model; this command reads a pretraining model with "
                          "its pretraining config's held-out data (from Python: itnet_scale.atlas.atlas(model, batch))")

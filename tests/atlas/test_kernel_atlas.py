@@ -85,3 +85,12 @@ def test_inspection_batch_unmasks_and_cuts():
 def test_a_model_without_integral_transforms_is_refused():
     with pytest.raises(ValueError, match="Linear contains no IntegralTransform"):
         atlas(torch.nn.Linear(2, 2), torch.rand(1, 2))
+
+
+def test_point_clouds_without_an_objective_run_the_backbone(model, monkeypatch):
+    monkeypatch.setenv("ITNET_COMPILE", "0")
+    result = atlas(model, {"points": torch.rand(2, 128, 3)})
+    layer = result.layers[0].kernel
+    assert layer.kernel.shape[-1] == model.itnet.config.point_tokens
+    # each cloud's tokens sit at its own centres: content dependence (fixed positions) is undefined
+    assert all(s.content != s.content for s in result.layers[0].scores)
