@@ -26,7 +26,7 @@ def small_demo_data(directory: Path) -> Path:
 
 def fast_overrides(data: Path, run_dir: Path, steps: int, **extra: object) -> list[str]:
     """Overrides of configs/pretrain/demo.yaml for a run that takes about a second per few steps (no held-out
-    evaluation unless ``extra`` asks for it)."""
+    evaluation nor kernel atlas unless ``extra`` asks for it)."""
     overrides = {
         "run_dir": run_dir, "steps": steps, "tokenizer": data / "tokenizer",
         "data_overrides": f"[data_root={data},unit_size=4]",
@@ -34,7 +34,7 @@ def fast_overrides(data: Path, run_dir: Path, steps: int, **extra: object) -> li
         "model_overrides.contrastive_dim": 32, "model_overrides.point_hidden": 32,
         "objectives.max_text_tokens": 32, "objectives.max_caption_tokens": 16,
         "optimizer.warmup_steps": 3, "logging.print_every": 1,
-        "eval.every": 0, "eval.at_start": False, "eval.at_end": False, **extra}
+        "eval.every": 0, "eval.at_start": False, "eval.at_end": False, "logging.atlas_every": 0, **extra}
     return [f"{key}={value}" for key, value in overrides.items()]
 
 

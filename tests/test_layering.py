@@ -134,7 +134,8 @@ def test_any_checkpoint_or_model_module_imports_first_in_a_fresh_interpreter():
         assert output.strip().splitlines()[-1] == "['backbone', 'classification', 'nlvr2', 'pretraining', 'vqa']"
 
 
-#: Each part's layer (DESIGN §5: ops ← nn ← models/data ← train ← launch/tools): a module imports its own layer and
+#: Each part's layer (DESIGN §5: ops ← nn ← models/data ← train ← launch/tools; the kernel atlas between the checkpoint
+#: package and train): a module imports its own layer and
 #: those below it, never one above — at module level or inside a function. The longest matching prefix decides.
 #: The library format is the one part of the checkpoint package below the model classes (they inherit from it).
 LAYERS = {
@@ -143,7 +144,8 @@ LAYERS = {
     "itnet_scale.nn": 2,
     "itnet_scale.models": 3, "itnet_scale.data": 3, "itnet_scale.parallel": 3, "itnet_scale.checkpoint.library": 3,
     "itnet_scale.checkpoint": 4,
-    "itnet_scale.train": 5,
+    "itnet_scale.atlas": 5,
+    "itnet_scale.train": 6,
 }
 
 

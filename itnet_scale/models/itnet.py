@@ -132,8 +132,9 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         """What held-out evaluation reads of a batch: every objective it asks for (``itc`` from the embeddings);
         the normalized ``image_embedding`` / ``text_embedding`` ``[B, contrastive_dim]`` of image–text pairs
         (retrieval), of images (zero-shot classification) and of text that asks for no objective (the zero-shot
-        prompts); and for image–text batches the pooled ``image_features`` / ``text_features`` ``[B, dim]`` (the
-        contrastive head's calibration)."""
+        prompts); for image–text batches the pooled ``image_features`` / ``text_features`` ``[B, dim]`` (the
+        contrastive head's calibration); for point clouds that ask for no objective, the pooled ``point_features``
+        ``[B, dim]`` (so that every modality's plain input runs the backbone: the kernel atlas reads its layers)."""
         modality = batch_modality(batch)
         outputs: dict[str, Tensor] = {}
         if any(key in batch for key in ("mlm_labels", "image_mask", "point_mask")):
@@ -148,6 +149,8 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         elif modality == "text" and "mlm_labels" not in batch:
             outputs["text_embedding"] = self.itc.encode_text(
                 self.text_features(batch["text_ids"], batch.get("text_attention_mask")))
+        elif modality == "points" and "point_mask" not in batch:
+            outputs["point_features"] = self.itnet(batch).pooled("points")
         return outputs
 
     def image_features(self, images: Tensor) -> Tensor:

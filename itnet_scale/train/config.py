@@ -93,16 +93,26 @@ class CheckpointSettings:
 class LoggingSettings:
     """TensorBoard scalars under ``RUN/tensorboard`` every ``log_every`` steps; plain progress lines every
     ``print_every`` steps when stdout is not a terminal. ``peak_flops_per_rank``: the hardware's peak FLOP/s of one
-    rank at the training precision, for model FLOPs utilization (0 = MFU not reported)."""
+    rank at the training precision, for model FLOPs utilization (0 = MFU not reported). ``atlas_every``: every
+    that many steps (0 = never), the kernel atlas (:mod:`itnet_scale.atlas`) of the first ``atlas_samples`` samples
+    of each held-out set's first batch goes to TensorBoard under ``atlas/<stream>/…``: every head's scores as
+    scalars, the summary and each layer's kernel heatmaps as images (needs matplotlib: the ``atlas`` extra)."""
 
     log_every: int = 1
     print_every: int = 10
     peak_flops_per_rank: float = 0.0
+    atlas_every: int = 0
+    atlas_samples: int = 8
 
     def __post_init__(self) -> None:
         if self.log_every < 1 or self.print_every < 1:
             raise ValueError(f"logging.log_every and print_every must be >= 1, got {self.log_every}, "
                              f"{self.print_every}")
+        if self.atlas_every < 0:
+            raise ValueError(f"logging.atlas_every must be >= 0 (0 = off), got {self.atlas_every}")
+        if self.atlas_samples < 2:
+            raise ValueError(f"logging.atlas_samples must be >= 2 (content dependence compares samples), got "
+                             f"{self.atlas_samples}")
         if self.peak_flops_per_rank < 0:
             raise ValueError(f"logging.peak_flops_per_rank must be >= 0, got {self.peak_flops_per_rank}")
 
@@ -237,6 +247,12 @@ class PretrainConfig:
         heldout = [s.name for s in data.streams if s.heldout]
         if self.eval.every and not heldout:
             raise ValueError(f"eval.every={self.eval.every} but no stream of {self.data} names a heldout shard set")
+        if self.logging.atlas_every and not heldout:
+            raise ValueError(f"logging.atlas_every={self.logging.atlas_every} but no stream of {self.data} names a "
+                             "heldout shard set (the kernel atlas reads the first held-out batch of each)")
+        if self.logging.atlas_every and self.sequence_parallel_size > 1:
+            raise ValueError(f"logging.atlas_every needs whole sequences on every rank; it cannot run with "
+                             f"sequence_parallel_size={self.sequence_parallel_size}")
         if self.eval.zero_shot.stream and self.eval.zero_shot.stream not in heldout:
             raise ValueError(f"eval.zero_shot.stream={self.eval.zero_shot.stream!r} must be a stream with a heldout "
                              f"shard set; those with one: {heldout}")

@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from itnet_scale.atlas import inspection_batch
 from itnet_scale.data.heldout import HeldOutSet
 from itnet_scale.data.stream import DataConfig
 from itnet_scale.data.tokenizer import Tokenizer
@@ -50,7 +51,7 @@ from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.nn.heads import IGNORE
 from itnet_scale.train.config import OBJECTIVES, EvalSettings
 from itnet_scale.train.pretrain_data import MicroBatch, MicroBatchBuilder
-from itnet_scale.train.rng import capture_rng_state, restore_rng_state
+from itnet_scale.train.rng import preserved_rng_state
 
 #: The ``k`` of the retrieval recalls.
 RETRIEVAL_KS = (1, 5)
@@ -134,16 +135,26 @@ class Evaluator:
     def evaluate(self, model: ITNetForPretraining) -> dict[str, float]:
         """Every metric on the held-out sets; the same dict on every rank."""
         was_training = model.training
-        rng = capture_rng_state()
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), preserved_rng_state():
                 if self.calibration:
                     self._calibrate(model, next(model.parameters()).dtype)
                 return self._evaluate(model)
         finally:
             model.train(was_training)
-            restore_rng_state(rng)
+
+    def inspection_batches(self, samples: int, dtype: torch.dtype) -> dict[str, dict[str, Tensor]]:
+        """Per held-out set, its first batch as plain model input (:func:`~itnet_scale.atlas.inspection_batch`:
+        no masking) of at most ``samples`` rows — the same on every rank, for the kernel atlas. A set whose first
+        batch holds no valid sample is left out."""
+        batches = {}
+        for name, held in self.sets.items():
+            first = next(iter(held.rank_batches(0, 1)), None)
+            part = None if first is None else self.builders[name]([first.unit])
+            if part is not None and part.batch is not None:
+                batches[name] = inspection_batch(_float_inputs(part.batch, dtype), samples)
+        return batches
 
     def _evaluate(self, model: ITNetForPretraining) -> dict[str, float]:
         dtype = next(model.parameters()).dtype

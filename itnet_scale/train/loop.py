@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from itnet_scale.atlas import atlas, require_matplotlib
 from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint
 from itnet_scale.checkpoint.library import load_pretrained_weights
 from itnet_scale.config import to_yaml
@@ -46,7 +47,7 @@ from itnet_scale.train.evaluation import Evaluator, format_metrics, metrics_tabl
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
 from itnet_scale.train.objectives import gather_rows, micro_step_losses
 from itnet_scale.train.pretrain_data import MicroBatchBuilder, PretrainStreams, agree_on_startup_error
-from itnet_scale.train.rng import capture_rng_state, restore_rng_state
+from itnet_scale.train.rng import capture_rng_state, preserved_rng_state, restore_rng_state
 from itnet_scale.train.step_guard import StepGuard, guarded_step
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ class Pretrainer:
                                        group=self.sp.data_parallel_group, allow_pipe_urls=allow_pipe_urls)
         except (OSError, ValueError) as error:
             problem = str(error)
+        if config.logging.atlas_every and problem is None:
+            try:
+                require_matplotlib()
+            except ImportError as error:
+                problem = f"logging.atlas_every: {error}"
         agree_on_startup_error(problem)
         self.guard = StepGuard(config.guard.spike_factor, config.guard.spike_window, config.guard.spike_warmup)
         self.step = 0
@@ -267,6 +273,8 @@ class Pretrainer:
                     metrics.log(self.step, self._scalars(record, throughput, time.perf_counter() - began))
                 if config.eval.every and self.step % config.eval.every == 0:
                     result.evaluations.append(self.evaluate(metrics))
+                if config.logging.atlas_every and self.step % config.logging.atlas_every == 0:
+                    self.log_atlas(metrics)
                 pending_save = pending_save or self.step % config.checkpoint.save_every == 0
                 if pending_save and record.applied:
                     result.checkpoint, last_saved, pending_save = self._save(), self.step, False
@@ -297,6 +305,16 @@ class Pretrainer:
         if metrics is not None:
             metrics.log_evaluation(self.step, values, format_metrics(self.step, values))
         return {"step": self.step, **values}
+
+    def log_atlas(self, metrics: MetricsLogger) -> None:
+        """The kernel atlas (:mod:`itnet_scale.atlas`) of each held-out set's first batch, to TensorBoard. Every
+        rank runs the same forwards (ZeRO-3 gathers parameters inside them); rank 0 writes. The random generators
+        are left as they were, so the run trains as one without it."""
+        model = self.engine.module
+        dtype = next(model.parameters()).dtype
+        with preserved_rng_state():
+            for stream, batch in self.evaluator.inspection_batches(self.config.logging.atlas_samples, dtype).items():
+                metrics.log_atlas(self.step, stream, atlas(model, batch))
 
     def _scalars(self, record: StepRecord, throughput: Throughput, step_seconds: float) -> dict[str, float]:
         scalars = {f"loss/{name}": value for name, value in record.losses.items()}

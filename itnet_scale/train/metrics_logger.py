@@ -4,7 +4,7 @@ Only rank 0 writes (``tensorboard --logdir RUN/tensorboard``); the other ranks' 
 calls the same methods everywhere. On a terminal the progress is one tqdm bar with the loss and throughput;
 when stdout is not a TTY (a cluster log file) it is one plain line every ``print_every`` steps instead.
 Held-out evaluations go to TensorBoard under ``eval/…``, to one progress line each, and as one JSON line each
-(``{"step": …, "<metric>": …}``) appended to ``eval_file``.
+(``{"step": …, "<metric>": …}``) appended to ``eval_file``. The kernel atlas goes under ``atlas/…``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import TextIO
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from itnet_scale.atlas import Atlas
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,20 @@ class MetricsLogger:
             self.eval_file.parent.mkdir(parents=True, exist_ok=True)
             with self.eval_file.open("a", encoding="utf-8") as file:
                 file.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+    def log_atlas(self, step: int, stream: str, atlas: Atlas) -> None:
+        """The kernel atlas of ``stream``'s batch at ``step``: every finite score as a scalar
+        ``atlas/<stream>/<layer>/head<h>/<score>``, the summary as the image ``atlas/<stream>/summary`` and each
+        layer call's kernel heatmaps as ``atlas/<stream>/kernels_<k>``."""
+        if not self.active:
+            return
+        assert self._writer is not None
+        for name, value in atlas.scalars(f"atlas/{stream}").items():
+            self._writer.add_scalar(name, value, step)
+        self._writer.add_figure(f"atlas/{stream}/summary", atlas.summary_figure(f"{stream}, step {step}"), step)
+        for k in range(len(atlas.layers)):
+            self._writer.add_figure(f"atlas/{stream}/kernels_{k}", atlas.query_figure(k), step)
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush the event file and close the bar."""

@@ -7,7 +7,9 @@ checkpoint never needs unpickling of arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,3 +44,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         raise ValueError(f"rng state is malformed ({type(error).__name__}: {error})") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng_state() -> Iterator[None]:
+    """Run the block and put every random generator back as it was: work done between training steps
+    (evaluation, the kernel atlas) leaves the run's random draws exactly as if it had not run."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)

@@ -37,7 +37,18 @@ def test_demo_config_loads_with_its_sections():
     ("sequence_parallel_size=0", r"sequence_parallel_size must be >= 1"),
     ("activation_checkpointing.every=-2", r"activation_checkpointing.every must be an int >= 0 \(0 = off, 1 = every"),
     ("activation_checkpointing.every=all", r"bad pretrain config key 'activation_checkpointing.every'"),
+    ("logging.atlas_every=-1", r"logging.atlas_every must be >= 0 \(0 = off\)"),
+    ("logging.atlas_samples=1", r"logging.atlas_samples must be >= 2"),
+    ("sequence_parallel_size=2", r"logging.atlas_every needs whole sequences on every rank"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_pretrain_config(DEMO_CONFIG, [override])
+
+
+def test_the_atlas_needs_held_out_sets(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("streams:\n  - name: text\n    path: shards/text\n    kind: text\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"logging.atlas_every=100 but no stream of .* names a heldout shard set"):
+        load_pretrain_config(DEMO_CONFIG, [f"data={data}", "eval.every=0", "eval.zero_shot.stream=''"])
+    assert load_pretrain_config(DEMO_CONFIG).logging.atlas_every == 100  # the demo's interval
