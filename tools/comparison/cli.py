@@ -64,8 +64,9 @@ def select_models(task: TaskData, wanted: list[str] | None, variants: dict[str, 
     """The models run on ``task``: ``wanted`` (default all) that take it, then the ITNet variants."""
     names = []
     for name in wanted or ALL_MODELS:
-        if name in ITNET_ROWS or (name in task.specialists and (name in SPECIALISTS and SPECIALISTS[name].accepts(
-                task) or LINEAR_BASELINES.get(name) == task.kind)):
+        neural = name in SPECIALISTS and SPECIALISTS[name].accepts(task)
+        linear = LINEAR_BASELINES.get(name) == task.kind
+        if name in ITNET_ROWS or (name in task.specialists and (neural or linear)):
             names.append(name)
     return names + list(variants)
 
