@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo lint bench clean
+.PHONY: venv test test-fast demo lint bench clean fashion-mnist janeaustenr
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 		     "make test TORCH_PIP_ARGS='--index-url <CPU wheel index>' (or '--find-links <dir>')"; exit 1; }; \
 	fi
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo,atlas]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo,atlas,compare]"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c \
 		"from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()" >/dev/null || { \
 		echo "error: DeepSpeed's CPU Adam op (ZeRO-Offload's optimizer) did not build: it needs a C++ compiler" \
@@ -56,6 +56,26 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py operator --json bench/operator.json
+
+# The comparison's real data (tools/compare.py), from Debian packages unpacked without root into data/ (ignored):
+# Fashion-MNIST's gzip idx files, and the R package janeaustenr's lazy-load data base (Jane Austen's six novels).
+DATA := data
+fashion-mnist: $(DATA)/fashion-mnist/t10k-labels-idx1-ubyte.gz
+janeaustenr: $(DATA)/janeaustenr/data/Rdata.rdb
+
+$(DATA)/fashion-mnist/t10k-labels-idx1-ubyte.gz:
+	rm -rf $(DATA)/.deb-fashion && mkdir -p $(DATA)/.deb-fashion $(DATA)/fashion-mnist
+	cd $(DATA)/.deb-fashion && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb tree
+	cp $(DATA)/.deb-fashion/tree/usr/share/datasets/fashion-mnist/*.gz $(DATA)/fashion-mnist/
+	rm -rf $(DATA)/.deb-fashion
+
+$(DATA)/janeaustenr/data/Rdata.rdb:
+	rm -rf $(DATA)/.deb-austen && mkdir -p $(DATA)/.deb-austen $(DATA)/janeaustenr
+	cd $(DATA)/.deb-austen && apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb tree
+	rm -rf $(DATA)/janeaustenr/data && cp -r $(DATA)/.deb-austen/tree/usr/lib/R/site-library/janeaustenr/data \
+		$(DATA)/janeaustenr/data
+	cp $(DATA)/.deb-austen/tree/usr/share/doc/r-cran-janeaustenr/copyright $(DATA)/janeaustenr/
+	rm -rf $(DATA)/.deb-austen
 
 clean:
 	rm -rf $(VENV)
