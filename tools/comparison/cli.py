@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .models import (
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where `make fashion-mnist` and `make janeaustenr` put the real data (default data)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, required=True, help="folder for results.md, results.json, results.png")
+    parser.add_argument("--atlas", action="store_true",
+                        help="run the kernel atlas on each ITNet row's model of the first seed at the chosen rate "
+                             "(OUT/atlas/TASK/MODEL/: atlas.json, summary.png, kernels_*.png; OUT/atlas.md)")
     return parser
 
 
@@ -72,15 +76,35 @@ def select_models(task: TaskData, wanted: list[str] | None, variants: dict[str, 
 
 
 def make_trainer(name: str, task: TaskData, budget: Budget, variants: dict[str, dict[str, Any]],
-                 itnet_params: int) -> Callable[[float, int], RunResult]:
-    """``(lr or C, seed) → RunResult`` for model ``name`` on ``task``."""
+                 itnet_params: int, kept: dict[tuple[float, int], nn.Module] | None = None
+                 ) -> Callable[[float, int], RunResult]:
+    """``(lr or C, seed) → RunResult`` for model ``name`` on ``task``; an ITNet row's trained models go into
+    ``kept`` by ``(lr, seed)`` when it is given."""
     if name in LINEAR_BASELINES:
         return lambda c, seed: train_linear(name, task, c, seed)
     if name in SPECIALISTS:
         build, _, _ = sized_specialist(name, task, itnet_params)
+        kept = None
     else:
         build = build_itnet(task, {**ITNET_ROWS, **variants}[name])
-    return lambda lr, seed: train_neural(name, build, task, budget, lr, seed)
+
+    def keep(model: nn.Module, lr: float, seed: int) -> None:
+        kept[(lr, seed)] = model
+
+    return lambda lr, seed: train_neural(name, build, task, budget, lr, seed, keep=None if kept is None else keep)
+
+
+def write_atlas(out: Path, task: TaskData, result: ProtocolResult, model: nn.Module) -> list[str]:
+    """The kernel atlas of ``model`` (``result``'s first-seed model at the chosen rate) on the first 8 test inputs,
+    written to ``out/atlas/TASK/MODEL/``; returns one markdown row: how many heads each special case got."""
+    from itnet_scale.atlas import atlas
+    from itnet_scale.atlas.scores import CLASSES
+
+    found = atlas(model, task.test.inputs[:8], forward=lambda module, inputs: module(inputs))
+    found.write(out / "atlas" / task.name / result.model, title=f"{task.name} / {result.model}")
+    labels = [kind for layer in found.kinds() for kind in layer]
+    counts = ", ".join(f"{name} {labels.count(name)}" for name in CLASSES if labels.count(name))
+    return [task.name, result.model, f"{result.chosen:g}", counts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,18 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         if clash:
             raise ModelError(f"--itnet names {clash} clash with the built-in ITNet rows; pick other names")
         tasks = [build_task(name, sizes, args.data_dir) for name in args.tasks or TASKS]
-        plan = []
+        plan, kept = [], {}
         for task in tasks:
             for overrides in variants.values():
                 build_itnet(task, overrides)  # a bad override fails now, not after hours of training
             itnet_params = active_parameter_count(build_itnet(task, {})(), task.train.inputs[:4])
             for name in select_models(task, args.models, variants):
-                plan.append((task, name, make_trainer(name, task, budget, variants, itnet_params)))
+                models = kept.setdefault((task.name, name), {}) if args.atlas else None
+                plan.append((task, name, make_trainer(name, task, budget, variants, itnet_params, models)))
         if not plan:
             raise ModelError(f"none of the models {args.models} takes any of the tasks {[t.name for t in tasks]}")
     except (TaskError, ModelError, ValueError) as error:
         parser.error(str(error))
     results: list[ProtocolResult] = []
+    atlas_rows: list[list[str]] = []
     total = len(plan) * (len(lrs) + len(seeds) - 1)
     with tqdm(total=total, desc="runs", unit="run") as bar:
         for task, name, trainer in plan:
@@ -129,10 +155,17 @@ def main(argv: list[str] | None = None) -> int:
 
             results.append(run_protocol(task.name, name, counted, hypers, seeds, task.higher_is_better))
             bar.write(markdown_table([summary_row(results[-1], task.metric)]).splitlines()[-1])
+            models = kept.pop((task.name, name), None)
+            if models is not None and (results[-1].chosen, seeds[0]) in models:
+                atlas_rows.append(write_atlas(args.out, task, results[-1], models[(results[-1].chosen, seeds[0])]))
     settings = {"budget": asdict(budget), "lrs": lrs, "linear_C": list(LINEAR_C), "seeds": seeds,
                 "sizes": asdict(sizes), "itnet_config": {"base": "tiny", **ITNET_OVERRIDES, "layers": {}},
                 "itnet_rows": ITNET_ROWS, "itnet_variants": variants, "argv": sys.argv if argv is None else argv}
     write_outputs(args.out, results, tasks, settings)
+    if atlas_rows:
+        header = ["task", "model", "lr", "heads by nearest special case"]
+        lines = ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *atlas_rows]]
+        (args.out / "atlas.md").write_text("\n".join(lines) + "\n")
     print((args.out / "results.md").read_text())
     print(f"wrote {args.out}/results.md, results.json, results.png", file=sys.stderr)
     return 0

@@ -107,10 +107,11 @@ def evaluate(model: nn.Module, task: TaskData, split: Split) -> float:
 
 
 def train_neural(name: str, build: Callable[[], nn.Module], task: TaskData, budget: Budget, lr: float,
-                 seed: int, progress: bool = True) -> RunResult:
+                 seed: int, progress: bool = True,
+                 keep: Callable[[nn.Module, float, int], None] | None = None) -> RunResult:
     """Train ``build()`` (seeded) on ``task`` for the budget at learning rate ``lr``; score validation and test.
     The reported training loss is the mean over the last 10% of the steps. A non-finite loss ends the run with
-    NaN metrics (the sweep then passes over that rate)."""
+    NaN metrics (the sweep then passes over that rate). ``keep(model, lr, seed)`` receives the trained model."""
     torch.manual_seed(seed)
     model = build()
     params = model_parameters_for_report(model, task)
@@ -140,6 +141,8 @@ def train_neural(name: str, build: Callable[[], nn.Module], task: TaskData, budg
     wall = time.perf_counter() - start
     tail = losses[-max(1, budget.steps // 10):]
     extra = {key: evaluate(model, task, split) for key, split in task.extra_tests.items()}
+    if keep is not None:
+        keep(model, lr, seed)
     return RunResult(task.name, name, lr, seed, params, float(np.mean(tail)), evaluate(model, task, task.val),
                      evaluate(model, task, task.test), wall, extra)
 

@@ -41,7 +41,7 @@ def test_a_tiny_real_run_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "out"
     assert main(["--quick", "--tasks", "parity", "digits", "--models", "itnet", "gru", "resnet", "logreg",
                  "--itnet", "k8:layer.kernel_width=8", "--steps", "3", "--lrs", "1e-3", "3e-3", "--seeds", "0", "1",
-                 "--out", str(out)]) == 0
+                 "--atlas", "--out", str(out)]) == 0
     payload = json.loads((out / "results.json").read_text())
     rows = {(row["task"], row["model"]) for row in payload["summary"]}
     assert rows == {("parity", "itnet"), ("parity", "gru"), ("parity", "itnet-k8"), ("digits", "itnet"),
@@ -54,6 +54,14 @@ def test_a_tiny_real_run_writes_table_json_and_plot(tmp_path):
     table = (out / "results.md").read_text()
     assert "| digits | logreg |" in table and "| parity | itnet-k8 |" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --atlas: the ITNet rows' first-seed models at the chosen rate, not the specialists'
+    chosen = {row["model"]: row for row in payload["summary"] if row["task"] == "digits"}
+    atlas = json.loads((out / "atlas" / "digits" / "itnet" / "atlas.json").read_text())
+    assert len(atlas["layers"]) == 3 and all(len(layer["heads"]) == 4 for layer in atlas["layers"])
+    assert sorted(p.name for p in (out / "atlas").iterdir()) == ["digits", "parity"]
+    assert sorted(p.name for p in (out / "atlas" / "parity").iterdir()) == ["itnet", "itnet-k8"]
+    atlas_table = (out / "atlas.md").read_text()
+    assert atlas_table.count("\n") == 2 + 4 and f"| digits | itnet | {chosen['itnet']['chosen']:g} |" in atlas_table
 
 
 @pytest.mark.parametrize(("argv", "message"), [
