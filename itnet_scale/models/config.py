@@ -20,6 +20,7 @@ from typing import Any
 from itnet_scale.config import merge_config
 from itnet_scale.nn import KernelConfig, TransformConfig
 from itnet_scale.nn.encoders import check_image_stem
+from itnet_scale.nn.heads import check_pooling
 from itnet_scale.ops import make_integrator, with_settings
 
 _LAYER_KEY = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -96,7 +97,8 @@ class ModelConfig:
     Point clouds: ``point_tokens`` farthest-point centers (None: every point is a token), each a group of its
     ``point_group_size`` nearest points read by a per-point MLP of width ``point_hidden``; positions are the
     unit-ball cloud × ``point_position_scale``.
-    ``contrastive_dim``: the size of the image–text contrastive embeddings.
+    ``contrastive_dim``: the size of the image–text contrastive embeddings. ``pooling``: how a task model pools the
+    tokens into one feature (``mean`` or ``attention``; :class:`~itnet_scale.nn.Pooling`).
     """
 
     dim: int = 192
@@ -117,6 +119,7 @@ class ModelConfig:
     point_hidden: int = 128
     point_position_scale: float = 8.0
     contrastive_dim: int = 256
+    pooling: str = "mean"
     layer: LayerConfig = field(default_factory=LayerConfig)
     layers: dict[Any, dict[str, Any]] = field(default_factory=dict)  # keys: 3 or "3" or "0-5"
 
@@ -130,6 +133,7 @@ class ModelConfig:
         if self.point_tokens is not None and self.point_tokens < 1:
             raise ValueError(f"point_tokens must be >= 1 or null (every point a token), got {self.point_tokens}")
         check_image_stem(self.image_stem, self.patch_size)
+        check_pooling(self.pooling)
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if not 0 <= self.pad_id < self.vocab_size:

@@ -7,7 +7,7 @@ image + text or image pair + text batch run through the backbone as one sequence
 
 Every task model holds the same ``itnet`` submodule (:class:`ITNetModel`), built from one :class:`ModelConfig`,
 so the ``itnet.*`` weights of a pretrained model load into any task model. Pooling (classification, VQA,
-NLVR2, contrastive) is the mean over real tokens.
+NLVR2, contrastive) is ``config.pooling`` over the real tokens (:meth:`ITNetModel.pool`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from itnet_scale.nn.heads import (
     MaskedPatchHead,
     MaskedPointHead,
     MLMHead,
+    Pooling,
     VQAHead,
-    mean_pool,
 )
 
 #: ``gather(local [B, dim]) → (every rank's rows [W·B, dim], offset of this rank's rows)``: the contrastive loss's
@@ -67,9 +67,6 @@ class ITNetOutput(NamedTuple):
         where = self.inputs.segments[segment]
         return self.hidden[:, where], self.padding_mask[:, where]
 
-    def pooled(self, segment: str | None = None) -> Tensor:
-        """``[B, dim]``: the mean of the real tokens of one segment, or of all tokens."""
-        return mean_pool(self.hidden, self.padding_mask) if segment is None else mean_pool(*self.part(segment))
 
 
 @register_task("backbone")
@@ -91,12 +88,18 @@ class ITNetModel(PretrainedMixin, nn.Module):
             config.dim, config.depth, config.heads, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
             dropout=config.dropout, drop_path=config.drop_path, norm_eps=config.norm_eps,
             transforms=config.transforms())
+        self.pooling = Pooling(config.dim, config.heads, config.pooling, config.norm_eps)
 
     def forward(self, batch: Mapping[str, Tensor]) -> ITNetOutput:
         inputs = self.encoder(batch)
         padding = inputs.padding_mask if bool(inputs.padding_mask.any()) else None  # none: skip the masking
         hidden = self.backbone(inputs.tokens, inputs.pos, padding)
         return ITNetOutput(hidden, inputs, batch_modality(batch))
+
+    def pool(self, output: ITNetOutput, segment: str | None = None) -> Tensor:
+        """``[B, dim]``: the real tokens of one segment of ``output`` (or all its tokens) pooled by
+        ``config.pooling`` (:class:`~itnet_scale.nn.Pooling`)."""
+        return self.pooling(*((output.hidden, output.padding_mask) if segment is None else output.part(segment)))
 
 
 @register_task("pretraining")
@@ -150,19 +153,19 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
             outputs["text_embedding"] = self.itc.encode_text(
                 self.text_features(batch["text_ids"], batch.get("text_attention_mask")))
         elif modality == "points" and "point_mask" not in batch:
-            outputs["point_features"] = self.itnet(batch).pooled("points")
+            outputs["point_features"] = self.itnet.pool(self.itnet(batch), "points")
         return outputs
 
     def image_features(self, images: Tensor) -> Tensor:
-        """``images`` ``[B, C, H, W]`` alone through the backbone, mean-pooled: ``[B, dim]``."""
-        return self.itnet({"images": images}).pooled("image")
+        """``images`` ``[B, C, H, W]`` alone through the backbone, pooled: ``[B, dim]``."""
+        return self.itnet.pool(self.itnet({"images": images}), "image")
 
     def text_features(self, text_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """``text_ids`` ``[B, L]`` alone through the backbone, mean-pooled over the real tokens: ``[B, dim]``."""
+        """``text_ids`` ``[B, L]`` alone through the backbone, pooled over the real tokens: ``[B, dim]``."""
         batch = {"text_ids": text_ids}
         if attention_mask is not None:
             batch["text_attention_mask"] = attention_mask
-        return self.itnet(batch).pooled("text")
+        return self.itnet.pool(self.itnet(batch), "text")
 
     def contrastive_features(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Pooled ``(image, text)`` features ``[B, dim]`` of an image–text batch, each modality through the
@@ -219,7 +222,7 @@ class ITNetForClassification(PretrainedMixin, nn.Module):
         self.head = ClassificationHead(config.dim, classes, config.norm_eps)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.head(self.itnet(batch).pooled())
+        return self.head(self.itnet.pool(self.itnet(batch)))
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         return ClassificationHead.loss(self(batch), batch["labels"])
@@ -235,7 +238,7 @@ class ITNetForVQA(PretrainedMixin, nn.Module):
         self.head = VQAHead(config.dim, answers, config.norm_eps)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.head(self.itnet(batch).pooled())
+        return self.head(self.itnet.pool(self.itnet(batch)))
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         return VQAHead.loss(self(batch), batch["answer_scores"])

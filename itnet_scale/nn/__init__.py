@@ -17,6 +17,7 @@ from itnet_scale.nn.heads import (
     MaskedPatchHead,
     MaskedPointHead,
     MLMHead,
+    Pooling,
     VQAHead,
     chamfer_distance,
     mask_tokens,
@@ -26,6 +27,6 @@ from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig, c
 
 __all__ = ["MLP", "ClassificationHead", "ContrastiveHead", "DropPath", "EncodedTokens", "FeatureMap",
            "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "KernelConfig", "MLMHead",
-           "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "TextEncoder",
+           "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "Pooling", "TextEncoder",
            "TransformConfig", "VQAHead", "chamfer_distance", "configure_activation_checkpointing",
            "configure_integrators", "farthest_point_sampling", "mask_tokens", "mean_pool"]

@@ -30,6 +30,50 @@ def mean_pool(hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
     return (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+POOLINGS = ("mean", "attention")
+
+
+def check_pooling(kind: str) -> None:
+    """``ValueError`` naming ``pooling`` unless ``kind`` is one of :data:`POOLINGS`."""
+    if kind not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {kind!r}")
+
+
+class Pooling(nn.Module):
+    """``[B, N, dim]`` (+ ``padding_mask`` ``[B, N]``, True = padding) → ``[B, dim]``, one feature per input.
+
+    ``mean``: :func:`mean_pool`. ``attention``: per head ``h`` (``dim / heads`` channels each) the weighted mean
+    ``Σ_j softmax_j(w_hᵀ LN(x_j) + c_h) x_j`` over the real tokens (attention-based MIL pooling, Ilse et al. 2018;
+    a learned query as in a ViT's MAP head): the task picks the tokens that carry it — a small object among
+    background patches, the answer slot of a sequence — where a mean dilutes them. ``w, c`` start at 0, so it
+    starts as the mean. A sample with no real token pools to zeros.
+    """
+
+    def __init__(self, dim: int, heads: int, kind: str = "mean", eps: float = 1e-6) -> None:
+        super().__init__()
+        check_pooling(kind)
+        if dim % heads:
+            raise ValueError(f"pooling: dim={dim} must be divisible by heads={heads}")
+        self.kind, self.heads = kind, heads
+        if kind == "attention":
+            self.norm = nn.LayerNorm(dim, eps=eps)
+            self.score = nn.Linear(dim, heads)
+            nn.init.zeros_(self.score.weight)
+            nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        if self.kind == "mean":
+            return mean_pool(hidden, padding_mask)
+        scores = self.score(self.norm(hidden))                                  # [B, N, H]
+        if padding_mask is not None:
+            scores = scores.masked_fill(padding_mask[..., None], -torch.inf)
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0)                  # an all-padding row: zeros
+        return (weights[..., None] * hidden.unflatten(-1, (self.heads, -1))).sum(1).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, heads={self.heads}"
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` where ``mask`` holds (same shape); 0 (with gradient) where it never holds."""
     mask = mask.to(values.dtype)

@@ -83,8 +83,8 @@ def test_output_positions_segments_and_pooling():
     assert output.padding_mask.sum().item() == 3
     text, text_padding = output.part("text")
     assert text_padding[1].tolist() == [False] * 6 + [True] * 3
-    torch.testing.assert_close(output.pooled("text")[1], text[1, :6].mean(0))
-    torch.testing.assert_close(output.pooled()[1], output.hidden[1, :38].mean(0))
+    torch.testing.assert_close(model.pool(output, "text")[1], text[1, :6].mean(0))
+    torch.testing.assert_close(model.pool(output)[1], output.hidden[1, :38].mean(0))
     with pytest.raises(ValueError, match=r"this image_pair_text batch has no 'points' tokens"):
         output.part("points")
 
@@ -119,8 +119,8 @@ def test_pretraining_losses_are_the_heads_losses():
                                                              batch["image_mask"]))
     # ITC: image alone and the unmasked text alone, pooled and contrasted
     original = torch.where(batch["mlm_labels"] != IGNORE, batch["mlm_labels"], batch["text_ids"])
-    pooled_image = model.itnet({"images": batch["images"]}).pooled()
-    pooled_text = model.itnet({"text_ids": original}).pooled()
+    pooled_image = model.itnet.pool(model.itnet({"images": batch["images"]}))
+    pooled_text = model.itnet.pool(model.itnet({"text_ids": original}))
     torch.testing.assert_close(losses["itc"], model.itc.loss(*model.itc(pooled_image, pooled_text)))
     # the data-parallel hook: every rank's pooled features, standardized together; this rank's rows at an offset
     others = torch.randn(3, 32, dtype=torch.float64)

@@ -16,6 +16,7 @@ from itnet_scale.nn.heads import (
     MaskedPatchHead,
     MaskedPointHead,
     MLMHead,
+    Pooling,
     VQAHead,
     chamfer_distance,
     mask_tokens,
@@ -202,6 +203,29 @@ def test_classification_and_regression_losses():
         ClassificationHead.loss(logits, torch.tensor([3, 0]))
     with pytest.raises(ValueError, match=r"labels must have shape \[2\], got \[3\]"):
         ClassificationHead.loss(logits, torch.tensor([1, 1, 1]))
+
+
+def test_attention_pooling_starts_as_the_mean_and_learns_to_pick_tokens():
+    torch.manual_seed(0)
+    hidden, padding = torch.randn(3, 7, 8), torch.zeros(3, 7, dtype=torch.bool)
+    padding[1, 4:] = True
+    padding[2] = True  # no real token
+    pool = Pooling(8, 2, "attention")
+    pooled = pool(hidden, padding)
+    torch.testing.assert_close(pooled[:2], mean_pool(hidden, padding)[:2])
+    assert pooled[2].abs().max() == 0
+    # a token the score singles out is what every head returns; a padding token never counts, however high its score
+    pool.norm = torch.nn.Identity()
+    with torch.no_grad():
+        pool.score.weight[:, 0] = 50.0
+    marked = hidden.clone()
+    marked[:, 5, 0] = 100.0                                  # token 5: real in sample 0, padding in sample 1
+    picked = pool(marked, padding)
+    torch.testing.assert_close(picked[0], marked[0, 5])
+    weights = torch.softmax(50.0 * marked[1, :4, 0], dim=0)
+    torch.testing.assert_close(picked[1], (weights[:, None] * marked[1, :4]).sum(0))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        Pooling(8, 2, "max")
 
 
 def test_vqa_soft_score_bce_and_mean_pool():
