@@ -146,14 +146,24 @@ def check_image_stem(stem: str, patch: int) -> None:
                          f"got {patch}")
 
 
-def conv_stem(channels: int, dim: int, patch: int) -> nn.Sequential:
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of every pixel of ``[B, C, H, W]`` (ConvNeXt's stem norm; torch has no 2-D
+    form). Per sample and per pixel, unlike BatchNorm: a token never depends on the other samples of its batch, so
+    data-parallel ranks, micro-batch splits and evaluation compute exactly what one large batch would."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def conv_stem(channels: int, dim: int, patch: int, eps: float = 1e-6) -> nn.Sequential:
     """``[B, channels, H, W] → [B, dim, H / patch, W / patch]``: ``log2(patch)`` blocks of 3×3 stride-2
-    convolution, BatchNorm and ReLU (widths doubling up to ``dim / 2``), then a 1×1 convolution to ``dim``."""
+    convolution, :class:`ChannelNorm` and ReLU (widths doubling up to ``dim / 2``), then a 1×1 convolution to
+    ``dim``."""
     check_image_stem("conv", patch)
     layers, width, steps = [], channels, patch.bit_length() - 1
     for step in range(steps):
         out = max(dim // 2 ** (steps - step), 8)
-        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), ChannelNorm(out, eps=eps), nn.ReLU()]
         width = out
     return nn.Sequential(*layers, nn.Conv2d(width, dim, 1))
 
@@ -163,9 +173,12 @@ class ImageEncoder(nn.Module):
     the type embedding of image ``index`` (0: ``image``, 1: ``image2``, the second image of a pair).
 
     ``stem``: ``patchify``, one ``Conv2d`` with kernel = stride = patch (ViT); or ``conv``, ``log2(patch)``
-    3×3 stride-2 convolutions with BatchNorm and ReLU, then a 1×1 convolution to ``dim`` (the convolutional stem
-    of Xiao et al. 2021, "Early convolutions help transformers see better": the same token grid, but each token
-    sees a 3×3 neighbourhood at every scale, which a single linear map of a patch does not).
+    3×3 stride-2 convolutions with a per-pixel channel norm and ReLU, then a 1×1 convolution to ``dim`` (the
+    convolutional stem of Xiao et al. 2021, "Early convolutions help transformers see better", with ConvNeXt's
+    norm in BatchNorm's place: the same token grid, but each token sees a 3×3 neighbourhood at every scale, which a
+    single linear map of a patch does not). The pixels of masked patches are zeroed before the stem, so that a
+    visible token, whose receptive field overlaps its neighbours' patches, cannot see what masked patch modeling
+    asks the model to reconstruct.
 
     ``mask`` ``[B, h·w]`` (True = hidden, for masked patch modeling) replaces those tokens by a learned mask
     token; their positions stay, so the model knows where to reconstruct.
@@ -199,8 +212,11 @@ class ImageEncoder(nn.Module):
         h, w = self.grid(images, name)
         B = images.shape[0]
         mask = _check_mask(f"{name.replace('images', 'image')}_mask", mask, (B, h * w))
-        # Pixels in the weights' dtype (a bf16 model takes fp32 images).
-        tokens = self.stem(images.to(self.mask_token.dtype)).flatten(2).transpose(1, 2)  # [B, h·w, dim]
+        images = images.to(self.mask_token.dtype)  # pixels in the weights' dtype (a bf16 model takes fp32 images)
+        if mask is not None:  # hidden patches' pixels out of every token's receptive field
+            hidden = mask.view(B, 1, h, w).repeat_interleave(self.patch, 2).repeat_interleave(self.patch, 3)
+            images = images.masked_fill(hidden, 0.0)
+        tokens = self.stem(images).flatten(2).transpose(1, 2)  # [B, h·w, dim]
         if mask is not None:
             tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
         tokens = tokens + self.type_embedding[index]

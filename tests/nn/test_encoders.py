@@ -68,9 +68,10 @@ def test_image_patchify_grid_positions_and_mask():
 
 
 def test_conv_stem_makes_the_same_grid_from_a_3x3_neighbourhood_per_scale():
-    """patch 4: two 3×3 stride-2 convolutions (BatchNorm, ReLU) and a 1×1 to dim; same token grid and positions
-    as patchify, and a token depends on pixels beyond its own patch (its receptive field is 7×7 pixels)."""
-    encoder = ImageEncoder(1, 16, patch=4, stem="conv").eval()
+    """patch 4: two 3×3 stride-2 convolutions (channel norm, ReLU) and a 1×1 to dim; same token grid and positions
+    as patchify, and a token depends on pixels beyond its own patch (its receptive field is 7×7 pixels), never on
+    the other samples of the batch, and never on the pixels of a masked patch."""
+    encoder = ImageEncoder(1, 16, patch=4, stem="conv")
     strides = [m.stride for m in encoder.stem if isinstance(m, torch.nn.Conv2d)]
     assert strides == [(2, 2), (2, 2), (1, 1)]
     images = torch.randn(2, 1, 8, 12, requires_grad=True)
@@ -80,6 +81,13 @@ def test_conv_stem_makes_the_same_grid_from_a_3x3_neighbourhood_per_scale():
     out.tokens[0, 4].sum().backward()  # token (r=1, c=1): its own patch is pixels 4–7 × 4–7
     seen = images.grad[0, 0].abs().sum(1) > 0
     assert seen[3] and not seen[0]  # reaches a row outside its patch, not the far ones
+    assert images.grad[1].abs().max() == 0  # nor another sample (no batch statistics)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 1] = True  # patch (0, 1): pixels 0–3 × 4–7, inside token (1, 1)'s receptive field
+    changed = images.detach().clone()
+    changed[0, 0, 0:4, 4:8] += 10.0
+    torch.testing.assert_close(encoder(changed, mask).tokens, encoder(images.detach(), mask).tokens)
+    assert not torch.allclose(encoder(changed).tokens[0, 4], encoder(images.detach()).tokens[0, 4])
     for bad, message in ((("conv", 6), "power of two"), (("strided", 4), "image_stem must be one of")):
         with pytest.raises(ValueError, match=message):
             ImageEncoder(1, 16, patch=bad[1], stem=bad[0])

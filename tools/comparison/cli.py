@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -34,6 +35,8 @@ DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_STEPS, DEFAULT_BATCH = 200, 32
 QUICK_STEPS, QUICK_BATCH, QUICK_SEEDS = 30, 16, (0, 1)
 ALL_MODELS = (*ITNET_ROWS, *SPECIALISTS, *LINEAR_BASELINES)
+#: The atlas scores whose means over the heads ``atlas.md`` reports (see :mod:`itnet_scale.atlas.scores`).
+ATLAS_COLUMNS = ("locality", "distance", "content", "causality")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,15 +99,18 @@ def make_trainer(name: str, task: TaskData, budget: Budget, variants: dict[str, 
 
 def write_atlas(out: Path, task: TaskData, result: ProtocolResult, model: nn.Module) -> list[str]:
     """The kernel atlas of ``model`` (``result``'s first-seed model at the chosen rate) on the first 8 test inputs,
-    written to ``out/atlas/TASK/MODEL/``; returns one markdown row: how many heads each special case got."""
+    written to ``out/atlas/TASK/MODEL/``; returns one markdown row: the heads' mean locality, reach (position
+    units) and content dependence, and how many heads each special case got."""
     from itnet_scale.atlas import atlas
     from itnet_scale.atlas.scores import CLASSES
 
     found = atlas(model, task.test.inputs[:8], forward=lambda module, inputs: module(inputs))
     found.write(out / "atlas" / task.name / result.model, title=f"{task.name} / {result.model}")
-    labels = [kind for layer in found.kinds() for kind in layer]
+    heads = [head for layer in found.layers for head in layer.scores]
+    labels = [head.kind for head in heads]
     counts = ", ".join(f"{name} {labels.count(name)}" for name in CLASSES if labels.count(name))
-    return [task.name, result.model, f"{result.chosen:g}", counts]
+    means = [float(np.nanmean([getattr(head, score) for head in heads])) for score in ATLAS_COLUMNS]
+    return [task.name, result.model, f"{result.chosen:g}", *(f"{value:.2f}" for value in means), counts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 "itnet_rows": ITNET_ROWS, "itnet_variants": variants, "argv": sys.argv if argv is None else argv}
     write_outputs(args.out, results, tasks, settings)
     if atlas_rows:
-        header = ["task", "model", "lr", "heads by nearest special case"]
+        header = ["task", "model", "lr", *(f"mean {score}" for score in ATLAS_COLUMNS),
+                  "heads by nearest special case"]
         lines = ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *atlas_rows]]
         (args.out / "atlas.md").write_text("\n".join(lines) + "\n")
     print((args.out / "results.md").read_text())
