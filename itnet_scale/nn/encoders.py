@@ -18,8 +18,9 @@ Concatenated inputs (:class:`MultimodalEncoder`: image + text, image pair + text
 so offsets inside one modality are those of the modality alone; the modality-type embeddings (one per
 encoder, two for the images of a pair) tell the backbone which part a token came from.
 
-Pooling for classification is the mean over the real tokens (:func:`itnet_scale.nn.heads.mean_pool`); there is
-no ``[CLS]`` token, so every modality and every combination pools the same way.
+Task models pool the real tokens by the model's ``pooling`` (the mean, or attention weights:
+:class:`itnet_scale.nn.heads.Pooling`); there is no ``[CLS]`` token, so every modality and every combination
+pools the same way.
 """
 
 from __future__ import annotations
