@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from benchmarks import BenchmarkSuite, SuiteUsageError, available_suites, load_suite
+from benchmarks.measure import finite_for_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +47,6 @@ def build_suite_parser(suite: BenchmarkSuite) -> argparse.ArgumentParser:
     return parser
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None, recursively: strict JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the suite, print the report, write the JSON. Returns the exit status.
 
@@ -81,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"suite": top.suite, **report.data}
-        args.json.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+        args.json.write_text(json.dumps(finite_for_json(payload), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -29,6 +29,7 @@ import ctypes.util
 import datetime
 import functools
 import gc
+import math
 import os
 import platform
 import shlex
@@ -330,3 +331,14 @@ def _peak_memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated growth"
     return "process resident high-water mark (VmHWM) growth"
+
+
+def finite_for_json(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None, recursively: strict JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_for_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_for_json(v) for v in value]
+    return value

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.measure import finite_for_json
+
 from .protocol import ProtocolResult
 from .tasks import TaskData
 
@@ -42,17 +44,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['task']} | {row['model']} | {row['params']:,} | {_hyper(row['model'], row['chosen'])} "
                      f"| {metric} | {row['train_loss']:.4g} | {row['wall_s']:.1f} |")
     return "\n".join(lines)
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf → None, recursively (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def plot(rows: list[dict[str, Any]], tasks: list[TaskData], path: Path) -> None:
@@ -102,6 +93,6 @@ def write_outputs(out: Path, results: list[ProtocolResult], tasks: list[TaskData
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
-    (out / "results.json").write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json.dumps(finite_for_json(payload), indent=2, allow_nan=False) + "\n")
     plot(rows, tasks, out / "results.png")
     return payload
