@@ -135,7 +135,7 @@ def test_any_checkpoint_or_model_module_imports_first_in_a_fresh_interpreter():
 
 
 #: Each part's layer (DESIGN §5: ops ← nn ← models/data ← train ← launch/tools; the kernel atlas between the checkpoint
-#: package and train): a module imports its own layer and
+#: package and train; the fine-tuning benchmarks beside the checkpoint package): a module imports its own layer and
 #: those below it, never one above — at module level or inside a function. The longest matching prefix decides.
 #: The library format is the one part of the checkpoint package below the model classes (they inherit from it).
 LAYERS = {
@@ -143,7 +143,7 @@ LAYERS = {
     "itnet_scale.ops": 1,
     "itnet_scale.nn": 2,
     "itnet_scale.models": 3, "itnet_scale.data": 3, "itnet_scale.parallel": 3, "itnet_scale.checkpoint.library": 3,
-    "itnet_scale.checkpoint": 4,
+    "itnet_scale.checkpoint": 4, "itnet_scale.tasks": 4,
     "itnet_scale.atlas": 5,
     "itnet_scale.train": 6,
 }

@@ -69,7 +69,8 @@ class KernelConfig:
         on the four neighbours, and on a sequence on the previous token, the token itself and the next. This is
         how the transform subsumes convolution (Cordonnier et al. 2020; ConViT's local initialization): every
         head starts as a local kernel tap and the kernel MLP learns away from locality where the data asks.
-        Needs ``width ≥ 2·pos_dim``, ``depth = 1`` and ReLU.
+        Needs ``width ≥ 2·pos_dim`` and ReLU; in a deeper MLP the hidden layers pass those units through
+        unchanged (identity rows, ReLU of a non-negative unit is itself).
     rank, feature_map: low-rank feature maps ``φ, ψ`` (:class:`~itnet_scale.nn.FeatureMap`, ``prf`` or
         ``learned``) of rank ``R`` that approximate this kernel, for the lowrank integrator and the learned Monte
         Carlo proposal. None: none, unless the layer is built with one of those (then ``R`` = 64).
@@ -96,9 +97,9 @@ class KernelConfig:
             raise ValueError(f"decay_activation must be one of {DECAY_ACTIVATIONS}, got {self.decay_activation!r}")
         if self.locality < 0:
             raise ValueError(f"locality must be >= 0, got {self.locality}")
-        if self.locality and (self.width == 0 or self.depth != 1 or self.activation != "relu"):
-            raise ValueError(f"a locality prior is built from a depth-1 ReLU kernel MLP; got width={self.width}, "
-                             f"depth={self.depth}, activation={self.activation!r}")
+        if self.locality and (self.width == 0 or self.activation != "relu"):
+            raise ValueError(f"a locality prior is built from ReLU units of the kernel MLP; got width={self.width}, "
+                             f"activation={self.activation!r}")
         if self.rank is not None and self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if self.feature_map not in FEATURE_MAPS:
@@ -204,7 +205,8 @@ class IntegralTransform(nn.Module):
     def init_locality(self, strength: float) -> None:
         """Make each head's kernel MLP the tent ``−strength · ‖(p_i − p_j) − Δ_h‖₁`` around its offset
         ``Δ_h = locality_offsets(H, P)[h]`` (see :class:`KernelConfig`'s ``locality``), with the first ``2P`` of
-        its ``r`` units; the other units keep their random initialization."""
+        its ``r`` units (carried through any hidden layers by identity rows); the other units keep their random
+        initialization, except that they do not read the tent's units."""
         H, r, P = self.heads, self.kernel.width, self.pos_dim
         if r < 2 * P:
             raise ValueError(f"a locality prior over {P} position axes needs kernel width >= {2 * P}, got {r}")
@@ -219,6 +221,12 @@ class IntegralTransform(nn.Module):
                 u_w[:, unit, k] = sign
                 a_c[:, unit] = -sign * centers[:, k]
                 self.w2[:, unit] = -strength
+        if self.mlp_w is not None:  # [L, H, r_out, r_in]: the tent units pass through every hidden layer
+            tent = slice(0, 2 * P)
+            self.mlp_w[:, :, :, tent] = 0.0
+            self.mlp_w[:, :, tent, :] = 0.0
+            self.mlp_w[:, :, tent, tent] = torch.eye(2 * P).to(self.mlp_w)
+            self.mlp_c[:, :, tent] = 0.0
 
     # -- configuration ---------------------------------------------------------------
 
