@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Pretrain ITNet on DeepSpeed: ``deepspeed launch/pretrain.py --config configs/pretrain/NAME.yaml [key=value ...]``.
 
-Parses the config (errors name the bad key before anything starts), then hands it to the loop in
-:mod:`itnet_scale.train.loop`. ``--deepspeed_config FILE`` merges a DeepSpeed JSON of your own over the generated
-one. ``--allow_pipe_urls`` lets stream paths be ``pipe:`` shell commands (a config alone never runs one). Re-running
-the same command resumes from the run's latest checkpoint.
+Parses the config (errors name the bad key before anything starts), then hands it to the pretraining recipe on the
+trainer core (:mod:`itnet_scale.train.pretraining`). ``--deepspeed_config FILE`` merges a DeepSpeed JSON of your own
+over the generated one. ``--allow_pipe_urls`` lets stream paths be ``pipe:`` shell commands (a config alone never
+runs one). Re-running the same command resumes from the run's latest checkpoint.
 
 A problem found before training starts (the config, the data: a missing shard set, a bad shard under
 ``strict: true`` …) is printed once, by rank 0, as one ``error: …`` line, and every rank exits with status 2.
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         return report_startup_error(error)
     # Imported once the config is good: a bad key is reported in a second, before DeepSpeed and the model load.
-    from itnet_scale.train.loop import Pretrainer
+    from itnet_scale.train.pretraining import Pretrainer
 
     try:
         trainer = Pretrainer(config, args.deepspeed_config, allow_pipe_urls=args.allow_pipe_urls)

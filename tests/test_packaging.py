@@ -88,8 +88,8 @@ def test_the_wheel_installs_and_works_outside_the_checkout(tmp_path):
     assert Path(report["package"]).is_relative_to(site_packages) and not Path(report["package"]).is_relative_to(REPO)
     assert Path(report["tools"]).is_relative_to(site_packages)
     assert report["editable_hooks"] == []
-    assert {"itnet_scale.checkpoint.library", "itnet_scale.train.loop", "itnet_scale.parallel.ulysses"} <= set(
-        report["modules"])
+    assert {"itnet_scale.checkpoint.library", "itnet_scale.train.loop", "itnet_scale.train.pretraining",
+            "itnet_scale.parallel.ulysses"} <= set(report["modules"])
     assert report["models"] == list_models()
 
     bin_dir = environment / "bin"

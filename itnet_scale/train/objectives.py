@@ -21,7 +21,7 @@ from torch import Tensor
 
 from itnet_scale.parallel.ulysses import all_gather
 from itnet_scale.train.config import OBJECTIVES, ObjectiveSettings
-from itnet_scale.train.pretrain_data import MicroBatch
+from itnet_scale.train.loop import Part
 
 
 def gather_rows(local: Tensor, group: dist.ProcessGroup | None = None) -> tuple[Tensor, int]:
@@ -40,16 +40,16 @@ def gather_rows(local: Tensor, group: dist.ProcessGroup | None = None) -> tuple[
     return torch.cat([rows[:count] for rows, count in zip(gathered, counts)]), sum(counts[:rank])
 
 
-def micro_step_losses(model: Callable[..., dict[str, Tensor]], parts: Sequence[tuple[MicroBatch, float]],
+def micro_step_losses(model: Callable[..., dict[str, Tensor]], parts: Sequence[Part],
                       settings: ObjectiveSettings, gather: Callable[[Tensor], tuple[Tensor, int]] | None = None,
                       ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run every ``(micro-batch, weight)`` of a micro-step through ``model`` (the DeepSpeed engine, called as
+    """Run every part (a batch and its weight) of a micro-step through ``model`` (the DeepSpeed engine, called as
     ``model(batch, gather=...)``); returns the weighted total (a scalar to backpropagate) and each objective's
     loss, detached, as the mean over the streams that trained it (stand-ins, weight 0, are left out)."""
     total: Tensor | None = None
     values: dict[str, list[Tensor]] = {}
-    for part, weight in parts:
-        assert part.batch is not None
+    for part in parts:
+        weight = part.weight
         losses = model(part.batch, gather=gather if settings.gather_contrastive else None)
         for name, loss in losses.items():
             term = loss * (settings.weight(name) * weight)

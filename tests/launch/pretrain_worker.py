@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from itnet_scale.train import loop
+from itnet_scale.train import pretraining
 from itnet_scale.train.config import load_pretrain_config
 from tests.pretrain_fixtures import DEMO_CONFIG, fast_overrides
 
@@ -32,7 +32,7 @@ def stages(data: Path, out: Path) -> None:
             data, out / f"zero{stage}", 20, **{"deepspeed.zero_stage": stage, "checkpoint.save_every": 100,
                                                "eval.at_end": True, "eval.batch_size": 8, "eval.max_batches": 2,
                                                "eval.calibration_batches": 2}))
-        trainer = loop.Pretrainer(config)
+        trainer = pretraining.Pretrainer(config)
         result = trainer.run()
         curves[stage] = [record.losses for record in result.records]
         evaluations[stage] = result.evaluations
@@ -47,7 +47,7 @@ def stages(data: Path, out: Path) -> None:
 
 def nan(data: Path, out: Path) -> None:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
-    original = loop.micro_step_losses
+    original = pretraining.micro_step_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -57,10 +57,10 @@ def nan(data: Path, out: Path) -> None:
             total = total + float("nan")
         return total, losses
 
-    loop.micro_step_losses = poisoned
+    pretraining.micro_step_losses = poisoned
     config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
         data, out / "run", 6, **{"deepspeed.zero_stage": 2, "checkpoint.save_every": 4, "checkpoint.keep_last": 0}))
-    trainer = loop.Pretrainer(config)
+    trainer = pretraining.Pretrainer(config)
     result = trainer.run()
     rank = torch.distributed.get_rank()
     finite = all(bool(torch.isfinite(p).all()) for p in trainer.engine.module.parameters())
@@ -76,7 +76,7 @@ def checkpointing(data: Path, out: Path) -> None:
             data, out / f"every{every}", 3, **{"deepspeed.zero_stage": 3, "activation_checkpointing.every": every,
                                                "model_overrides.dropout": 0.1, "model_overrides.drop_path": 0.2,
                                                "checkpoint.save_every": 100}))
-        trainer = loop.Pretrainer(config)
+        trainer = pretraining.Pretrainer(config)
         curves[every] = [record.losses for record in trainer.run().records]
     if torch.distributed.get_rank() == 0:
         (out / "checkpointing.json").write_text(json.dumps(curves))
@@ -88,7 +88,7 @@ def bf16(data: Path, out: Path) -> None:
     config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
         data, out / "run", 1, **{"deepspeed.precision": "bf16", "activation_checkpointing.every": 1,
                                  "checkpoint.save_every": 100}))
-    trainer = loop.Pretrainer(config)
+    trainer = pretraining.Pretrainer(config)
     parameters = list(trainer.engine.module.parameters())
     masters_before = [safe_get_full_fp32_param(p).clone() for p in parameters]
     result = trainer.run()

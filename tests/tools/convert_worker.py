@@ -28,7 +28,7 @@ from itnet_scale.checkpoint.conversion import convert_to_library
 from itnet_scale.checkpoint.library import read_library_config
 from itnet_scale.checkpoint.verification import model_outputs, verification_batches
 from itnet_scale.models import ITNetForPretraining, ITNetModel
-from itnet_scale.train import loop
+from itnet_scale.train import pretraining
 from itnet_scale.train.config import load_pretrain_config
 from itnet_scale.train.objectives import micro_step_losses
 from tests.pretrain_fixtures import DEMO_CONFIG, fast_overrides
@@ -52,7 +52,7 @@ def train_stages(data: Path, out: Path) -> None:
     for stage in (0, 1, 2, 3):
         config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
             data, out / f"zero{stage}", 2, **{"deepspeed.zero_stage": stage, "checkpoint.save_every": 100}))
-        trainer = loop.Pretrainer(config)
+        trainer = pretraining.Pretrainer(config)
         trainer.run()
         outputs = model_outputs(trainer.engine.module, verification_batches(trainer.model_config))
         if dist.get_rank() == 0:
@@ -66,7 +66,7 @@ def init_runs(data: Path, out: Path) -> None:
     for name, library, stage in (("converted", out / "library", 3), ("backbone", out / "backbone", 1)):
         config = load_pretrain_config(DEMO_CONFIG, fast_overrides(
             data, out / f"init-{name}", 1, **{"deepspeed.zero_stage": stage, "init_from": library}))
-        trainer = loop.Pretrainer(config)
+        trainer = pretraining.Pretrainer(config)
         weights = gathered_state(trainer.engine)
         reference = ITNetForPretraining.from_pretrained(library) if name == "converted" else None
         torch.manual_seed(config.seed)
@@ -84,7 +84,7 @@ def init_runs(data: Path, out: Path) -> None:
                   "backbone_diff_to_fresh": max_diff(weights, fresh, backbone_names)}
         if reference is not None:
             seen = {}
-            original = loop.micro_step_losses
+            original = pretraining.micro_step_losses
 
             def recorded(model, parts, settings, gather=None, _seen=seen, _original=original, _ref=reference):
                 if "library_total" not in _seen:
@@ -94,11 +94,11 @@ def init_runs(data: Path, out: Path) -> None:
                 _seen.setdefault("engine_total", float(total.detach()))
                 return total, losses
 
-            loop.micro_step_losses = recorded
+            pretraining.micro_step_losses = recorded
             try:
                 result = trainer.run()
             finally:
-                loop.micro_step_losses = original
+                pretraining.micro_step_losses = original
             record.update(seen, steps=len(result.records))
         else:
             record["steps"] = len(trainer.run().records)

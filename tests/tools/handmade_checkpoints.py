@@ -25,7 +25,8 @@ DATA = {"text": {"units": 6, "samples": 24}, "image_text": {"units": 4, "samples
 
 
 def client_state(step: int, stage: int, world: int, config: ModelConfig = SMALL) -> dict:
-    """What the engine and the pretraining loop put next to the weights (see ``Pretrainer._client_state``)."""
+    """What the engine and the trainer core put next to the weights (``itnet_scale.train.loop``'s
+    ``Trainer._client_state``)."""
     return {"buffer_names": [], "optimizer": None, "lr_scheduler": {}, "ds_config": {"zero_optimization": {
         "stage": stage}}, "ds_version": "0.19.8", "dp_world_size": world, "mp_world_size": 1, "global_steps": step,
         "global_samples": 48 * step, "step": step, "data": DATA, "guard": {}, "config": "run_dir: runs/handmade\n",

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from itnet_scale.parallel import init_distributed
-from itnet_scale.train.loop import Pretrainer
+from itnet_scale.train.pretraining import Pretrainer
 from tests.pretrain_fixtures import config_for, evaluator_for
 
 
