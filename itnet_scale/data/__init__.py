@@ -1,6 +1,18 @@
-"""Data: the sentencepiece tokenizer, webdataset shard sets (writers, streaming, held-out sets), and the embedded
-demo data."""
+"""Data: the sentencepiece tokenizer, webdataset shard sets (writers, streaming, held-out sets), the embedded
+demo data, and fine-tuning augmentations (image crops and flips, mixup/cutmix, point-cloud transforms)."""
 
+from itnet_scale.data.augment import (
+    AugmentSettings,
+    ImageAugmentSettings,
+    MixSettings,
+    PointAugmentSettings,
+    augment_points,
+    eval_image_transform,
+    mix_batch,
+    smooth_labels,
+    soft_target_cross_entropy,
+    train_image_transform,
+)
 from itnet_scale.data.demo import build_demo_data
 from itnet_scale.data.heldout import HeldOutBatch, HeldOutSet
 from itnet_scale.data.meshes import Mesh, parse_off, read_off, sample_surface
@@ -31,11 +43,15 @@ from itnet_scale.data.stream import (
 from itnet_scale.data.tokenizer import SpecialTokens, Tokenizer, TokenizerConfig, load_tokenizer_config, train_tokenizer
 
 __all__ = [
+    "AugmentSettings",
     "BadShardError",
     "DataConfig",
     "HeldOutBatch",
     "HeldOutSet",
+    "ImageAugmentSettings",
     "Mesh",
+    "MixSettings",
+    "PointAugmentSettings",
     "ShardFile",
     "ShardSetError",
     "ShardSetSummary",
@@ -45,18 +61,24 @@ __all__ = [
     "StreamingDataset",
     "Tokenizer",
     "TokenizerConfig",
+    "augment_points",
     "build_demo_data",
     "collate_units",
+    "eval_image_transform",
     "index_existing_shards",
     "iter_shard_samples",
     "load_data_config",
     "load_tokenizer_config",
+    "mix_batch",
     "parse_off",
     "read_index",
     "read_off",
     "read_shard",
     "sample_surface",
     "shard_files",
+    "smooth_labels",
+    "soft_target_cross_entropy",
+    "train_image_transform",
     "train_tokenizer",
     "unit_loader",
     "write_caption_shards",
