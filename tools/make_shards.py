@@ -5,6 +5,7 @@ Usage::
 
     python tools/make_shards.py text INPUT --output DIR [--max-count N] [--max-bytes B] [--prefix P]
     python tools/make_shards.py images ROOT --output DIR [...]          # ROOT/<class>/*.jpg|*.jpeg|*.png
+    python tools/make_shards.py imagenet ROOT --output DIR [--split train|validation] [...]  # train/, val/ + CSV
     python tools/make_shards.py captions LIST.jsonl --output DIR [--image-root R] [...]
     python tools/make_shards.py points ROOT --output DIR [--num-points P] [--seed S] [...]  # .npy/.txt/.off
     python tools/make_shards.py demo --output DIR [--seed S] [--num-points P] [--shard-samples N]
@@ -38,6 +39,7 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
+from itnet_scale.tasks.imagenet import write_imagenet_shards
 
 Run = Callable[[argparse.Namespace], list[ShardSetSummary]]
 Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument keywords)
@@ -74,6 +76,14 @@ def text(args: argparse.Namespace) -> list[ShardSetSummary]:
 @subcommand("images", "an image folder ROOT/<class>/*.jpg|*.jpeg|*.png (class index = sorted folder order)")
 def images(args: argparse.Namespace) -> list[ShardSetSummary]:
     return [write_image_folder_shards(args.input, args.output, **writer_options(args))]
+
+
+@subcommand("imagenet", "a labelled split of an ImageNet download: ROOT/train/<wnid>/*, ROOT/val/ with "
+            "LOC_val_solution.csv or in class folders, or the Kaggle folder (see itnet_scale.tasks.imagenet); the "
+            "wnids are the classes", (("--split",), {"choices": ["train", "validation"], "default": "train",
+                                                    "help": "the split to write (default train)"}))
+def imagenet(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_imagenet_shards(args.input, args.split, args.output, **writer_options(args))]
 
 
 @subcommand("captions", 'a jsonl file of {"image": path, "caption": text} lines',

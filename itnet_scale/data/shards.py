@@ -620,7 +620,9 @@ def encoded_image(path: Path) -> tuple[str, bytes]:
         return "png", buffer.getvalue()
 
 
-def _read_image_or_skip(writer: ShardSetWriter, path: Path, where: str) -> tuple[str, bytes] | None:
+def read_image_or_skip(writer: ShardSetWriter, path: Path, where: str) -> tuple[str, bytes] | None:
+    """:func:`encoded_image` of ``path``, or ``None`` after counting it on ``writer`` as ``unreadable_image`` (the
+    log line names ``where`` and the file)."""
     try:
         return encoded_image(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -656,7 +658,7 @@ def write_image_folder_shards(root: str | Path, output: str | Path, **writer_opt
     root = Path(root)
     with ShardSetWriter(output, "image", info={"source": str(root)}, **writer_options) as writer:
         for label, path in _class_files(writer, root, IMAGE_SUFFIXES):
-            image = _read_image_or_skip(writer, path, str(path))
+            image = read_image_or_skip(writer, path, str(path))
             if image is not None:
                 writer.write({image[0]: image[1], "cls": str(label)})
     return writer.summary
@@ -697,7 +699,7 @@ def write_caption_shards(jsonl: str | Path, output: str | Path, *, image_root: s
             if not path.is_file():
                 writer.skip("missing_image", f"{where}: image {path} does not exist")
                 continue
-            image = _read_image_or_skip(writer, path, where)
+            image = read_image_or_skip(writer, path, where)
             if image is not None:
                 writer.write({image[0]: image[1], "txt": record["caption"].strip()})
     return writer.summary

@@ -62,7 +62,8 @@ class Benchmark(abc.ABC):
     """One benchmark task: name, modality, labels, splits, metrics and submission format.
 
     Subclasses set the class attributes and implement :meth:`read`, :meth:`evaluate` and
-    :meth:`write_submission`. ``label_names`` is None for a regression task (STS-B)."""
+    :meth:`write_submission`. ``label_names`` is None for a regression task (STS-B); where the files name the classes
+    (ImageNet), :meth:`for_root` gives the benchmark with its ``label_names``."""
 
     name: str
     modality: str
@@ -82,6 +83,12 @@ class Benchmark(abc.ABC):
     def num_outputs(self) -> int:
         """The head's outputs: one per class, or 1 for regression."""
         return 1 if self.label_names is None else len(self.label_names)
+
+    def for_root(self, root: Path) -> Benchmark:
+        """This benchmark as the files under ``root`` define it. A benchmark with a fixed label set returns itself;
+        one whose files name its classes (ImageNet: the wnids of ``train/``) returns a copy whose ``label_names``
+        are those classes, which the fine-tuning recipe then uses throughout (head size, submission file)."""
+        return self
 
     @abc.abstractmethod
     def read(self, root: Path, split: str) -> Split:

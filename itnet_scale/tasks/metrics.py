@@ -36,10 +36,18 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     """The share of examples whose label is among the ``k`` highest scores ``[N, C]`` (ties broken by class
     order, as a stable sort does)."""
     scores, labels = _check(scores, labels)
+    return float((top_k_classes(scores, k) == labels[:, None]).any(-1).mean())
+
+
+def top_k_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """``[N, min(k, C)]``: each row's ``k`` highest-scoring classes of class scores ``[N, C]``, best first (ties
+    broken by class order, as a stable sort does)."""
+    scores = np.asarray(scores)
     if scores.ndim != 2:
-        raise ValueError(f"top-{k} accuracy needs class scores [N, C], got shape {scores.shape}")
-    top = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(-1).mean())
+        raise ValueError(f"top-{k} needs class scores [N, C], got shape {scores.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
 def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -101,4 +109,4 @@ def spearman(values: np.ndarray, labels: np.ndarray) -> float:
 
 
 __all__ = ["accuracy", "binary_f1", "matthews_corrcoef", "mean_class_accuracy", "pearson", "predicted_classes",
-           "spearman", "top_k_accuracy"]
+           "spearman", "top_k_accuracy", "top_k_classes"]

@@ -59,3 +59,11 @@ def test_bad_input_is_named():
         metrics.pearson(np.ones(4), np.arange(4.0))
     with pytest.raises(ValueError, match=r"class scores \[N, C\]"):
         metrics.top_k_accuracy(np.zeros(4), np.zeros(4, int), 5)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        metrics.top_k_classes(np.zeros((2, 3)), 0)
+
+
+def test_top_k_classes_best_first_ties_by_class_order():
+    scores = np.array([[0.1, 0.5, 0.5, 0.9], [0.0, 0.0, 0.0, 0.0]])
+    assert metrics.top_k_classes(scores, 3).tolist() == [[3, 1, 2], [0, 1, 2]]
+    assert metrics.top_k_classes(scores, 9).shape == (2, 4)  # k above C: every class

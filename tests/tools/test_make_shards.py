@@ -14,6 +14,7 @@ from PIL import Image
 
 from itnet_scale.data.shards import read_index
 from itnet_scale.data.tokenizer import Tokenizer
+from itnet_scale.tasks.imagenet import write_imagenet_layout
 from tests.corpus_fixtures import write_img2dataset_folder
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
@@ -70,6 +71,24 @@ def test_images_captions_points(tmp_path: Path, capsys: pytest.CaptureFixture[st
                       "--seed", "1"]) == 0
     assert "points: 1 samples in 1 shards" in capsys.readouterr().out
     assert read_index(tmp_path / "p")["num_points"] == 16
+
+
+def test_imagenet_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A labelled split of an ImageNet tree (flat val labelled by its CSV), the wnids as classes; a flat val without
+    its CSV exits with the reason."""
+    tool = load_tool()
+    gray = [np.full((8, 8), 60 * c, np.uint8) for c in range(3)]
+    root = write_imagenet_layout(tmp_path / "imagenet", [(gray[c], c) for c in (0, 1, 2, 2)],
+                                 [(gray[c], c) for c in (1, 2)], ["n01440764", "n01443537", "n01484850"],
+                                 ["tench", "goldfish", "great white shark"])
+    assert tool.main(["imagenet", str(root), "--split", "validation", "--output", str(tmp_path / "v")]) == 0
+    assert "image: 2 samples in 1 shards" in capsys.readouterr().out
+    index = read_index(tmp_path / "v")
+    assert index["classes"] == ["n01440764", "n01443537", "n01484850"] and index["split"] == "validation"
+    (root / "LOC_val_solution.csv").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["imagenet", str(root), "--split", "validation", "--output", str(tmp_path / "v2")])
+    assert exit_info.value.code == 2 and "LOC_val_solution.csv (looked in" in capsys.readouterr().err
 
 
 def test_bad_input_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
