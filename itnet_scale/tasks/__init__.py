@@ -1,6 +1,8 @@
 """Fine-tuning benchmarks: one module per family (reader, official metrics, submission writer), all behind the
-:class:`~itnet_scale.tasks.benchmark.Benchmark` interface and the :data:`BENCHMARKS` registry."""
+:class:`~itnet_scale.tasks.benchmark.Benchmark` interface and the :data:`BENCHMARKS` registry; importing the
+package registers every benchmark."""
 
+from itnet_scale.tasks import glue  # registers the GLUE tasks
 from itnet_scale.tasks.benchmark import BENCHMARKS, Benchmark, Example, Split, get_benchmark, register_benchmark
 
-__all__ = ["BENCHMARKS", "Benchmark", "Example", "Split", "get_benchmark", "register_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "Example", "Split", "get_benchmark", "glue", "register_benchmark"]
