@@ -8,6 +8,7 @@ Usage::
     python tools/make_shards.py imagenet ROOT --output DIR [--split train|validation] [...]  # train/, val/ + CSV
     python tools/make_shards.py captions LIST.jsonl --output DIR [--image-root R] [...]
     python tools/make_shards.py points ROOT --output DIR [--num-points P] [--seed S] [...]  # .npy/.txt/.off
+    python tools/make_shards.py glue GLUE_DIR --task qqp [--split train] --output DIR [...]  # a labelled GLUE split
     python tools/make_shards.py demo --output DIR [--seed S] [--num-points P] [--shard-samples N]
     python tools/make_shards.py index DIR --kind image_text [--overwrite]   # img2dataset / open_clip tars, in place
     python tools/make_shards.py check LOCATION [--allow_pipe_urls]          # a folder or http(s):// URL
@@ -39,6 +40,7 @@ from itnet_scale.data.shards import (
     write_point_cloud_shards,
     write_text_shards,
 )
+from itnet_scale.tasks.glue import GLUE_TASKS, write_glue_shards
 from itnet_scale.tasks.imagenet import write_imagenet_shards
 
 Run = Callable[[argparse.Namespace], list[ShardSetSummary]]
@@ -97,6 +99,15 @@ def captions(args: argparse.Namespace) -> list[ShardSetSummary]:
 def points(args: argparse.Namespace) -> list[ShardSetSummary]:
     return [write_point_cloud_shards(args.input, args.output, num_points=args.num_points, seed=args.seed,
                                      **writer_options(args))]
+
+
+@subcommand("glue", "a labelled split of a GLUE task from the GLUE folder INPUT (download_glue_data.py's layout): "
+            "text_label or text_pair samples (txt [+ pair.txt] + cls, or score for stsb)",
+            (("--task",), {"required": True, "choices": [task for task in GLUE_TASKS if task != "ax"],
+                           "help": "the GLUE task"}),
+            (("--split",), {"default": "train", "help": "the split (default train; mnli: validation_matched, ...)"}))
+def glue(args: argparse.Namespace) -> list[ShardSetSummary]:
+    return [write_glue_shards(args.task, args.input, args.split, args.output, **writer_options(args))]
 
 
 @subcommand("demo", "the embedded demo sets (text, image, image_text, points), their held-out sets and tokenizer",

@@ -15,7 +15,12 @@ Kinds and their members (one ``__key__`` per sample, unique within a set):
 - ``text``: ``txt`` (UTF-8);
 - ``image``: ``png``, ``jpg`` or ``webp`` (RGB or L) + ``cls`` (ASCII decimal class index);
 - ``image_text``: ``png``, ``jpg`` or ``webp`` + ``txt`` (caption);
-- ``points``: ``npy`` (float32 ``[P, 3]``, saved without pickle) + ``cls``.
+- ``points``: ``npy`` (float32 ``[P, 3]``, saved without pickle) + ``cls``;
+- ``text_label``: ``txt`` + ``cls`` or ``score`` (a regression target: an ASCII decimal float, e.g. ``3.8``);
+- ``text_pair``: ``txt`` (the first text) + ``pair.txt`` (the second, UTF-8) + ``cls`` or ``score``.
+
+Member names are webdataset extensions: ``pair.txt`` is stored as ``{key}.pair.txt``, so generic webdataset tools
+see a second text member; fine-tuning sets (``itnet_scale.tasks``) write the last two kinds.
 
 :class:`ShardSetWriter` writes a set; ``write_*_shards`` build one from plain text files, image folders,
 image–caption jsonl files and point-cloud folders (``.npy``, ModelNet-style ``.txt``, ``.off`` meshes);
@@ -66,6 +71,8 @@ KIND_MEMBERS: dict[str, tuple[tuple[str, ...], ...]] = {
     "image": (("png", "jpg", "webp"), ("cls",)),
     "image_text": (("png", "jpg", "webp"), ("txt",)),
     "points": (("npy",), ("cls",)),
+    "text_label": (("txt",), ("cls", "score")),
+    "text_pair": (("txt",), ("pair.txt",), ("cls", "score")),
 }
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

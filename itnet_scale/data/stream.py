@@ -27,11 +27,12 @@ units and slots (never in valid samples), so every position is a closed-form fun
 Shard sets are local folders or ``http(s)://`` URLs (:func:`~itnet_scale.data.shards.read_shard`); a ``pipe:``
 path is refused unless the caller passes ``allow_pipe_urls`` (a command-line flag: a config must never run code).
 
-Decoding is an explicit whitelist (UTF-8 text, ASCII class ids, PNG/JPEG — and WebP where PIL has it — through PIL,
-``.npy`` without pickle); any other member is dropped undecoded — the sample itself is kept. Members the set's index
-declares (img2dataset's ``json``) are dropped quietly; others (``.pyd``, ``.pickle``, ``.pth`` …) are counted as
-``ignored_member``. Skipped samples are counted per reason in their unit's ``skipped`` and logged (rate-limited)
-with their shard and key. :func:`collate_units` turns units into per-stream batches (tensors and text lists).
+Decoding is an explicit whitelist (UTF-8 text, ASCII class ids and decimal scores, PNG/JPEG — and WebP where PIL has
+it — through PIL, ``.npy`` without pickle); any other member is dropped undecoded — the sample itself is kept.
+Members the set's index declares (img2dataset's ``json``) are dropped quietly; others (``.pyd``, ``.pickle``,
+``.pth`` …) are counted as ``ignored_member``. Skipped samples are counted per reason in their unit's ``skipped``
+and logged (rate-limited) with their shard and key. :func:`collate_units` turns units into per-stream batches
+(tensors and text lists).
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ IMAGE_FORMATS = ("PNG", "JPEG", *(("WEBP",) if features.check("webp") else ()))
 def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple[dict[str, Any] | None, str | None]:
     """Decode one raw webdataset sample of ``kind`` with the whitelist: ``(sample, None)`` or ``(None, reason)``.
 
-    Text → ``str``, ``cls`` → ``int``, images → ``uint8 [C, H, W]`` and ``npy`` → ``float32 [P, 3]`` numpy arrays
+    Text (``txt``, ``pair.txt``) → ``str``, ``cls`` → ``int``, ``score`` → finite ``float``, images →
+    ``uint8 [C, H, W]`` and ``npy`` → ``float32 [P, 3]`` numpy arrays
     (numpy, not torch: a DataLoader worker sends a torch tensor through its own shared-memory segment, which costs
     more than the pixels of a small image; the collator makes the batch tensors).
     """
@@ -207,11 +209,11 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
         if not present:
             return None, "missing_key"
         ext, data = present[0], members[present[0]]
-        if ext == "txt":
+        if ext in ("txt", "pair.txt"):
             if len(data) > limits.max_text_bytes:
                 return None, "too_long"
             try:
-                sample["txt"] = data.decode("utf-8")
+                sample[ext] = data.decode("utf-8")
             except UnicodeDecodeError:
                 return None, "bad_text"
         elif ext == "cls":
@@ -219,6 +221,14 @@ def decode_sample(raw: dict[str, Any], kind: str, limits: StreamConfig) -> tuple
                 sample["cls"] = int(data.decode("ascii").strip())
             except (UnicodeDecodeError, ValueError):
                 return None, "bad_class"
+        elif ext == "score":
+            try:
+                score = float(data.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                return None, "bad_score"
+            if not math.isfinite(score):
+                return None, "bad_score"
+            sample["score"] = score
         elif ext in ("png", "jpg", "webp"):
             if ext == "webp" and "WEBP" not in IMAGE_FORMATS:
                 return None, "unsupported_image"
@@ -466,8 +476,9 @@ def collate_units(units: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Group units' samples per stream into batches: ``{stream: {"kind", "units", "keys", "skipped", members}}``.
 
     Members: ``image`` uint8 ``[B, C, H, W]`` (same size within a stream), ``points`` float32 ``[B, P, 3]`` (same
-    ``P``), ``cls`` int64 ``[B]``, ``txt`` a list of ``B`` strings (tokenizing is the trainer's). ``skipped`` sums
-    the units' skip counts; a stream whose units hold no sample has only ``keys == []`` and no members.
+    ``P``), ``cls`` int64 ``[B]``, ``score`` float32 ``[B]``, ``txt`` and ``pair.txt`` lists of ``B`` strings
+    (tokenizing is the trainer's). ``skipped`` sums the units' skip counts; a stream whose units hold no sample has
+    only ``keys == []`` and no members. A stream whose samples mix ``cls`` and ``score`` labels is refused.
     """
     grouped: dict[str, dict[str, Any]] = {}
     for unit in units:
@@ -485,8 +496,14 @@ def collate_units(units: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for member in ("image", "points"):
             if member in samples[0]:
                 batch[member] = _stack([s[member] for s in samples], stream, member)
-        if "cls" in samples[0]:
-            batch["cls"] = torch.tensor([s["cls"] for s in samples], dtype=torch.long)
-        if "txt" in samples[0]:
-            batch["txt"] = [s["txt"] for s in samples]
+        for member, dtype in (("cls", torch.long), ("score", torch.float32)):
+            holding = sum(member in s for s in samples)
+            if holding and holding != len(samples):
+                raise ValueError(f"stream {stream!r}: {holding} of {len(samples)} samples hold a {member!r} label and "
+                                 "the others another; a set's samples hold one kind of label")
+            if holding:
+                batch[member] = torch.tensor([s[member] for s in samples], dtype=dtype)
+        for member in ("txt", "pair.txt"):
+            if member in samples[0]:
+                batch[member] = [s[member] for s in samples]
     return grouped

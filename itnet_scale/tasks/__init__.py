@@ -1,8 +1,8 @@
 """Fine-tuning benchmarks: one module per family (reader, official metrics, submission writer), all behind the
-:class:`~itnet_scale.tasks.benchmark.Benchmark` interface and the :data:`BENCHMARKS` registry (importing the package
-registers them: ``imagenet``)."""
+:class:`~itnet_scale.tasks.benchmark.Benchmark` interface and the :data:`BENCHMARKS` registry; importing the
+package registers every benchmark (``imagenet``, the GLUE tasks)."""
 
-from itnet_scale.tasks import imagenet
+from itnet_scale.tasks import glue, imagenet  # register their benchmarks
 from itnet_scale.tasks.benchmark import BENCHMARKS, Benchmark, Example, Split, get_benchmark, register_benchmark
 
-__all__ = ["BENCHMARKS", "Benchmark", "Example", "Split", "get_benchmark", "imagenet", "register_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "Example", "Split", "get_benchmark", "glue", "imagenet", "register_benchmark"]

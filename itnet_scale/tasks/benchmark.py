@@ -71,9 +71,13 @@ class Benchmark(abc.ABC):
     #: The metric that picks the best checkpoint and stops early (a key of :meth:`evaluate`'s result).
     primary_metric: str
     #: Splits with labels used to train, and the one(s) evaluated each epoch (names :meth:`read` accepts).
-    train_split: str = "train"
+    #: ``train_split`` is None for a benchmark without training data, which :attr:`predicted_by` predicts.
+    train_split: str | None = "train"
     eval_splits: tuple[str, ...] = ("validation",)
     test_splits: tuple[str, ...] = ("test",)
+    #: The benchmark whose fine-tuned model makes this one's predictions (GLUE's AX diagnostic: ``mnli``, same
+    #: labels); None: a model fine-tuned on this benchmark's own ``train_split``.
+    predicted_by: str | None = None
 
     @property
     def regression(self) -> bool:

@@ -139,6 +139,25 @@ def test_writer_rejects_bad_samples_and_empty_sets(tmp_path: Path) -> None:
     assert not (tmp_path / "g" / "index.json").exists()
 
 
+def test_labelled_text_kinds_take_a_class_or_a_score(tmp_path: Path) -> None:
+    with ShardSetWriter(tmp_path / "pairs", "text_pair") as writer:
+        writer.write({"txt": "A plane is taking off.", "pair.txt": "An air plane is taking off.", "score": "5.0"})
+        writer.write({"txt": "Gays and lesbians.", "pair.txt": "Heterosexuals.", "cls": "2"})
+    index = read_index(tmp_path / "pairs")
+    assert index["kind"] == "text_pair" and index["keys"] == ["cls", "pair.txt", "score", "txt"]
+    assert sorted(tar_members(tmp_path / "pairs" / "shard-000000.tar")[:3]) == [
+        "000000000.pair.txt", "000000000.score", "000000000.txt"]
+    assert [sample["pair.txt"] for sample in iter_shard_samples(tmp_path / "pairs")] == [
+        b"An air plane is taking off.", b"Heterosexuals."]
+    with pytest.raises(ValueError, match=r"a 'text_pair' sample holds txt \+ pair\.txt \+ cls or score, got members "
+                                         r"\['cls', 'txt'\]"), ShardSetWriter(tmp_path / "a", "text_pair") as writer:
+        writer.write({"txt": "no second text", "cls": "1"})
+    with pytest.raises(ValueError, match=r"a 'text_label' sample holds txt \+ cls or score, got members "
+                                         r"\['cls', 'score', 'txt'\]"), \
+            ShardSetWriter(tmp_path / "b", "text_label") as writer:
+        writer.write({"txt": "both labels", "cls": "1", "score": "1.0"})
+
+
 def make_set(directory: Path) -> dict:
     with ShardSetWriter(directory, "text", max_count=2) as writer:
         for i in range(4):

@@ -76,7 +76,7 @@ def write_set(directory: Path, kind: str, samples: list[dict[str, bytes]], shard
         last = directory / shards[-1][0]
         last.write_bytes(last.read_bytes()[:cut_last_shard_at])
     keys_ = sorted({ext for sample in samples for ext in sample if not ext.startswith("__")} & {
-        "txt", "png", "jpg", "cls", "npy"})
+        "txt", "png", "jpg", "cls", "npy", "pair.txt", "score"})
     write_index(directory, kind, keys_, shards)
     return directory
 
@@ -205,6 +205,38 @@ def test_collate_units_refuses_mixed_image_sizes(tmp_path):
                                                                         "cls": b"1"}]
     unit = next(single_shard_dataset(tmp_path, "image", samples).units())
     with pytest.raises(ValueError, match=r"stream 'image': cannot stack image of different shapes"):
+        collate_units([unit])
+
+
+def test_text_pairs_with_scores_or_classes_decode_and_collate(tmp_path):
+    """``text_pair`` samples: both texts as strings, ``score`` as float32 (a bad one is skipped as ``bad_score``),
+    ``cls`` as int64; ``text_label`` likewise without the second text."""
+    pairs = [{"__key__": f"{i:03d}", "txt": f"premise {i}".encode(), "pair.txt": f"hypothesis {i}".encode(),
+              "score": str(i * 1.25).encode()} for i in range(4)]
+    pairs += [{"__key__": "004", "txt": b"a", "pair.txt": b"b", "score": b"high"},
+              {"__key__": "005", "txt": b"a", "pair.txt": b"b", "score": b"nan"},
+              {"__key__": "006", "txt": b"a", "score": b"1.0"},                        # no second text
+              {"__key__": "007", "txt": b"a", "pair.txt": b"\xff\xfe", "score": b"1.0"}]
+    unit = next(single_shard_dataset(tmp_path, "text_pair", pairs).units())
+    assert unit["skipped"] == {"bad_score": 2, "missing_key": 1, "bad_text": 1}
+    batch = collate_units([unit])["text_pair"]
+    order = [int(key) for key in batch["keys"]]
+    assert batch["txt"] == [f"premise {i}" for i in order] and batch["pair.txt"] == [f"hypothesis {i}" for i in order]
+    assert batch["score"].dtype == torch.float32 and batch["score"].tolist() == [i * 1.25 for i in order]
+    assert "cls" not in batch
+
+    labelled = [{"__key__": f"{i:03d}", "txt": f"sentence {i}".encode(), "cls": str(i % 2).encode()} for i in range(3)]
+    batch = collate_units([next(single_shard_dataset(tmp_path / "l", "text_label", labelled).units())])["text_label"]
+    order = [int(key) for key in batch["keys"]]
+    assert batch["cls"].tolist() == [i % 2 for i in order] and batch["txt"] == [f"sentence {i}" for i in order]
+    assert "pair.txt" not in batch and "score" not in batch
+
+
+def test_collate_units_refuses_a_set_mixing_class_and_score_labels(tmp_path):
+    samples = [{"__key__": "000", "txt": b"a", "cls": b"1"}, {"__key__": "001", "txt": b"b", "score": b"2.5"}]
+    unit = next(single_shard_dataset(tmp_path, "text_label", samples).units())
+    with pytest.raises(ValueError, match=r"stream 'text_label': 1 of 2 samples hold a 'cls' label and the others "
+                                         r"another"):
         collate_units([unit])
 
 

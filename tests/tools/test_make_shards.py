@@ -16,6 +16,7 @@ from itnet_scale.data.shards import read_index
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.tasks.imagenet import write_imagenet_layout
 from tests.corpus_fixtures import write_img2dataset_folder
+from tests.tasks.glue_fixtures import write_glue_folder
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
 
@@ -89,6 +90,20 @@ def test_imagenet_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["imagenet", str(root), "--split", "validation", "--output", str(tmp_path / "v2")])
     assert exit_info.value.code == 2 and "LOC_val_solution.csv (looked in" in capsys.readouterr().err
+
+
+def test_glue_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tool = load_tool()
+    root = write_glue_folder(tmp_path / "glue")
+    assert tool.main(["glue", str(root), "--task", "qqp", "--output", str(tmp_path / "qqp"), "--max-count", "3"]) == 0
+    assert "text_pair: 4 samples in 2 shards" in capsys.readouterr().out
+    assert read_index(tmp_path / "qqp")["skipped"] == {"too few columns": 2}
+    assert tool.main(["glue", str(root), "--task", "mnli", "--split", "validation_matched",
+                      "--output", str(tmp_path / "mnli")]) == 0
+    assert "text_pair: 3 samples in 1 shards" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["glue", str(root), "--task", "sst2", "--split", "test", "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "sst2's 'test' split has no labels" in capsys.readouterr().err
 
 
 def test_bad_input_exits_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

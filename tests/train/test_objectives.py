@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from itnet_scale.train.config import ObjectiveSettings
-from itnet_scale.train.objectives import gather_rows, micro_step_losses
 from itnet_scale.train.loop import Part
+from itnet_scale.train.objectives import gather_rows, micro_step_losses
 
 
 def part(value: float, weight: float) -> Part:
