@@ -2,5 +2,7 @@
 :class:`~itnet_scale.tasks.benchmark.Benchmark` interface and the :data:`BENCHMARKS` registry."""
 
 from itnet_scale.tasks.benchmark import BENCHMARKS, Benchmark, Example, Split, get_benchmark, register_benchmark
+from itnet_scale.tasks.modelnet40 import ModelNet40, ModelNet40Settings
 
-__all__ = ["BENCHMARKS", "Benchmark", "Example", "Split", "get_benchmark", "register_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "Example", "ModelNet40", "ModelNet40Settings", "Split", "get_benchmark",
+           "register_benchmark"]
