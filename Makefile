@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 		     "make test TORCH_PIP_ARGS='--index-url <CPU wheel index>' (or '--find-links <dir>')"; exit 1; }; \
 	fi
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo,atlas,compare]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,demo,atlas,compare,modelnet]"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -c \
 		"from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()" >/dev/null || { \
 		echo "error: DeepSpeed's CPU Adam op (ZeRO-Offload's optimizer) did not build: it needs a C++ compiler" \

@@ -9,6 +9,7 @@ Usage::
     python tools/make_shards.py captions LIST.jsonl --output DIR [--image-root R] [...]
     python tools/make_shards.py points ROOT --output DIR [--num-points P] [--seed S] [...]  # .npy/.txt/.off
     python tools/make_shards.py glue GLUE_DIR --task qqp [--split train] --output DIR [...]  # a labelled GLUE split
+    python tools/make_shards.py modelnet40 ROOT --output DIR [--split S ...] [--num-points P] [--seed S] [...]
     python tools/make_shards.py demo --output DIR [--seed S] [--num-points P] [--shard-samples N]
     python tools/make_shards.py index DIR --kind image_text [--overwrite]   # img2dataset / open_clip tars, in place
     python tools/make_shards.py check LOCATION [--allow_pipe_urls]          # a folder or http(s):// URL
@@ -42,6 +43,7 @@ from itnet_scale.data.shards import (
 )
 from itnet_scale.tasks.glue import GLUE_TASKS, write_glue_shards
 from itnet_scale.tasks.imagenet import write_imagenet_shards
+from itnet_scale.tasks.modelnet40 import LAYOUTS, SAMPLINGS, SPLITS, ModelNet40Settings, write_modelnet40_shards
 
 Run = Callable[[argparse.Namespace], list[ShardSetSummary]]
 Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument keywords)
@@ -108,6 +110,25 @@ def points(args: argparse.Namespace) -> list[ShardSetSummary]:
             (("--split",), {"default": "train", "help": "the split (default train; mnli: validation_matched, ...)"}))
 def glue(args: argparse.Namespace) -> list[ShardSetSummary]:
     return [write_glue_shards(args.task, args.input, args.split, args.output, **writer_options(args))]
+
+
+@subcommand("modelnet40", "ModelNet40 from any of its archives (modelnet40_normal_resampled, "
+            "modelnet40_ply_hdf5_2048, ModelNet40 meshes): each split as a points set in OUTPUT/<split>, normalized "
+            "as the benchmark reads it, with the class names and shape ids in its index", NUM_POINTS,
+            (("--seed",), {"type": int, "default": 0, "help": "the validation draw and mesh samples (default 0)"}),
+            (("--split",), {"action": "append", "choices": SPLITS,
+                            "help": "a split to write (repeat for several; default: all three)"}),
+            (("--validation-fraction",), {"type": float, "default": 0.1,
+                                          "help": "share of each class's training shapes held out (default 0.1)"}),
+            (("--sampling",), {"choices": SAMPLINGS, "default": "first",
+                               "help": "the first points of each cloud, or farthest-point sampling (default first)"}),
+            (("--layout",), {"choices": ("auto", *LAYOUTS), "default": "auto",
+                             "help": "which archive under ROOT (default: the only one there)"}))
+def modelnet40(args: argparse.Namespace) -> list[ShardSetSummary]:
+    settings = ModelNet40Settings(num_points=args.num_points, sampling=args.sampling, seed=args.seed,
+                                  validation_fraction=args.validation_fraction, layout=args.layout)
+    return [write_modelnet40_shards(args.input, split, args.output / split, settings, **writer_options(args))
+            for split in (args.split or SPLITS)]
 
 
 @subcommand("demo", "the embedded demo sets (text, image, image_text, points), their held-out sets and tokenizer",

@@ -46,8 +46,10 @@ class Mesh:
         return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
 
 
-def sample_surface(mesh: Mesh, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """Sample ``num_points`` points uniformly over the mesh's surface area; float32 ``[num_points, 3]``.
+def sample_surface(mesh: Mesh, num_points: int, rng: np.random.Generator, *, normals: bool = False) -> np.ndarray:
+    """Sample ``num_points`` points uniformly over the mesh's surface area; float32 ``[num_points, 3]``, or
+    ``[num_points, 6]`` with ``normals``: each point followed by its triangle's unit normal (``(b − a) × (c − a)``,
+    so its sign follows the triangle's winding).
 
     A triangle is drawn with probability proportional to its area, then a point uniformly inside
     it from two uniforms ``(u, v)`` reflected into the lower triangle when ``u + v > 1``.
@@ -63,22 +65,33 @@ def sample_surface(mesh: Mesh, num_points: int, rng: np.random.Generator) -> np.
     outside = u + v > 1.0
     u[outside], v[outside] = 1.0 - u[outside], 1.0 - v[outside]
     a, b, c = (mesh.vertices[mesh.triangles[chosen, k]] for k in range(3))
-    return (a + u[:, None] * (b - a) + v[:, None] * (c - a)).astype(np.float32)
+    points = a + u[:, None] * (b - a) + v[:, None] * (c - a)
+    if normals:  # a chosen triangle has positive area, so its cross product is never zero
+        cross = np.cross(b - a, c - a)
+        points = np.concatenate([points, cross / np.linalg.norm(cross, axis=1, keepdims=True)], axis=1)
+    return points.astype(np.float32)
+
+
+#: The header keywords :func:`parse_off` reads: plain OFF, and OFF with a colour after each vertex.
+OFF_KEYWORDS = ("OFF", "COFF")
 
 
 def parse_off(text: str, source: str = "<off>") -> Mesh:
     """Parse an OFF mesh (``OFF``, counts ``V F E``, ``V`` vertex rows, ``F`` rows ``k i_1 … i_k [colour]``).
 
-    Comments (``#``) and blank lines are ignored, and the counts may follow ``OFF`` on the header line
-    (``OFF490 518 0``, as in some ModelNet files). Hand-written because no dependency of the project
-    reads OFF; errors name ``source`` and the line.
+    Comments (``#``) and blank lines are ignored, the counts may follow the keyword on the header line
+    (``OFF490 518 0``, as in some ModelNet files), and ``COFF`` files (each vertex row followed by its colour,
+    ``x y z r g b a``) read as their geometry. Hand-written because no dependency of the project reads OFF;
+    errors name ``source`` and the line.
     """
     rows = [(number, line.split("#", 1)[0].split()) for number, line in enumerate(text.splitlines(), start=1)]
     rows = [(number, tokens) for number, tokens in rows if tokens]
-    if not rows or not rows[0][1][0].startswith("OFF"):
-        raise ValueError(f"{source}: not an OFF file (the first line must start with 'OFF')")
+    keyword = next((k for k in OFF_KEYWORDS if rows and rows[0][1][0].startswith(k)), None)
+    if keyword is None:
+        raise ValueError(f"{source}: not an OFF file (the first line must start with one of {', '.join(OFF_KEYWORDS)})")
     header_number, header = rows[0]
-    counts_tokens = ([header[0][3:]] if header[0][3:] else []) + header[1:]
+    fused = header[0][len(keyword):]
+    counts_tokens = ([fused] if fused else []) + header[1:]
     body = rows[1:]
     if not counts_tokens:
         if not body:

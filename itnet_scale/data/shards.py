@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import itertools
 import json
 import logging
 import os
@@ -712,10 +713,39 @@ def write_caption_shards(jsonl: str | Path, output: str | Path, *, image_root: s
     return writer.summary
 
 
+def read_point_rows(path: Path, columns: int = 3, max_rows: int | None = None) -> np.ndarray:
+    """Read a stored point cloud's first ``columns`` columns as float64 ``[P, columns]``: ``.npy`` ``[P, ≥columns]``
+    or ``.txt`` rows (comma or space separated, as ModelNet's ``x,y,z,nx,ny,nz``). With ``max_rows``, only the first
+    that many rows are read (of a ``.txt``, only those lines are parsed).
+
+    Raises ``ValueError`` naming the file for unreadable data, a wrong shape or non-finite values.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".txt"):
+        raise ValueError(f"{path}: unsupported stored point-cloud suffix {suffix!r}; expected .npy or .txt")
+    try:
+        if suffix == ".npy":
+            points = np.load(path, allow_pickle=False)
+        else:
+            with path.open(encoding="utf-8") as lines:
+                text = "".join(itertools.islice(lines, max_rows)).replace(",", " ")
+            points = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read points ({error})") from error
+    if points.ndim != 2 or points.shape[0] < 1 or points.shape[1] < columns:
+        raise ValueError(f"{path}: expected points of shape [P, >={columns}], got {list(points.shape)}")
+    if not np.issubdtype(points.dtype, np.number):
+        raise ValueError(f"{path}: expected numeric points, got dtype {points.dtype}")
+    points = points[:max_rows, :columns].astype(np.float64)
+    if not np.isfinite(points).all():
+        raise ValueError(f"{path}: points contain NaN or infinity")
+    return points
+
+
 def load_points(path: Path, num_points: int | None, rng: np.random.Generator) -> np.ndarray:
-    """Read a point cloud as float32 ``[P, 3]``: ``.npy`` ``[P, ≥3]`` and ``.txt`` rows (comma or space separated)
-    keep their first 3 columns; ``.off`` meshes are surface-sampled. With ``num_points``, a stored cloud is
-    subsampled without replacement (or topped up with repeats); ``.off`` needs ``num_points``.
+    """Read a point cloud as float32 ``[P, 3]``: ``.npy`` and ``.txt`` through :func:`read_point_rows` (xyz);
+    ``.off`` meshes are surface-sampled. With ``num_points``, a stored cloud is subsampled without replacement (or
+    topped up with repeats); ``.off`` needs ``num_points``.
 
     Raises ``ValueError`` naming the file for unreadable data, a wrong shape or non-finite values.
     """
@@ -726,21 +756,7 @@ def load_points(path: Path, num_points: int | None, rng: np.random.Generator) ->
         return sample_surface(read_off(path), num_points, rng)  # read_off's errors name the file
     if suffix not in (".npy", ".txt"):
         raise ValueError(f"{path}: unsupported point-cloud suffix {suffix!r}; expected one of {POINT_SUFFIXES}")
-    try:
-        if suffix == ".npy":
-            points = np.load(path, allow_pickle=False)
-        else:
-            text = path.read_text(encoding="utf-8").replace(",", " ")
-            points = np.loadtxt(io.StringIO(text), dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read points ({error})") from error
-    if points.ndim != 2 or points.shape[0] < 1 or points.shape[1] < 3:
-        raise ValueError(f"{path}: expected points of shape [P, >=3], got {list(points.shape)}")
-    if not np.issubdtype(points.dtype, np.number):
-        raise ValueError(f"{path}: expected numeric points, got dtype {points.dtype}")
-    points = points[:, :3]
-    if not np.isfinite(points).all():
-        raise ValueError(f"{path}: points contain NaN or infinity")
+    points = read_point_rows(path)
     if num_points is not None and len(points) != num_points:
         if len(points) > num_points:
             chosen = np.sort(rng.choice(len(points), size=num_points, replace=False))

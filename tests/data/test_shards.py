@@ -21,6 +21,7 @@ from itnet_scale.data.shards import (
     index_existing_shards,
     iter_shard_samples,
     read_index,
+    read_point_rows,
     split_documents,
     write_caption_shards,
     write_image_folder_shards,
@@ -379,6 +380,27 @@ def test_point_cloud_writer_reads_npy_txt_and_off(tmp_path: Path, caplog: pytest
     kept = write_point_cloud_shards(root, tmp_path / "all", num_points=None)
     assert kept.samples == 3 and kept.skipped["unreadable_points"] == 5
     assert [load_npy(s["npy"]).shape for s in iter_shard_samples(tmp_path / "all")] == [(300, 3), (50, 3), (3, 3)]
+
+
+def test_read_point_rows_keeps_the_columns_and_rows_asked_for(tmp_path: Path) -> None:
+    """ModelNet's ``x,y,z,nx,ny,nz`` rows: all six columns, or only the first rows (of a .txt, only those parsed)."""
+    rows = np.round(np.random.default_rng(2).normal(size=(40, 6)), 6)
+    text = tmp_path / "chair_0001.txt"
+    text.write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in rows) + "\n")
+    np.save(tmp_path / "cloud.npy", rows.astype(np.float32))
+    np.testing.assert_array_equal(read_point_rows(text, 6), rows)
+    np.testing.assert_array_equal(read_point_rows(text, 3, max_rows=7), rows[:7, :3])
+    np.testing.assert_array_equal(read_point_rows(tmp_path / "cloud.npy", 6, max_rows=5),
+                                  rows[:5].astype(np.float32).astype(np.float64))
+    # a malformed row after max_rows is never parsed; within them it is an error naming the file
+    text.write_text(text.read_text() + "1,2,oops,4,5,6\n")
+    assert read_point_rows(text, 6, max_rows=40).shape == (40, 6)
+    with pytest.raises(ValueError, match=r"chair_0001\.txt: cannot read points"):
+        read_point_rows(text, 6)
+    with pytest.raises(ValueError, match=r"cloud\.npy: expected points of shape \[P, >=7\], got \[40, 6\]"):
+        read_point_rows(tmp_path / "cloud.npy", 7)
+    with pytest.raises(ValueError, match=r"unsupported stored point-cloud suffix '\.off'"):
+        read_point_rows(tmp_path / "mesh.off")
 
 
 def test_point_cloud_writer_is_seeded(tmp_path: Path) -> None:

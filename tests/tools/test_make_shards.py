@@ -16,6 +16,7 @@ from itnet_scale.data.shards import read_index
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.tasks.imagenet import write_imagenet_layout
 from tests.corpus_fixtures import write_img2dataset_folder
+from tests.modelnet40_fixtures import official_ids, write_normal_resampled
 from tests.tasks.glue_fixtures import write_glue_folder
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_shards.py"
@@ -41,6 +42,26 @@ def test_text_as_a_subprocess(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"text: 5 samples in 3 shards, {read_index(tmp_path / 't')['bytes']} bytes -> " \
                                     f"{tmp_path / 't'} (skipped: none)"
     assert [s["name"] for s in read_index(tmp_path / "t")["shards"]][-1] == "docs-000002.tar"
+
+
+def test_modelnet40_writes_each_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train_ids, test_ids = official_ids(4, 1, classes=("bed", "range_hood"))
+    write_normal_resampled(tmp_path / "data" / "modelnet40_normal_resampled", train_ids, test_ids, rows=64)
+    tool = load_tool()
+    assert tool.main(["modelnet40", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--num-points", "32",
+                      "--validation-fraction", "0.25"]) == 0
+    out = capsys.readouterr().out
+    for split, samples in (("train", 6), ("validation", 2), ("test", 2)):
+        assert f"points: {samples} samples in 1 shards" in out
+        index = read_index(tmp_path / "out" / split)
+        assert index["split"] == split and index["num_points"] == 32 and len(index["ids"]) == samples
+    assert read_index(tmp_path / "out" / "test")["ids"] == test_ids
+    assert tool.main(["modelnet40", str(tmp_path / "data"), "--output", str(tmp_path / "one"), "--split", "test",
+                      "--num-points", "16"]) == 0
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["test"]
+    with pytest.raises(SystemExit):
+        tool.main(["modelnet40", str(tmp_path), "--output", str(tmp_path / "bad")])
+    assert "not a ModelNet40 layout" in capsys.readouterr().err
 
 
 def test_images_captions_points(tmp_path: Path, capsys: pytest.CaptureFixture[str],
