@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from itnet_scale.train.command_line import (
-    add_pretrain_config_arguments,
+    add_config_arguments,
     exit_process,
     leave_process_group,
     report_startup_error,
@@ -26,7 +26,7 @@ from itnet_scale.train.config import load_pretrain_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    add_pretrain_config_arguments(parser)
+    add_config_arguments(parser)
     parser.add_argument("--deepspeed_config", type=Path, default=None, help="your DeepSpeed JSON, over ours")
     args = parser.parse_args(argv)
     try:

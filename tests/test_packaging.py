@@ -70,7 +70,7 @@ def test_the_wheel_installs_and_works_outside_the_checkout(tmp_path):
     assert {name.split("/", 1)[1] for name in names if name.startswith("itnet_scale_tools/")} == COMMAND_MODULES
     assert sorted(name for name in names if name.startswith("itnet_scale/models/configs/")) == [
         f"itnet_scale/models/configs/{model}.yaml" for model in list_models()]
-    assert not [name for name in names if "benchmarks/" in name or name.endswith("bench.py")]  # the suites stay in the checkout
+    assert not [name for name in names if "benchmarks/" in name or name.endswith("bench.py")]  # suites: checkout only
 
     # A fresh venv outside the checkout; the dependencies come from the project's venv through a .pth line — a
     # directory a .pth adds is not a site directory, so its own .pth files (the editable install's hook) do not run.

@@ -28,7 +28,7 @@ from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.parallel import init_distributed
 from itnet_scale.train.command_line import (
-    add_pretrain_config_arguments,
+    add_config_arguments,
     exit_process,
     leave_process_group,
     report_startup_error,
@@ -41,7 +41,7 @@ from itnet_scale.train.pretrain_data import MicroBatchBuilder
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("checkpoint", type=Path, help="a DeepSpeed checkpoint or a library-format folder")
-    add_pretrain_config_arguments(parser, config_required=True)
+    add_config_arguments(parser, config_required=True)
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from itnet_scale.atlas import Atlas, AtlasSettings, atlas, require_matplotlib
 from itnet_scale.checkpoint.sources import load_source_model, open_source
 from itnet_scale.data.tokenizer import Tokenizer
-from itnet_scale.train.command_line import add_pretrain_config_arguments, report_startup_error
+from itnet_scale.train.command_line import add_config_arguments, report_startup_error
 from itnet_scale.train.config import load_pretrain_config
 from itnet_scale.train.evaluation import Evaluator
 from itnet_scale.train.pretrain_data import MicroBatchBuilder
@@ -32,7 +32,7 @@ from itnet_scale.train.pretrain_data import MicroBatchBuilder
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("checkpoint", type=Path, help="a DeepSpeed checkpoint or a library-format folder")
-    add_pretrain_config_arguments(parser)
+    add_config_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("atlas"), help="output folder (default: ./atlas)")
     parser.add_argument("--queries", default=None,
                         help="comma-separated query token indices for the heatmaps (default: three spread ones)")

@@ -1,4 +1,4 @@
-"""What the command lines that read a pretraining config share (``launch/pretrain.py``,
+"""What the command lines that read a run config share (``launch/pretrain.py``, ``launch/finetune.py``,
 ``tools/evaluate_pretrained.py``): their arguments, a problem found before work starts reported once, and a clean
 exit from the process group and the process."""
 
@@ -15,14 +15,15 @@ import torch.distributed as dist
 from itnet_scale.train.pretrain_data import StartupError
 
 
-def add_pretrain_config_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False) -> None:
-    """``--config`` (a pretraining YAML), ``key=value`` overrides, ``--allow_pipe_urls`` and the launcher's
-    ``--local_rank``."""
-    parser.add_argument("--config", type=Path, required=config_required,
-                        help="a pretraining YAML (configs/pretrain/*.yaml)")
+def add_config_arguments(parser: argparse.ArgumentParser, *, config_required: bool = False,
+                         what: str = "a pretraining YAML (configs/pretrain/*.yaml)", pipe_urls: bool = True) -> None:
+    """``--config`` (``what``), ``key=value`` overrides, ``--allow_pipe_urls`` (where the run streams shard sets:
+    ``pipe_urls``) and the launcher's ``--local_rank``."""
+    parser.add_argument("--config", type=Path, required=config_required, help=what)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (omegaconf dot-list)")
-    parser.add_argument("--allow_pipe_urls", action="store_true",
-                        help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
+    if pipe_urls:
+        parser.add_argument("--allow_pipe_urls", action="store_true",
+                            help="let stream paths be pipe:COMMAND (runs a shell command per file; see the README)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
 
 

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint
+from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint, step_tag
 from itnet_scale.config import to_yaml
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.flops import TrainingFlops
@@ -138,8 +138,17 @@ class Recipe(abc.ABC):
     def losses(self, engine: Any, parts: Sequence[Part]) -> tuple[Tensor, dict[str, Tensor]]:
         """The scalar to backpropagate and each loss (detached) of one micro-step's ``parts``."""
 
+    def schedule(self, config: TrainerConfig) -> tuple[int, OptimizerSettings]:
+        """The run's optimizer steps and optimizer settings (the LR schedule spans the steps): the config's by
+        default; an epoch-based recipe derives them from its data."""
+        return config.steps, config.optimizer
+
     def has_evaluation(self) -> bool:
         return False
+
+    def should_evaluate(self, step: int, config: TrainerConfig) -> bool:
+        """Evaluate after optimizer step ``step``: every ``eval.every`` steps by default."""
+        return bool(config.eval.every) and step % config.eval.every == 0
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Evaluate ``model`` (the engine's module) without touching the training state."""
@@ -165,6 +174,13 @@ class Recipe(abc.ABC):
     def client_state(self) -> dict[str, Any]:
         """Extra fields for the checkpoint's client state (read by the converter and inspection tools)."""
         return {}
+
+    def save_files(self, tag_dir: Path) -> None:  # noqa: B027
+        """Write the recipe's own files into a checkpoint's tag folder, before DeepSpeed saves it (so ``latest``
+        only ever names a checkpoint whose files are complete); every rank calls it. Nothing by default."""
+
+    def load_files(self, tag_dir: Path) -> None:  # noqa: B027
+        """Read back what :meth:`save_files` wrote, on resume; every rank calls it. Nothing by default."""
 
     def finish(self, trainer: Trainer, result: TrainResult) -> None:  # noqa: B027
         """Called once the run is done (on every rank); nothing by default."""
@@ -195,8 +211,9 @@ class Trainer:
         apply_sequence_parallel(model, self.sp)
         configure_activation_checkpointing(model, config.activation_checkpointing.every)
         self.flops = TrainingFlops(model)  # before ZeRO-3 partitions the parameters (their numel becomes 0)
+        self.total_steps, optimizer = recipe.schedule(config)
         self.engine, self.optimizer = build_engine(
-            model, config.deepspeed, config.optimizer, config.steps, model_width=self.model_config.dim,
+            model, config.deepspeed, optimizer, self.total_steps, model_width=self.model_config.dim,
             deepspeed_config_file=deepspeed_config_file, sequence_parallel=self.sp)
         self.accumulation = int(self.engine.gradient_accumulation_steps())
         agree_on_startup_error(recipe.setup(self))
@@ -237,6 +254,7 @@ class Trainer:
                              f"with the same model and model_overrides (saved:\n{saved_model})")
         self.step = int(client_state["step"])
         self.recipe.load_state_dict(client_state["data"])
+        self.recipe.load_files(self.config.checkpoint_dir / tag)
         self.guard.load_state_dict(client_state["guard"])
         if rank_state is not None and client_state.get("world_size") == self.world_size:
             restore_rng_state(rank_state["rng"])
@@ -246,6 +264,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Save a checkpoint of the current step (every rank); returns its folder."""
+        self.recipe.save_files(self.config.checkpoint_dir / step_tag(self.step))
         tag = save_checkpoint(self.engine, self.config.checkpoint_dir, self.step, self._client_state(),
                               {"rng": capture_rng_state()}, keep_last=self.config.checkpoint.keep_last)
         return self.config.checkpoint_dir / tag
@@ -307,29 +326,30 @@ class Trainer:
         return record, counts
 
     def run(self) -> TrainResult:
-        """Train from the current step to ``config.steps`` (or until the recipe stops early); save at the end.
+        """Train from the current step to :attr:`total_steps` (or until the recipe stops early); save at the end.
         Returns what happened."""
         config, recipe = self.config, self.recipe
         result = TrainResult(start_step=self.step)
-        metrics = MetricsLogger(config.tensorboard_dir, rank=self.rank, total_steps=config.steps, start_step=self.step,
-                                print_every=config.logging.print_every, eval_file=config.eval_file)
+        metrics = MetricsLogger(config.tensorboard_dir, rank=self.rank, total_steps=self.total_steps,
+                                start_step=self.step, print_every=config.logging.print_every,
+                                eval_file=config.eval_file)
         throughput = Throughput(config.logging.peak_flops_per_rank * self.world_size)
         pending_save = False
         last_saved = self.step if self.resumed_from else None
         try:
             if config.eval.at_start and recipe.has_evaluation() and self.step == 0:
                 result.evaluations.append(self.evaluate(metrics))
-            while self.step < config.steps and not recipe.should_stop():
+            while self.step < self.total_steps and not recipe.should_stop():
                 began = time.perf_counter()
                 record, counts = self.train_step()
                 result.records.append(record)
                 totals = all_reduce_mean(torch.tensor([counts[k] for k in ("samples", "tokens", "flops")],
                                                       dtype=torch.float64)) * self.world_size / self.sp.size
                 throughput.add(int(totals[0]), int(totals[1]), counts["data_wait"], float(totals[2]))
-                if self.step % config.logging.log_every == 0 or self.step == config.steps:
+                if self.step % config.logging.log_every == 0 or self.step == self.total_steps:
                     metrics.log(self.step, self._scalars(record, throughput, time.perf_counter() - began))
                 recipe.after_step(self, record, metrics)
-                if config.eval.every and self.step % config.eval.every == 0 and recipe.has_evaluation():
+                if recipe.has_evaluation() and recipe.should_evaluate(self.step, config):
                     result.evaluations.append(self.evaluate(metrics))
                 pending_save = pending_save or self.step % config.checkpoint.save_every == 0
                 if pending_save and record.applied:

@@ -1,0 +1,69 @@
+"""Runs on every rank (``deepspeed --num_accelerators 2``): each task config of ``configs/finetune`` fine-tuned for
+one epoch on fixture data in the benchmarks' real layouts, then evaluated only (the submission files), with a
+check that the exactly-once evaluation over the ranks gives what one process computes on the whole split."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itnet_scale.train.finetune_config import load_finetune_config
+from itnet_scale.train.finetuning import Finetuner
+
+REPO = Path(__file__).resolve().parents[2]
+GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+#: A small model and one step per epoch on the fixtures (2 ranks × 1 example per micro-step).
+SMALL = {"model_overrides.dim": 32, "model_overrides.depth": 1, "model_overrides.heads": 2,
+         "model_overrides.point_tokens": 8, "model_overrides.point_group_size": 8, "model_overrides.patch_size": 4,
+         "model_overrides.point_hidden": 16, "deepspeed.micro_batch_size": 1, "deepspeed.precision": "fp32",
+         "epochs": 2, "eval.batch_size": 2, "logging.print_every": 1, "ema.decay": 0.0}
+
+
+def overrides(task: str, data: Path, run: Path, **extra: object) -> list[str]:
+    root = {"imagenet": data / "imagenet", "modelnet40": data / "modelnet40", **{t: data / "glue" for t in GLUE}}
+    values = {**SMALL, "data_root": root[task], "run_dir": run, "tokenizer": data / "tokenizer", **extra}
+    if task == "imagenet":
+        values |= {"augment.image.size": 16, "eval.batch_size": 3}
+    if task == "modelnet40":
+        values |= {"eval.votes": 2}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def config(task: str, data: Path, run: Path, **extra: object):
+    return load_finetune_config(REPO / "configs" / "finetune" / f"{task}.yaml", overrides(task, data, run, **extra))
+
+
+def smoke(data: Path, out: Path) -> None:
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    report = {}
+    for task in ("imagenet", "modelnet40", *GLUE):
+        trainer = Finetuner(config(task, data, out / task))
+        result = trainer.run()
+        recipe = trainer.recipe
+        model = trainer.engine.module
+        name, split = next(iter(recipe.eval_splits.items()))
+        gathered = recipe.predict(model, split)
+        with torch.no_grad():  # one process, the whole split, no partition
+            model.eval()
+            inputs = recipe.batcher.inputs(split.examples, list(range(len(split.examples))), None)
+            whole = model(inputs).float().numpy()
+            model.train()
+        report[task] = {"steps": [r.step for r in result.records], "evaluations": result.evaluations,
+                        "examples": len(split.examples), "same_as_one_process": bool(np.allclose(gathered, whole,
+                                                                                              atol=1e-5)),
+                        "losses": [r.losses["task"] for r in result.records]}
+    evaluated = {}
+    for task, split in (("sst2", "test"), ("mnli", "test_matched"), ("imagenet", "test"), ("modelnet40", "test")):
+        best = out / task / "best"
+        trainer = Finetuner(config(task, data, out / f"{task}-test", init_from=best, eval_only=True, split=split))
+        evaluated[task] = trainer.evaluate_only()
+    if rank == 0:
+        (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated}))
+
+
+if __name__ == "__main__":
+    {"smoke": smoke}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))

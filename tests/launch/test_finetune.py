@@ -1,0 +1,88 @@
+"""``launch/finetune.py`` and its recipe end to end on fixture data in the benchmarks' real layouts: every task
+config at 2 ranks, the submission files of evaluation-only runs, and bad input refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import pydoc_data.topics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from itnet_scale.data.tokenizer import TokenizerConfig, train_tokenizer
+from itnet_scale.tasks.imagenet import write_imagenet_layout
+from tests.distributed import REPO, run_deepspeed
+from tests.modelnet40_fixtures import official_ids, write_normal_resampled
+from tests.tasks.glue_fixtures import write_glue_folder
+
+WORKER = Path(__file__).with_name("finetune_worker.py")
+LAUNCH = REPO / "launch" / "finetune.py"
+
+
+def write_fixture_data(root: Path) -> Path:
+    """GLUE, ImageNet and ModelNet40 trees in their real layouts, and a tokenizer."""
+    write_glue_folder(root / "glue")
+    rng = np.random.default_rng(0)
+
+    def images(count: int) -> list[tuple[np.ndarray, int]]:
+        return [(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), i % 3) for i in range(count)]
+
+    write_imagenet_layout(root / "imagenet", images(6), images(5), ["n01440764", "n01443537", "n01484850"],
+                          ["tench", "goldfish", "great white shark"], test=[pixels for pixels, _ in images(3)])
+    train, test = official_ids(2, 1)
+    write_normal_resampled(root / "modelnet40" / "modelnet40_normal_resampled", train, test, rows=1024)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(text for text in pydoc_data.topics.topics.values()), encoding="utf-8")
+    train_tokenizer(TokenizerConfig(vocab_size=400, inputs=[str(corpus)]), root / "tokenizer")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_every_task_config_fine_tunes_and_writes_its_submission_at_two_ranks(tmp_path: Path):
+    data = write_fixture_data(tmp_path / "data")
+    out = tmp_path / "out"
+    result = run_deepspeed(WORKER, ["smoke", str(data), str(out)], timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["train"]) == {"imagenet", "modelnet40", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli",
+                                    "rte", "wnli"}
+    for task, run in report["train"].items():
+        assert run["steps"] and all(np.isfinite(run["losses"])), task
+        assert run["same_as_one_process"], f"{task}: the 2-rank evaluation differs from one process's"
+        assert len(run["evaluations"]) == 2, task  # after each of the 2 epochs
+        assert (out / task / "best" / "config.yaml").is_file() and (out / task / "metrics.json").is_file(), task
+    assert "validation_matched/accuracy" in report["train"]["mnli"]["evaluations"][-1]
+    assert "validation_mismatched/accuracy" in report["train"]["mnli"]["evaluations"][-1]
+    assert {"validation/overall_accuracy", "validation/vote2_overall_accuracy"} <= set(
+        report["train"]["modelnet40"]["evaluations"][-1])
+    sst2 = (out / "sst2-test" / "SST-2.tsv").read_text().splitlines()
+    assert sst2[0] == "index\tprediction" and len(sst2) == 3 and {row.split("\t")[1] for row in sst2[1:]} <= {"0", "1"}
+    mnli = (out / "mnli-test" / "MNLI-m.tsv").read_text().splitlines()
+    assert {row.split("\t")[1] for row in mnli[1:]} <= {"entailment", "neutral", "contradiction"}
+    imagenet = (out / "imagenet-test" / "imagenet-test.csv").read_text().splitlines()
+    assert len(imagenet) == 4 and len(imagenet[1].split(",")[1].split()) == 3  # top-5 of 3 classes: all 3
+    summary = json.loads((out / "modelnet40-test" / "metrics.json").read_text())
+    assert "test/overall_accuracy" in summary["metrics"] and len(summary["labels"]) == 40
+
+
+def test_bad_keys_and_missing_files_are_refused_before_anything_starts(tmp_path: Path):
+    """A typo'd key, an unknown task, a missing data root, evaluation without a model and a GLUE folder without
+    the task's file each exit with status 2 and one line naming the problem, before any run folder exists."""
+    cases = {("epoch=3",): "epoch",
+             ("task=sst3",): "task must name a benchmark",
+             ("data_root=",): "data_root is required",
+             ("eval_only=true",): "eval_only=true needs init_from",
+             ("optimizer.layer_decay=1.5",): "optimizer.layer_decay must be in",
+             (): "SST-2/train.tsv"}
+    for extra, message in cases.items():
+        run_dir = tmp_path / "run"
+        process = subprocess.run([sys.executable, str(LAUNCH), "--config", str(REPO / "configs" / "finetune" /
+                                  "sst2.yaml"), f"run_dir={run_dir}", f"data_root={tmp_path / 'glue'}", *extra],
+                                 capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert process.returncode == 2, (extra, process.stdout, process.stderr)
+        assert process.stderr.startswith("error: ") and message in process.stderr, (extra, process.stderr)
+        assert not run_dir.exists()
