@@ -1,7 +1,7 @@
 """Writes that appear whole or not at all, survive a crash once done, and honour the user's umask.
 
-- :func:`write_text_atomically` replaces a small file (a run's ``latest``): a temporary sibling, synced, renamed over
-  the target, the rename synced.
+- :func:`write_text_atomically` (:func:`write_bytes_atomically`) replaces a file (a run's ``latest``, a weights'
+  EMA): a temporary sibling, synced, renamed over the target, the rename synced.
 - :func:`atomic_directory` stages a whole folder (a library folder) in a temporary sibling that is renamed into
   place when complete, or deleted on error.
 
@@ -60,10 +60,15 @@ def honour_umask(folder: Path) -> None:
 def write_text_atomically(path: str | Path, text: str) -> None:
     """Replace ``path`` by a file holding ``text`` atomically: readers see the old content or the new one, never
     a mix, and the new one survives a crash once this returns."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data`` atomically (as :func:`write_text_atomically`)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

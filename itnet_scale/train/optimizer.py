@@ -18,13 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from itnet_scale.train.param_groups import parameter_groups
+
 
 @dataclass
 class OptimizerSettings:
     """AdamW (``lr``, ``betas``, ``eps``, ``weight_decay``); the learning rate warms up linearly from
     ``lr / warmup_steps`` over ``warmup_steps`` steps, then decays on a cosine to ``min_lr_ratio × lr`` at the
     last step. Weight decay applies to weight matrices only, not to
-    biases, norms, embeddings' positions or scalars (parameters with fewer than 2 dimensions)."""
+    biases, norms, embeddings' positions or scalars (parameters with fewer than 2 dimensions).
+
+    ``layer_decay`` (< 1: layer-wise learning-rate decay, for fine-tuning an ITNet model) scales a parameter's rate by
+    ``layer_decay ** (depth + 1 − layer)`` (layer 0: the encoders, ``i + 1``: backbone block ``i``, ``depth + 1``:
+    the final norm, pooling and head); ``head_lr_multiplier`` multiplies the head's (the parameters outside the
+    ITNet trunk). Both 1: off (see :mod:`itnet_scale.train.param_groups`)."""
 
     lr: float = 3e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -32,6 +39,8 @@ class OptimizerSettings:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
+    layer_decay: float = 1.0
+    head_lr_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -44,6 +53,10 @@ class OptimizerSettings:
             raise ValueError(f"optimizer.warmup_steps must be >= 1, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"optimizer.layer_decay must be in (0, 1] (1 = off), got {self.layer_decay}")
+        if not self.head_lr_multiplier > 0.0:
+            raise ValueError(f"optimizer.head_lr_multiplier must be > 0 (1 = off), got {self.head_lr_multiplier}")
 
 
 class VetoableStep:
@@ -99,15 +112,14 @@ def guarded_cpu_adam(param_groups: list[dict[str, Any]], **kwargs: Any) -> torch
 
 
 def build_optimizer(model: nn.Module, settings: OptimizerSettings, offload: bool = False) -> torch.optim.Optimizer:
-    """The vetoable AdamW over ``model``'s trainable parameters in two groups: matrices with weight decay,
-    everything else (biases, norms, scalars such as τ rates) without. ``offload``: the optimizer states live in
+    """The vetoable AdamW over ``model``'s trainable parameters in the groups of
+    :func:`~itnet_scale.train.param_groups.parameter_groups`: matrices with weight decay, everything else (biases,
+    norms, scalars such as τ rates) without — and, with ``settings.layer_decay`` or ``head_lr_multiplier``, per
+    learning-rate scale; each group starts at ``settings.lr × lr_scale``. ``offload``: the optimizer states live in
     CPU memory (ZeRO-Offload), so DeepSpeed's CPU Adam (:func:`guarded_cpu_adam`); else :class:`GuardedAdamW`."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = parameter_groups(model, settings.weight_decay, settings.layer_decay, settings.head_lr_multiplier)
+    for group in groups:
+        group["lr"] = settings.lr * group["lr_scale"]
     if offload:
         return guarded_cpu_adam(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
     return GuardedAdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
@@ -128,7 +140,8 @@ def build_lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSetti
 
     Not DeepSpeed's ``WarmupCosineLR``: it sets the learning rate of the very first step to 0 (it is stepped
     only after each update), so a run's first batch would teach nothing; this schedule is also what checkpoints
-    restore (DeepSpeed saves the scheduler's state with the engine), and skipped steps do not advance it.
+    restore (DeepSpeed saves the scheduler's state with the engine), and skipped steps do not advance it. The factor
+    multiplies every group's initial rate (``settings.lr × lr_scale``), so layer-wise decay holds at every step.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
