@@ -46,6 +46,7 @@ from itnet_scale.train.engine import build_engine
 from itnet_scale.train.evaluation import format_metrics, metrics_table
 from itnet_scale.train.metrics_logger import MetricsLogger, Throughput
 from itnet_scale.train.optimizer import OptimizerSettings
+from itnet_scale.train.param_groups import base_learning_rate
 from itnet_scale.train.pretrain_data import agree_on_startup_error
 from itnet_scale.train.rng import capture_rng_state, restore_rng_state
 from itnet_scale.train.step_guard import StepGuard, guarded_step
@@ -308,7 +309,7 @@ class Trainer:
             grads_at_zero0 = [p.grad for p in self.engine.module.parameters()]
         grad_norm = self._grad_norm() if grads_at_zero0 else None
         reason = self.guard.decide(torch.stack(totals), grads_at_zero0)
-        lr = float(self.engine.get_lr()[0])
+        lr = base_learning_rate(self.engine.optimizer)  # the rate at scale 1 (layer-wise decay scales groups)
         applied = guarded_step(self.engine, self.optimizer, reason)
         if reason is None and not applied:
             reason = "nonfinite_grad"  # DeepSpeed's own overflow check (ZeRO 1–3) found a non-finite gradient
