@@ -45,7 +45,7 @@ def smoke(data: Path, out: Path) -> None:
         result = trainer.run()
         recipe = trainer.recipe
         model = trainer.engine.module
-        name, split = next(iter(recipe.eval_splits.items()))
+        split = next(iter(recipe.eval_splits.values()))
         gathered = recipe.predict(model, split)
         with torch.no_grad():  # one process, the whole split, no partition
             model.eval()

@@ -30,8 +30,8 @@ def test_each_epoch_visits_distinct_examples_split_over_ranks_and_micro_steps(ex
                     seen += indices
         assert len(seen) == len(set(seen)) == plan.steps_per_epoch * micro * per_step  # the remainder is dropped
     assert plan.permutation(0).tolist() != plan.permutation(1).tolist()  # reshuffled each epoch
-    assert plan.micro_batch_indices(5, 0) == EpochPlan(examples, micro, accumulation, ranks, seed=3).micro_batch_indices(
-        5, 0)
+    again = EpochPlan(examples, micro, accumulation, ranks, seed=3)
+    assert plan.micro_batch_indices(5, 0) == again.micro_batch_indices(5, 0)
 
 
 def test_a_split_smaller_than_a_global_batch_is_refused_naming_the_sizes():
