@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo lint bench clean fashion-mnist janeaustenr
+.PHONY: venv test test-fast demo finetune-demo lint bench clean fashion-mnist janeaustenr
 
 venv: $(STAMP)
 
@@ -53,6 +53,26 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_accelerators 2 launch/pretrain.py \
 		--config configs/pretrain/demo.yaml
+
+# The demo's pretrained model in the library format (models/demo), converted from `make demo`'s last checkpoint;
+# `make demo` runs first when there is none.
+DEMO_MODEL := models/demo
+$(DEMO_MODEL)/config.yaml: runs/demo/checkpoints/latest | $(STAMP)
+	$(BIN)/python tools/convert_checkpoint.py library runs/demo/checkpoints $(DEMO_MODEL) --overwrite --verify
+
+runs/demo/checkpoints/latest:
+	$(MAKE) demo
+
+# Fine-tuning on real(ish) data end to end, outside `make test` (~15 min on 2 CPU cores): Fashion-MNIST as an
+# ImageNet tree, sentences of two Jane Austen novels as GLUE SST-2, synthetic shapes as ModelNet40, each fine-tuned
+# from the demo model and from scratch with DeepSpeed on 2 CPU ranks (tools/finetune_demo.py; a fresh run each
+# time: runs/finetune-demo is replaced). The table: runs/finetune-demo/results.md (and .json).
+FINETUNE_DEMO := runs/finetune-demo
+finetune-demo: $(STAMP) fashion-mnist janeaustenr $(DEMO_MODEL)/config.yaml
+	rm -rf $(FINETUNE_DEMO)
+	$(BIN)/python tools/finetune_demo.py data --data-dir $(DATA) --out $(FINETUNE_DEMO)/data
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/finetune_demo.py run \
+		--data $(FINETUNE_DEMO)/data --model $(DEMO_MODEL) --out $(FINETUNE_DEMO)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py operator --json bench/operator.json

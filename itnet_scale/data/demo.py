@@ -85,12 +85,13 @@ def digit_caption(digit: int, rng: np.random.Generator) -> str:
     return template.format(name=DIGIT_NAMES[digit], numeral=digit)
 
 
-def shape_point_cloud(shape: str, num_points: int, rng: np.random.Generator) -> np.ndarray:
+def shape_point_cloud(shape: str, num_points: int, rng: np.random.Generator, *, normals: bool = False) -> np.ndarray:
     """Points ``[num_points, 3]`` float32 on a random instance of ``shape``: per-axis scales in [0.6, 1.4], an
-    overall scale in [0.7, 1.3] and a uniform random rotation, applied to the mesh before sampling."""
+    overall scale in [0.7, 1.3] and a uniform random rotation, applied to the mesh before sampling. ``normals``:
+    ``[num_points, 6]``, each point followed by its surface's unit normal (of the transformed mesh)."""
     scale = rng.uniform(0.6, 1.4, size=3) * rng.uniform(0.7, 1.3)
     mesh = SHAPES[shape]().transformed(random_rotation(rng) @ np.diag(scale))
-    return sample_surface(mesh, num_points, rng)
+    return sample_surface(mesh, num_points, rng, normals=normals)
 
 
 def heldout_split(count: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ from itnet_scale.data.demo import (
     HELDOUT_SETS,
     build_demo_data,
     digit_images,
+    shape_point_cloud,
 )
 from itnet_scale.data.meshes import SHAPES
 from itnet_scale.data.shards import iter_shard_samples, read_index
@@ -143,6 +144,18 @@ def test_point_clouds_have_the_shape_and_differ_by_class(demo: dict[str, Path]) 
     np.fill_diagonal(distances, np.inf)
     accuracy = (labels[distances.argmin(1)] == labels).mean()
     assert accuracy > 0.9
+
+
+def test_a_shape_cloud_with_normals_is_the_same_cloud_plus_the_transformed_surfaces_unit_normals() -> None:
+    plain = shape_point_cloud("box", 500, np.random.default_rng(3))
+    cloud = shape_point_cloud("box", 500, np.random.default_rng(3), normals=True)
+    assert cloud.shape == (500, 6) and cloud.dtype == np.float32
+    np.testing.assert_array_equal(cloud[:, :3], plain)  # the same draws: the flag adds columns only
+    np.testing.assert_allclose(np.linalg.norm(cloud[:, 3:], axis=1), 1.0, atol=1e-5)
+    # a box (scaled, rotated) has six faces: the normals take six directions, opposite in pairs
+    directions = np.unique(np.round(cloud[:, 3:], 3), axis=0)
+    assert len(directions) == 6
+    np.testing.assert_allclose(np.sort(directions.sum(0)), 0.0, atol=1e-2)
 
 
 def test_tokenizer_is_trained_on_text_and_captions(demo: dict[str, Path]) -> None:

@@ -1,0 +1,197 @@
+"""``tools/finetune_demo.py``'s data writers on small stand-ins for the real files (Fashion-MNIST's gzip idx files,
+janeaustenr's lazy-load data base, the procedural shapes), each read back by its benchmark's own reader; the runs'
+commands checked by the fine-tuning config loader; the results table from what the recipe writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comparison.tasks import FASHION_FILES, TaskError
+from demo_finetuning.datasets import (
+    AUSTEN_NOVELS,
+    FASHION_NAMES,
+    FASHION_WNIDS,
+    SHAPE_CLASSES,
+    DemoDataSizes,
+    write_austen_sst2,
+    write_fashion_imagenet,
+    write_shapes_modelnet40,
+)
+from demo_finetuning.runs import DEMO_TASKS, RunResult, plan_runs, read_evaluations, results_markdown
+from itnet_scale.data.meshes import SHAPES
+from itnet_scale.tasks import ModelNet40, ModelNet40Settings, get_benchmark
+from itnet_scale.tasks.imagenet import load_image
+from itnet_scale.tasks.modelnet40 import SHAPE_NAMES
+from itnet_scale.train.finetune_config import load_finetune_config
+from tests.distributed import REPO
+from tests.tools.comparison.readers_fixtures import write_idx, write_lazyload
+
+TOOL = REPO / "tools" / "finetune_demo.py"
+SMALL = DemoDataSizes(fashion_train=3, fashion_val=2, fashion_test=4, austen_train=4, austen_dev=2, austen_test=3,
+                      shapes_train=5, shapes_test=2)
+
+
+def write_fashion_idx(data_dir: Path, per_class: int = 6, test: int = 7) -> Path:
+    """Fashion-MNIST's four idx files with ``per_class`` training images of each class; an image of class ``c`` is
+    flat gray ``20·c + 30`` with noise, so its class can be read off a decoded JPEG."""
+    folder = data_dir / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    for split, labels in (("train", np.repeat(np.arange(10), per_class)), ("test", rng.integers(0, 10, test))):
+        labels = labels[rng.permutation(len(labels))]
+        images = np.clip(20 * labels[:, None, None] + 30 + rng.integers(-3, 4, (len(labels), 28, 28)), 0, 255)
+        write_idx(folder / FASHION_FILES[f"{split}_images"], images)
+        write_idx(folder / FASHION_FILES[f"{split}_labels"], labels)
+    return data_dir
+
+
+def test_fashion_mnist_is_written_as_an_imagenet_tree_the_benchmark_reads(tmp_path: Path):
+    data = write_fashion_idx(tmp_path / "data")
+    root = write_fashion_imagenet(data, tmp_path / "imagenet", SMALL, seed=0)
+    imagenet = get_benchmark("imagenet").for_root(root)
+    assert imagenet.label_names == FASHION_WNIDS
+    assert (root / "LOC_synset_mapping.txt").read_text().splitlines()[0] == "n99000000 T-shirt/top"
+    assert len((root / "LOC_synset_mapping.txt").read_text().splitlines()) == len(FASHION_NAMES)
+    train, val = imagenet.read(root, "train"), imagenet.read(root, "validation")
+    assert np.bincount(train.labels()).tolist() == [3] * 10 and np.bincount(val.labels()).tolist() == [2] * 10
+    test = imagenet.read(root, "test")
+    assert len(test.examples) == 4 and not test.labelled
+    for example in train.examples + val.examples:  # each image is of the class it is filed under
+        gray = np.asarray(load_image(example.inputs["image"]))[..., 0].astype(float)
+        assert gray.shape == (28, 28) and round((gray.mean() - 30) / 20) == example.label, example.id
+    # train and validation are disjoint draws: the 6 images of a class hold 3 + 2 of them
+    pixels = [np.asarray(load_image(e.inputs["image"])).tobytes() for e in train.examples + val.examples]
+    assert len(set(pixels)) == len(pixels)
+    again = write_fashion_imagenet(data, tmp_path / "again", SMALL, seed=0)  # seeded: the same files
+    assert (again / "LOC_val_solution.csv").read_text() == (root / "LOC_val_solution.csv").read_text()
+
+
+def test_fashion_mnist_errors_name_the_missing_files_and_the_short_class(tmp_path: Path):
+    with pytest.raises(TaskError, match="make fashion-mnist"):
+        write_fashion_imagenet(tmp_path / "nothing", tmp_path / "out", SMALL)
+    data = write_fashion_idx(tmp_path / "data", per_class=4)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: class 0 has 4 examples, fewer than the 5"):
+        write_fashion_imagenet(data, tmp_path / "out", SMALL)
+
+
+def novel_lines(name: str, count: int) -> list[str]:
+    """A novel's lines as janeaustenr stores them: a title, a chapter heading, sentences that name the novel and
+    run over line breaks, blank lines between paragraphs."""
+    lines = [name.upper(), "", "CHAPTER 1", ""]
+    for i in range(count):
+        lines += [f"In {name} the {i} th sentence goes", "on\tover a line break here.", ""]
+    return lines
+
+
+def test_two_austen_novels_are_written_as_sst2_files_the_benchmark_reads(tmp_path: Path):
+    pytest.importorskip("rdata")
+    shared = ["Nobody could say it was not a very fine morning indeed.", ""]
+    vectors = {"emma": novel_lines("emma", 20),
+               "prideprejudice": novel_lines("prideprejudice", 12) + shared + novel_lines("prideprejudice", 1),
+               "persuasion": novel_lines("persuasion", 10) + shared}
+    write_lazyload(tmp_path / "data" / "janeaustenr" / "data", vectors, tmp_path)
+    root = write_austen_sst2(tmp_path / "data", tmp_path / "glue", SMALL, seed=0)
+    sst2 = get_benchmark("sst2")
+    texts: list[str] = []
+    for split, per_novel in (("train", 4), ("validation", 2)):
+        data = sst2.read(root, split)
+        assert np.bincount(data.labels()).tolist() == [per_novel, per_novel]
+        for example in data.examples:  # label 0: Pride and Prejudice, 1: Persuasion
+            assert f"In {AUSTEN_NOVELS[example.label]} the" in example.inputs["text"]
+            assert "\t" not in example.inputs["text"] and "  " not in example.inputs["text"]
+        texts += [example.inputs["text"] for example in data.examples]
+    test = sst2.read(root, "test")
+    assert [example.id for example in test.examples] == [str(i) for i in range(6)] and not test.labelled
+    texts += [example.inputs["text"] for example in test.examples]
+    assert len(set(texts)) == len(texts) == 2 * (4 + 2 + 3)  # no sentence twice (P&P repeats its first one)
+    assert not any("fine morning" in text for text in texts)  # a sentence of both novels has no single label
+    assert (root / "SST-2" / "train.tsv").read_text().splitlines()[0] == "sentence\tlabel"
+    with pytest.raises(ValueError, match=r"persuasion has 10 distinct sentences, fewer than the 12"):
+        write_austen_sst2(tmp_path / "data", tmp_path / "glue2", DemoDataSizes(austen_train=8, austen_dev=2,
+                                                                               austen_test=2))
+
+
+def test_shapes_are_written_as_modelnet40_normal_resampled_the_benchmark_reads(tmp_path: Path):
+    root = write_shapes_modelnet40(tmp_path / "modelnet40", SMALL, seed=0)
+    folder = root / "modelnet40_normal_resampled"
+    assert (folder / "modelnet40_shape_names.txt").read_text().split() == list(SHAPE_NAMES)
+    assert set(SHAPE_CLASSES) == set(SHAPES)
+    classes = sorted(SHAPE_NAMES.index(name) for name in SHAPE_CLASSES.values())
+    benchmark = ModelNet40(ModelNet40Settings(normals=True))
+    splits = {split: benchmark.read(root, split) for split in ("train", "validation", "test")}
+    assert sorted(set(splits["test"].labels())) == classes
+    for label in classes:  # the benchmark holds out round(0.1 · 5) = 1 of each class's 5 training shapes
+        assert [int((splits[s].labels() == label).sum()) for s in splits] == [4, 1, 2]
+    assert splits["test"].examples[0].id == f"{SHAPE_NAMES[classes[0]]}_0006"  # numbered after the training ids
+    for example in splits["train"].examples:
+        points = example.inputs["points"]
+        assert points.shape == (1024, 6)
+        np.testing.assert_allclose(np.linalg.norm(points[:, 3:], axis=1), 1.0, atol=1e-4)
+        assert np.linalg.norm(points[:, :3], axis=1).max() == pytest.approx(1.0, abs=1e-4)
+    # the class is the shape: a box's (dresser's) normals take 6 directions, a sphere's (vase's) hundreds
+    by_name = {SHAPE_NAMES[e.label]: e.inputs["points"] for e in splits["train"].examples}
+    assert len(np.unique(np.round(by_name["dresser"][:, 3:], 2), axis=0)) == 6
+    assert len(np.unique(np.round(by_name["vase"][:, 3:], 2), axis=0)) > 100
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_shapes_modelnet40(root, SMALL)
+
+
+def test_every_planned_command_is_a_valid_fine_tuning_config(tmp_path: Path):
+    runs = plan_runs(tmp_path / "data", tmp_path / "model", tmp_path / "out")
+    assert [(run.task.name, run.init) for run in runs] == [(task.name, init) for task in DEMO_TASKS
+                                                           for init in ("pretrained", "scratch")]
+    for run in runs:
+        assert run.command[1:4] == ["--num_accelerators", "2", "launch/finetune.py"]
+        config_file = run.command[run.command.index("--config") + 1]
+        overrides = run.command[run.command.index("--config") + 2:]
+        config = load_finetune_config(REPO / config_file, overrides)  # every key and value checked
+        assert config.task == run.task.name and config.deepspeed.precision == "fp32" and config.ema.decay == 0
+        assert Path(config.run_dir) == run.run_dir
+        if run.init == "pretrained":  # the task's layer-wise decay (sst2 0.9, imagenet 0.65; modelnet40 none)
+            task_config = load_finetune_config(REPO / config_file, [f"data_root={tmp_path}"])
+            assert config.init_from == str(tmp_path / "model")
+            assert config.optimizer.layer_decay == task_config.optimizer.layer_decay
+        else:
+            assert config.init_from is None and config.optimizer.layer_decay == 1.0
+    image = load_finetune_config(REPO / runs[0].command[5], runs[0].command[6:])
+    assert image.augment.image.size == 32 and image.augment.image.channels == 3
+
+
+def test_results_table_from_what_the_recipe_writes(tmp_path: Path):
+    """metrics.json and eval.jsonl as the recipe writes them → the table and pretrained − scratch."""
+    def result(init: str, best: float, curve: list[float]) -> RunResult:
+        run = tmp_path / f"sst2-{init}"
+        run.mkdir()
+        (run / "eval.jsonl").write_text("".join(json.dumps({"step": 10 * (i + 1), "validation/accuracy": v}) + "\n"
+                                                for i, v in enumerate(curve)))
+        metrics = {"task": "sst2", "primary_metric": "validation/accuracy", "best": best,
+                   "best_step": 10 * (curve.index(best) + 1), "steps": 10 * len(curve)}
+        return RunResult("sst2", init, "Austen", str(run), ["deepspeed"], 125.0, 0, metrics,
+                         read_evaluations(run / "eval.jsonl"))
+
+    failed = RunResult("imagenet", "scratch", "Fashion-MNIST", str(tmp_path / "imagenet-scratch"), ["deepspeed"],
+                       3.0, 1)
+    table = results_markdown([result("pretrained", 0.8, [0.7, 0.8, 0.75]), result("scratch", 0.72, [0.6, 0.72, 0.7]),
+                              failed])
+    assert "| sst2 | Austen | pretrained | validation/accuracy | 0.8000 (step 20) | 30 | 2:05 |" in table
+    assert "| sst2 | validation/accuracy | 0.8000 | 0.7200 | +0.0800 | at step 20 of 30 |" in table
+    assert "| imagenet | Fashion-MNIST | scratch | — | failed (exit 1;" in table
+
+
+def test_the_command_line_refuses_missing_data_and_unknown_tasks(tmp_path: Path, capsys):
+    spec = importlib.util.spec_from_file_location("finetune_demo", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    finetune_demo_main = tool.main
+    assert finetune_demo_main(["data", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "make fashion-mnist" in capsys.readouterr().err
+    assert finetune_demo_main(["run", "--data", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path),
+                               "--tasks", "cifar"]) == 2
+    assert "unknown task(s) ['cifar']" in capsys.readouterr().err
+    assert finetune_demo_main(["run", "--data", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "finetune_demo.py data" in capsys.readouterr().err
