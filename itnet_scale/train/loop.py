@@ -39,6 +39,7 @@ from itnet_scale.config import to_yaml
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.flops import TrainingFlops
 from itnet_scale.models.itnet import ITNetForPretraining
+from itnet_scale.models.summary import count_parameters
 from itnet_scale.nn.backbone import configure_activation_checkpointing
 from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 from itnet_scale.train.config import OBJECTIVES, PretrainConfig
@@ -109,6 +110,8 @@ class Pretrainer:
         apply_sequence_parallel(model, self.sp)
         configure_activation_checkpointing(model, config.activation_checkpointing.every)
         self.flops = TrainingFlops(model)  # before ZeRO-3 partitions the parameters (their numel becomes 0)
+        if self.rank == 0:
+            logger.info("model: %s (%s)", type(model).__name__, count_parameters(model))
         self.engine, self.optimizer = build_engine(
             model, config.deepspeed, config.optimizer, config.steps, model_width=self.model_config.dim,
             deepspeed_config_file=deepspeed_config_file, sequence_parallel=self.sp)
