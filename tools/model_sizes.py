@@ -66,15 +66,15 @@ PARTS = ("backbone", "text encoder", "image encoder", "point encoder", "MLM head
 
 
 def part_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Parameters of each part of a pretraining model; a parameter shared by two parts (the tied MLM decoder)
-    counts in the first, so the parts add up to the total."""
+    """Parameters of each part of a pretraining model (0 for a part its ``modalities`` leave out); a parameter
+    shared by two parts (the tied MLM decoder) counts in the first, so the parts add up to the total."""
     itnet = model.itnet
     modules = (itnet.backbone, itnet.encoder.text, itnet.encoder.image, itnet.encoder.points, model.mlm, model.itc,
                model.mpm, model.mpp)
     seen: set[int] = set()
     counts = {}
     for name, module in zip(PARTS, modules, strict=True):
-        fresh = [p for p in module.parameters() if id(p) not in seen]
+        fresh = [p for p in module.parameters() if id(p) not in seen] if module is not None else []
         seen.update(id(p) for p in fresh)
         counts[name] = sum(p.numel() for p in fresh)
     unassigned = [n for n, p in model.named_parameters() if id(p) not in seen]

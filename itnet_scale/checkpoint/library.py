@@ -18,6 +18,11 @@ are tied again on load (the model ties them itself; loading the stored tensor fi
   backbone out of any folder.
 - :func:`load_pretrained_weights` loads a folder into an existing model (the pretraining loop's ``init_from``): the
   backbone must match exactly, heads load when present and matching.
+- Fine-tuning differences a load bridges, each logged: a model that builds fewer encoders than the folder holds
+  (``ModelConfig.modalities``) skips the others' weights (and a pretraining model the heads it lacks); the image
+  stem's first convolution of a model with other ``image_channels`` is adapted (:func:`adapt_input_channels`:
+  gray → RGB and back); a parameter the folder lacks that the model marks ``FRESH_IF_ABSENT`` (the text segment
+  embedding, zero-initialized) keeps its initialization. Any other missing or misshapen weight is an error.
 - :func:`write_library` writes a folder from tensors fetched shard by shard (the checkpoint converter streams
   through it), into a temporary sibling folder renamed into place at the end
   (:func:`~itnet_scale.checkpoint.atomic_writes.atomic_directory`): a folder is complete or absent, and its files
@@ -51,6 +56,7 @@ from itnet_scale.checkpoint.atomic_writes import atomic_directory
 from itnet_scale.config import load_yaml, merge_config
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import TASKS, create_model, load_model_config
+from itnet_scale.nn.encoders import ImageEncoder, MultimodalEncoder, adapt_input_channels
 
 logger = logging.getLogger(__name__)
 
@@ -461,26 +467,66 @@ def _read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 @dataclass
 class LoadReport:
-    """What a load did: the model's tensors loaded, the heads left as initialized, and why."""
+    """What a load did: the model's tensors loaded; the heads left as initialized, and why; the parts of the
+    folder's model this one does not build (``itnet.encoder.text``, ``mlm`` …) with how many tensors each held;
+    the weights adapted to another shape (name → (the folder's shape, the model's)); the ``FRESH_IF_ABSENT``
+    weights the folder lacks, left as initialized."""
 
     loaded: list[str] = field(default_factory=list)
     fresh_heads: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    adapted: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    fresh_weights: list[str] = field(default_factory=list)
 
 
 def _head_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def _unbuilt_part(model: nn.Module, name: str) -> str | None:
+    """The prefix of ``name`` that is a part ``model`` declares but does not build, or ``None``: an encoder outside
+    its ``modalities`` (``None`` in its :class:`~itnet_scale.nn.encoders.MultimodalEncoder`) or a head of the task
+    model set to ``None`` (a pretraining head those modalities do not serve). Nothing deeper: a weight a built
+    module lacks (a segment embedding, say) is no part to skip."""
+    module, parts = model, name.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if not hasattr(module, part):
+            return None
+        child = getattr(module, part)
+        if child is None and (module is model or isinstance(module, MultimodalEncoder)):
+            return ".".join(parts[: depth + 1])
+        if not isinstance(child, nn.Module):
+            return None
+        module = child
+    return None
+
+
+def _fresh_if_absent(model: nn.Module) -> set[str]:
+    """The model's parameters that may be missing from a folder (each module class's ``FRESH_IF_ABSENT``)."""
+    return {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(type(module), "FRESH_IF_ABSENT", ())}
+
+
+def _channel_adaptable(model: nn.Module) -> set[str]:
+    """The names of the image stems' first convolution weights (their input channels can be adapted)."""
+    return {f"{prefix}.{module.input_weight_name}" if prefix else module.input_weight_name
+            for prefix, module in model.named_modules() if isinstance(module, ImageEncoder)}
+
+
 def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching",
               described: str | None = None) -> LoadReport:
     """Copy ``folder``'s weights into ``model`` (in place, cast to each parameter's dtype).
 
-    The backbone (``itnet.*`` of a task model, all of an ITNetModel) must match exactly: every tensor present with
+    The backbone (``itnet.*`` of a task model, all of an ITNetModel) must match exactly — every tensor present with
     its shape, and no backbone tensor in the folder that the model lacks — else ``ValueError`` naming the file and
-    the tensor. ``heads="all"``: the heads must match exactly too; ``"matching"``: each head (``mlm``, ``head`` …)
-    loads when the folder holds all its tensors with the same shapes and stays as initialized otherwise
-    (``LoadReport.fresh_heads`` says why). A weight the model ties to another is filled through that one.
-    ``described`` names the model in errors (default: the model of the folder's ``config.yaml``).
+    the tensor, with three exceptions (each logged): the tensors of an encoder the model does not build (its
+    ``modalities``) are skipped, an image stem's first convolution stored for other input channels is adapted
+    (:func:`~itnet_scale.nn.encoders.adapt_input_channels`), and a ``FRESH_IF_ABSENT`` parameter the folder lacks
+    keeps its initialization. ``heads="all"``: the heads must match exactly too (those the model does not build are
+    skipped); ``"matching"``: each head (``mlm``, ``head`` …) loads when the folder holds all its tensors with the
+    same shapes and stays as initialized otherwise (``LoadReport.fresh_heads`` says why). A weight the model ties
+    to another is filled through that one. ``described`` names the model in errors (default: the model of the
+    folder's ``config.yaml``).
     """
     if heads not in ("all", "matching"):
         raise ValueError(f"heads must be 'all' or 'matching', got {heads!r}")
@@ -488,6 +534,8 @@ def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching
     own_prefix, their_prefix = backbone_prefix(model), folder.config.backbone_prefix
     targets = model.state_dict(keep_vars=True)
     aliases = model_aliases(model)
+    optional, adaptable = _fresh_if_absent(model), _channel_adaptable(model)
+    report = LoadReport()
     plan: dict[str, str] = {}  # the model's name → the folder's stored name
     head_names: dict[str, list[str]] = {}
     for name, target in targets.items():
@@ -498,17 +546,37 @@ def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching
             continue
         source = their_prefix + name[len(own_prefix):]
         stored = folder.resolve(source)
+        if stored is None and name in optional:
+            report.fresh_weights.append(name)
+            continue
         if stored is None:
             raise ValueError(f"{folder.directory}: no file holds tensor {source!r} {list(target.shape)}, which "
                              f"{model_is} has")
-        _check_shape(folder, stored, name, target, model_is)
+        shape = list(folder.tensors[stored].shape)
+        if name in adaptable and len(shape) == 4 and shape[:1] + shape[2:] == [target.shape[0], *target.shape[2:]]:
+            if shape != list(target.shape):
+                report.adapted[name] = (shape, list(target.shape))
+        else:
+            _check_shape(folder, stored, name, target, model_is)
         plan[name] = stored
+
+    def skip_unbuilt(names: set[str]) -> list[str]:
+        """``names`` less those of parts the model does not build (counted in ``report.skipped``), sorted."""
+        left = []
+        for stored in sorted(names):
+            part = _unbuilt_part(model, own_prefix + stored[len(their_prefix):]) if stored.startswith(their_prefix) \
+                else _unbuilt_part(model, stored)
+            if part is None:
+                left.append(stored)
+            else:
+                report.skipped[part] = report.skipped.get(part, 0) + 1
+        return left
+
     backbone_stored = {name for name in folder.tensors if name.startswith(their_prefix)}
-    unexpected = sorted(backbone_stored - set(plan.values()))
+    unexpected = skip_unbuilt(backbone_stored - set(plan.values()))
     if unexpected:
         raise ValueError(f"{folder.tensors[unexpected[0]].file}: tensor {unexpected[0]!r} is not a parameter of "
                          f"{model_is} ({len(unexpected)} such)")
-    report = LoadReport()
     for head, names in head_names.items():
         missing = [n for n in names if folder.resolve(n) is None]
         mismatched = [n for n in names if n not in missing
@@ -529,7 +597,7 @@ def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching
         else:
             plan.update({name: folder.resolve(name) for name in names})
     if heads == "all":
-        extra = sorted(set(folder.tensors) - set(plan.values()))
+        extra = skip_unbuilt(set(folder.tensors) - set(plan.values()) - backbone_stored)
         if extra:
             raise ValueError(f"{folder.tensors[extra[0]].file}: tensor {extra[0]!r} is not a parameter of "
                              f"{model_is} ({len(extra)} such)")
@@ -539,9 +607,24 @@ def load_into(model: nn.Module, folder: LibraryFolder, *, heads: str = "matching
     with torch.no_grad():
         for stored, tensor in folder.read(wanted):
             for name in wanted[stored]:
-                targets[name].copy_(tensor.to(targets[name].dtype))
+                value = adapt_input_channels(tensor, targets[name].shape[1]) if name in report.adapted else tensor
+                targets[name].copy_(value.to(targets[name].dtype))
     report.loaded = sorted(plan)
+    _log_adjustments(folder.directory, report)
     return report
+
+
+def _log_adjustments(directory: Path, report: LoadReport) -> None:
+    """One log line per kind of difference a load bridged (see :func:`load_into`)."""
+    if report.skipped:
+        logger.warning("%s: skipped the weights of parts this model does not build (its modalities): %s", directory,
+                       ", ".join(f"{part} ({count} tensors)" for part, count in sorted(report.skipped.items())))
+    for name, (stored, wanted) in sorted(report.adapted.items()):
+        logger.warning("%s: adapted %s from %s to %s (input channels %d → %d: timm's adapt_input_conv)", directory,
+                       name, stored, wanted, stored[1], wanted[1])
+    if report.fresh_weights:
+        logger.warning("%s: not in the folder, kept at their initialization (zero: the pretrained model's function "
+                       "is unchanged): %s", directory, ", ".join(report.fresh_weights))
 
 
 def _check_shape(folder: LibraryFolder, stored: str, name: str, target: Tensor, model_is: str) -> None:
@@ -581,7 +664,8 @@ def from_pretrained(cls: type[M], directory: str | Path, *, classes: int | None 
     of the same task (and label count) loads whole and exactly; from another task's folder the backbone loads and
     the heads start fresh (logged) — ``ITNetModel`` takes the backbone of any folder. ``classes`` / ``answers``:
     the label count of a classifier / VQA model (default: the folder's, when it is one). ``dtype``: the model's
-    dtype (default fp32)."""
+    dtype (default fp32). Overrides may also change what :func:`load_into` bridges: ``modalities`` (fewer
+    encoders), ``image_channels`` (an adapted stem), ``text_segments`` (a fresh, zero segment embedding)."""
     folder = LibraryFolder(directory)
     task = task_of(cls)
     needed = TASKS[task].label_argument
@@ -597,7 +681,9 @@ def from_pretrained(cls: type[M], directory: str | Path, *, classes: int | None 
         labels = folder.config.labels
     config = load_model_config(folder.config.model, **overrides)
     model = build_model(task, config, labels)
-    whole = same_task and labels == folder.config.labels
+    # Same task and label count: every head must load, unless other input channels reshape the masked patch head.
+    whole = same_task and labels == folder.config.labels and config.image_channels == \
+        folder.config.model.image_channels
     report = load_into(model, folder, heads="all" if whole else "matching")
     if report.fresh_heads:
         logger.warning("%s: %s from a %s folder: backbone loaded, fresh heads: %s", directory, cls.__name__,

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from itnet_scale.checkpoint.library import LibraryFolder, task_of
+from itnet_scale.checkpoint.library import LibraryFolder, model_config_of, task_of
 from itnet_scale.checkpoint.sources import WeightSource, load_source_model, open_source
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import TASKS
+from itnet_scale.nn.encoders import ENCODERS_OF_MODALITY
 
 
 class VerificationError(Exception):
@@ -53,7 +54,8 @@ def verification_batches(config: ModelConfig, batch_size: int = 2, seed: int = 0
     """A fixed batch of every modality for ``config`` (the same for the same seed): ``text`` (``text_ids``
     ``[B, 12]``, the second row padded after 8 tokens, with ``text_attention_mask``), ``image`` (``images``
     ``[B, C, 4p, 4p]``: 16 patches), ``image_text``, ``image_pair_text`` and ``points`` (``[B, P, 3]``, P twice
-    what the point encoder needs)."""
+    what the point encoder needs). A config with ``text_segments > 1`` gets ``text_segment_ids`` too: each text a
+    pair, the second segment from token 5 on."""
     generator = torch.Generator().manual_seed(seed)
     length = 12
     low = 1 if config.pad_id == 0 else 0
@@ -69,16 +71,24 @@ def verification_batches(config: ModelConfig, batch_size: int = 2, seed: int = 0
     count = 2 * max(config.point_tokens or 1, config.point_group_size)
     points = torch.randn(batch_size, count, 3, generator=generator)
     text = {"text_ids": ids, "text_attention_mask": real}
+    if config.text_segments > 1:
+        segments = torch.zeros_like(ids)
+        segments[:, 5:] = 1
+        text["text_segment_ids"] = torch.where(real, segments, 0)
     return {"text": text, "image": {"images": images}, "image_text": {"images": images, **text},
             "image_pair_text": {"images": images, "images2": images2, **text}, "points": {"points": points}}
 
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, batches: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    """Every output of ``model`` (eval mode) on :func:`verification_batches`: the backbone's hidden states per
-    modality and the heads' outputs — MLM logits, contrastive embeddings, masked patch and point predictions of a
-    pretraining model; the logits of a task model on each modality it takes."""
+    """Every output of ``model`` (eval mode) on the :func:`verification_batches` its encoders take (its config's
+    ``modalities``): the backbone's hidden states per modality and the heads' outputs — MLM logits, contrastive
+    embeddings, masked patch and point predictions of a pretraining model (the heads it has); the logits (values,
+    for regression) of a task model on each modality it takes."""
     task = task_of(model)
+    modalities = model_config_of(model).modalities
+    batches = {kind: batch for kind, batch in batches.items()
+               if all(name in modalities for name in ENCODERS_OF_MODALITY[kind])}
     was_training = model.training
     model.eval()
     outputs: dict[str, Tensor] = {}
@@ -88,16 +98,20 @@ def model_outputs(model: nn.Module, batches: Mapping[str, Mapping[str, Tensor]])
             hidden = {kind: backbone(batch) for kind, batch in batches.items()}
             outputs.update({f"{kind}/hidden": out.hidden for kind, out in hidden.items()})
             if task == "pretraining":
-                outputs["text/mlm_logits"] = model.mlm(hidden["text"].part("text")[0])
-                outputs["image_text/mlm_logits"] = model.mlm(hidden["image_text"].part("text")[0])
-                outputs["image/mpm"] = model.mpm(hidden["image"].part("image")[0])
-                outputs["points/mpp"] = model.mpp(hidden["points"].part("points")[0])
-                image, text = model.contrastive_embeddings(batches["image_text"])
-                outputs["image_text/itc_image"], outputs["image_text/itc_text"] = image, text
+                heads = (("text/mlm_logits", model.mlm, "text", "text"),
+                         ("image_text/mlm_logits", model.mlm, "image_text", "text"),
+                         ("image/mpm", model.mpm, "image", "image"), ("points/mpp", model.mpp, "points", "points"))
+                for name, head, kind, segment in heads:
+                    if head is not None and kind in hidden:
+                        outputs[name] = head(hidden[kind].part(segment)[0])
+                if model.itc is not None:
+                    image, text = model.contrastive_embeddings(batches["image_text"])
+                    outputs["image_text/itc_image"], outputs["image_text/itc_text"] = image, text
         else:
-            kinds = {"classification": ("text", "image", "image_text", "points"), "vqa": ("image_text",),
+            kinds = {"classification": ("text", "image", "image_text", "points"),
+                     "regression": ("text", "image", "image_text", "points"), "vqa": ("image_text",),
                      "nlvr2": ("image_pair_text",)}[task]
-            outputs.update({f"{kind}/logits": model(batches[kind]) for kind in kinds})
+            outputs.update({f"{kind}/logits": model(batches[kind]) for kind in kinds if kind in batches})
     finally:
         model.train(was_training)
     return outputs

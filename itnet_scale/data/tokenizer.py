@@ -12,7 +12,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import sentencepiece as spm
 import torch
@@ -184,6 +184,16 @@ def train_tokenizer(config: TokenizerConfig, output: str | Path) -> Tokenizer:
 PadTo = int | Literal["longest"] | None
 
 
+class PairEncoding(NamedTuple):
+    """Sentence pairs as model input: ``ids`` ``[B, L]`` (the ``text_ids`` batch key), ``segment_ids`` ``[B, L]``
+    (``text_segment_ids``: 0 for ``<cls>``, the first text and its ``<sep>``; 1 for the second text and its
+    ``<sep>``; 0 on padding) and ``attention_mask`` ``[B, L]`` (``text_attention_mask``, True = real token)."""
+
+    ids: Tensor
+    segment_ids: Tensor
+    attention_mask: Tensor
+
+
 class Tokenizer:
     """A trained sentencepiece model with the project's special ids.
 
@@ -260,7 +270,8 @@ class Tokenizer:
 
     def encode_pair(self, first: str, second: str, max_length: int) -> tuple[list[int], list[int]]:
         """Encode a sentence pair as ``<cls> first <sep> second <sep>`` within ``max_length`` tokens, cutting the
-        end of the longer side first. Returns ``(ids, token_type_ids)``, types 0 up to the first ``<sep>``, then 1.
+        end of the longer side first, one token at a time (the second on a tie: Hugging Face's ``longest_first``,
+        BERT's ``_truncate_seq_pair``). Returns ``(ids, segment_ids)``, segment 0 up to the first ``<sep>``, then 1.
         """
         a, b = self.encode(first), self.encode(second)
         budget = max_length - 3
@@ -270,6 +281,22 @@ class Tokenizer:
             (a if len(a) > len(b) else b).pop()
         ids = [self.cls_id, *a, self.sep_id, *b, self.sep_id]
         return ids, [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+    def batch_encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str], max_length: int,
+                           pad_to: PadTo = None) -> PairEncoding:
+        """Encode sentence pairs (GLUE's MRPC, QQP, STS-B, MNLI …) as :meth:`encode_pair` does, each within
+        ``max_length`` tokens, padded as :meth:`batch_encode` pads (``pad_to``: ``None`` → ``max_length``,
+        ``"longest"``, or an int). Returns the ids, segment ids and attention mask (:class:`PairEncoding`)."""
+        if isinstance(firsts, str) or isinstance(seconds, str):
+            raise TypeError("batch_encode_pairs takes two sequences of texts, got a str")
+        if len(firsts) != len(seconds):
+            raise ValueError(f"batch_encode_pairs: {len(firsts)} first texts but {len(seconds)} second texts")
+        pairs = [self.encode_pair(first, second, max_length) for first, second in zip(firsts, seconds, strict=True)]
+        ids, mask = self.pad([row for row, _ in pairs], max_length if pad_to is None else pad_to)
+        segment_ids = torch.zeros_like(ids)
+        for i, (_, segments) in enumerate(pairs):
+            segment_ids[i, : len(segments)] = torch.as_tensor(segments, dtype=torch.long)
+        return PairEncoding(ids, segment_ids, mask)
 
     def pad(self, rows: Sequence[Sequence[int]], pad_to: int | Literal["longest"]) -> tuple[Tensor, Tensor]:
         """Right-pad id rows with ``pad_id`` to ``pad_to`` (an int, or ``"longest"``); returns ``ids`` ``[B, L]``

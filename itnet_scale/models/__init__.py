@@ -9,11 +9,14 @@ from itnet_scale.models.itnet import (
     ITNetForClassification,
     ITNetForNLVR2,
     ITNetForPretraining,
+    ITNetForRegression,
     ITNetForVQA,
     ITNetModel,
     ITNetOutput,
 )
 from itnet_scale.models.registry import create_model, list_models, load_model_config
+from itnet_scale.models.summary import ParameterCounts, count_parameters
 
-__all__ = ["ITNetForClassification", "ITNetForNLVR2", "ITNetForPretraining", "ITNetForVQA", "ITNetModel",
-           "ITNetOutput", "LayerConfig", "ModelConfig", "create_model", "list_models", "load_model_config"]
+__all__ = ["ITNetForClassification", "ITNetForNLVR2", "ITNetForPretraining", "ITNetForRegression", "ITNetForVQA",
+           "ITNetModel", "ITNetOutput", "LayerConfig", "ModelConfig", "ParameterCounts", "count_parameters",
+           "create_model", "list_models", "load_model_config"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from itnet_scale.config import merge_config
 from itnet_scale.nn import KernelConfig, TransformConfig
-from itnet_scale.nn.encoders import check_image_stem
+from itnet_scale.nn.encoders import ENCODER_MODALITIES, check_image_stem, check_modalities
 from itnet_scale.nn.heads import check_pooling
 from itnet_scale.ops import make_integrator, with_settings
 
@@ -89,9 +89,15 @@ class LayerConfig:
 class ModelConfig:
     """The ITNet model.
 
+    ``modalities``: the encoders the model builds, of ``image``, ``text``, ``points`` (default all three); a task
+    model fine-tuned on one modality builds only that one (and a pretraining model only the heads its encoders
+    serve), and a batch of a modality it lacks raises naming it. A pretrained folder with more encoders loads into
+    it: the unused encoders' weights are skipped, logged (:mod:`itnet_scale.checkpoint.library`).
     Backbone: ``dim``, ``depth``, ``heads``, ``mlp_ratio``, ``dropout``, ``drop_path`` (stochastic depth of the
     last block, linear in depth), ``norm_eps``; ``layer`` and ``layers`` (see the module doc).
-    Text: ``vocab_size`` ids, ``pad_id`` pads; ``tie_mlm_decoder`` ties the MLM decoder to the text embedding.
+    Text: ``vocab_size`` ids, ``pad_id`` pads; ``tie_mlm_decoder`` ties the MLM decoder to the text embedding;
+    ``text_segments``: the segments of a text the model tells apart by a learned segment embedding
+    (``text_segment_ids``; 2 for sentence pairs, 1 = none; :mod:`itnet_scale.nn.encoders`).
     Images: ``image_channels`` × H × W, patches of ``patch_size`` (H and W multiples of it), tokenized by
     ``image_stem`` (``patchify`` or ``conv``; :class:`~itnet_scale.nn.encoders.ImageEncoder`).
     Point clouds: ``point_tokens`` farthest-point centers (None: every point is a token), each a group of its
@@ -101,6 +107,7 @@ class ModelConfig:
     tokens into one feature (``mean`` or ``attention``; :class:`~itnet_scale.nn.Pooling`).
     """
 
+    modalities: list[str] = field(default_factory=lambda: list(ENCODER_MODALITIES))
     dim: int = 192
     depth: int = 4
     heads: int = 4
@@ -111,6 +118,7 @@ class ModelConfig:
     vocab_size: int = 3000
     pad_id: int = 0
     tie_mlm_decoder: bool = True
+    text_segments: int = 1
     image_channels: int = 3
     patch_size: int = 16
     image_stem: str = "patchify"
@@ -126,8 +134,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.layer, dict):
             self.layer = merge_config(LayerConfig, [self.layer], what="layer config", where="layer")
-        for name in ("dim", "depth", "heads", "vocab_size", "image_channels", "patch_size", "point_group_size",
-                     "point_hidden", "contrastive_dim"):
+        check_modalities(self.modalities)
+        for name in ("dim", "depth", "heads", "vocab_size", "text_segments", "image_channels", "patch_size",
+                     "point_group_size", "point_hidden", "contrastive_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.point_tokens is not None and self.point_tokens < 1:

@@ -3,7 +3,8 @@ tokens, plus the sequence mixer), not a count of what the kernels execute.
 
 Per token of a sequence of ``N`` tokens, forward + backward (× 3 of the forward's 2 FLOPs per multiply-add):
 
-- ``6 × P`` for the ``P`` parameters every token multiplies (every parameter but the embedding tables);
+- ``6 × P`` for the ``P`` trainable parameters every token multiplies (every parameter but the embedding tables),
+  ``4 ×`` for a frozen one (its backward passes the gradient on to its input but computes none for itself);
 - per integral transform, per head, per source it sees: ``6 × (d + e + 1.5·r·depth)`` — the bilinear dot
   (``d``), the kernel MLP (``r`` adds, ``σ`` and the dot with ``w2``, once per hidden layer) and the weighted value
   (``e``). The sources per query: ``N`` for ``all``, ``N/2`` causal, ``min(N, 2·size + 1)`` for windows and radii
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from itnet_scale.models.summary import parameter_size
 from itnet_scale.nn.integral_transform import IntegralTransform
 from itnet_scale.ops import LowRank, MonteCarlo
 
@@ -38,7 +40,8 @@ class TrainingFlops:
 
     def __init__(self, model: nn.Module) -> None:
         tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        self.dense = 6.0 * sum(p.numel() for p in model.parameters() if id(p) not in tables)
+        self.dense = sum((6.0 if p.requires_grad else 4.0) * parameter_size(p) for p in model.parameters()
+                         if id(p) not in tables)
         self.mixers = [module for module in model.modules() if isinstance(module, IntegralTransform)]
 
     def __call__(self, tokens: int, length: int) -> float:

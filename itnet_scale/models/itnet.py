@@ -3,11 +3,14 @@
 A batch is a dict of tensors; its input keys decide the modality (``text``, ``image``, ``image_text``,
 ``image_pair_text``, ``points``; see :class:`~itnet_scale.nn.encoders.MultimodalEncoder`). The tokens of an
 image + text or image pair + text batch run through the backbone as one sequence, positions in one shared space
-(:mod:`itnet_scale.nn.encoders`). Targets sit in the same dict: ``mlm_labels``, ``labels``, ``answer_scores``.
+(:mod:`itnet_scale.nn.encoders`); sentence pairs are one text with ``text_segment_ids``. Targets sit in the same
+dict: ``mlm_labels``, ``labels``, ``answer_scores``.
 
 Every task model holds the same ``itnet`` submodule (:class:`ITNetModel`), built from one :class:`ModelConfig`,
-so the ``itnet.*`` weights of a pretrained model load into any task model. Pooling (classification, VQA,
-NLVR2, contrastive) is ``config.pooling`` over the real tokens (:meth:`ITNetModel.pool`).
+so the ``itnet.*`` weights of a pretrained model load into any task model. A model builds only the encoders of
+``config.modalities`` (a pretraining model only the heads they serve); a pretrained folder with more encoders loads
+into it, the unused ones skipped (:mod:`itnet_scale.checkpoint.library`). Pooling (classification, regression,
+VQA, NLVR2, contrastive) is ``config.pooling`` over the real tokens (:meth:`ITNetModel.pool`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from itnet_scale.nn.heads import (
     MaskedPointHead,
     MLMHead,
     Pooling,
+    RegressionHead,
     VQAHead,
 )
 
@@ -68,6 +72,13 @@ class ITNetOutput(NamedTuple):
         return self.hidden[:, where], self.padding_mask[:, where]
 
 
+def require_modalities(config: ModelConfig, needed: tuple[str, ...], task: str) -> None:
+    """``ValueError`` naming ``modalities`` unless ``config`` builds every encoder of ``needed``."""
+    missing = [name for name in needed if name not in config.modalities]
+    if missing:
+        raise ValueError(f"task {task!r} needs the {' and '.join(needed)} encoders; modalities={config.modalities} "
+                         f"lacks {missing}")
+
 
 @register_task("backbone")
 class ITNetModel(PretrainedMixin, nn.Module):
@@ -83,7 +94,8 @@ class ITNetModel(PretrainedMixin, nn.Module):
             config.dim, vocab_size=config.vocab_size, pad_id=config.pad_id, image_channels=config.image_channels,
             patch_size=config.patch_size, image_stem=config.image_stem, point_tokens=config.point_tokens,
             point_group_size=config.point_group_size, point_hidden=config.point_hidden,
-            point_position_scale=config.point_position_scale)
+            point_position_scale=config.point_position_scale, text_segments=config.text_segments,
+            modalities=config.modalities)
         self.backbone = ITNetBackbone(
             config.dim, config.depth, config.heads, pos_dim=POS_DIM, mlp_ratio=config.mlp_ratio,
             dropout=config.dropout, drop_path=config.drop_path, norm_eps=config.norm_eps,
@@ -104,7 +116,9 @@ class ITNetModel(PretrainedMixin, nn.Module):
 
 @register_task("pretraining")
 class ITNetForPretraining(PretrainedMixin, nn.Module):
-    """The backbone with the pretraining heads: ``mlm``, ``itc``, ``mpm`` (patches), ``mpp`` (points).
+    """The backbone with the pretraining heads: ``mlm``, ``itc``, ``mpm`` (patches), ``mpp`` (points) — those its
+    ``config.modalities`` serve (``mlm``: text; ``itc``: image and text; ``mpm``: image; ``mpp``: points); the
+    others are ``None``.
 
     ``losses(batch)`` (also ``forward``) returns every objective the batch asks for, by name:
 
@@ -119,11 +133,12 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.itnet = ITNetModel(config)
-        tied = self.itnet.encoder.text.embedding if config.tie_mlm_decoder else None
-        self.mlm = MLMHead(config.dim, config.vocab_size, tied, config.norm_eps)
-        self.itc = ContrastiveHead(config.dim, config.contrastive_dim)
-        self.mpm = MaskedPatchHead(config.dim, config.patch_size, config.image_channels)
-        self.mpp = MaskedPointHead(config.dim, config.point_group_size)
+        text, image, points = (name in config.modalities for name in ("text", "image", "points"))
+        tied = self.itnet.encoder.text.embedding if text and config.tie_mlm_decoder else None
+        self.mlm = MLMHead(config.dim, config.vocab_size, tied, config.norm_eps) if text else None
+        self.itc = ContrastiveHead(config.dim, config.contrastive_dim) if text and image else None
+        self.mpm = MaskedPatchHead(config.dim, config.patch_size, config.image_channels) if image else None
+        self.mpp = MaskedPointHead(config.dim, config.point_group_size) if points else None
 
     def forward(self, batch: Mapping[str, Tensor], gather: Gather | None = None, *,
                 evaluate: bool = False) -> dict[str, Tensor]:
@@ -137,7 +152,9 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
         (retrieval), of images (zero-shot classification) and of text that asks for no objective (the zero-shot
         prompts); for image–text batches the pooled ``image_features`` / ``text_features`` ``[B, dim]`` (the
         contrastive head's calibration); for point clouds that ask for no objective, the pooled ``point_features``
-        ``[B, dim]`` (so that every modality's plain input runs the backbone: the kernel atlas reads its layers)."""
+        ``[B, dim]`` (so that every modality's plain input runs the backbone: the kernel atlas reads its layers), and
+        so for images and text the pooled ``image_features`` / ``text_features`` where the model has no contrastive
+        head (its ``modalities`` lack text or images)."""
         modality = batch_modality(batch)
         outputs: dict[str, Tensor] = {}
         if any(key in batch for key in ("mlm_labels", "image_mask", "point_mask")):
@@ -148,10 +165,13 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
             outputs["image_embedding"], outputs["text_embedding"] = self.itc(image, text)
             outputs["itc"] = self.itc.loss(outputs["image_embedding"], outputs["text_embedding"])
         elif modality == "image":
-            outputs["image_embedding"] = self.itc.encode_image(self.image_features(batch["images"]))
+            image = self.image_features(batch["images"])
+            outputs.update({"image_embedding": self.itc.encode_image(image)} if self.itc is not None else
+                           {"image_features": image})
         elif modality == "text" and "mlm_labels" not in batch:
-            outputs["text_embedding"] = self.itc.encode_text(
-                self.text_features(batch["text_ids"], batch.get("text_attention_mask")))
+            text = self.text_features(batch["text_ids"], batch.get("text_attention_mask"))
+            outputs.update({"text_embedding": self.itc.encode_text(text)} if self.itc is not None else
+                           {"text_features": text})
         elif modality == "points" and "point_mask" not in batch:
             outputs["point_features"] = self.itnet.pool(self.itnet(batch), "points")
         return outputs
@@ -213,8 +233,9 @@ class ITNetForPretraining(PretrainedMixin, nn.Module):
 
 @register_task("classification", label_argument="classes")
 class ITNetForClassification(PretrainedMixin, nn.Module):
-    """Pooled backbone → ``classes`` logits: ImageNet (images), GLUE (text; ``classes=1`` is STS-B's
-    regression), ModelNet40 (points). Targets: ``labels`` ``[B]``."""
+    """Pooled backbone → ``classes`` logits ``[B, classes]``: ImageNet (images), GLUE (text, sentence pairs with
+    ``text_segment_ids``), ModelNet40 (points). Targets: ``labels`` ``[B]`` class indices. (One output, STS-B: the
+    ``regression`` task.)"""
 
     def __init__(self, config: ModelConfig, classes: int) -> None:
         super().__init__()
@@ -228,12 +249,30 @@ class ITNetForClassification(PretrainedMixin, nn.Module):
         return ClassificationHead.loss(self(batch), batch["labels"])
 
 
+@register_task("regression")
+class ITNetForRegression(PretrainedMixin, nn.Module):
+    """Pooled backbone → one value per sample ``[B]`` (GLUE STS-B's similarity score), pooled as classification;
+    mean squared error against ``labels`` ``[B]`` (floats)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.itnet = ITNetModel(config)
+        self.head = RegressionHead(config.dim, config.norm_eps)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.head(self.itnet.pool(self.itnet(batch)))
+
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return RegressionHead.loss(self(batch), batch["labels"])
+
+
 @register_task("vqa", label_argument="answers")
 class ITNetForVQA(PretrainedMixin, nn.Module):
     """Image + question → answer logits ``[B, answers]``; soft-score BCE against ``answer_scores`` ``[B, answers]``."""
 
     def __init__(self, config: ModelConfig, answers: int) -> None:
         super().__init__()
+        require_modalities(config, ("image", "text"), "vqa")
         self.itnet = ITNetModel(config)
         self.head = VQAHead(config.dim, answers, config.norm_eps)
 
@@ -249,6 +288,7 @@ class ITNetForNLVR2(ITNetForClassification):
     """Image pair (``images``, ``images2``) + statement → 2 logits (false, true); targets ``labels`` ``[B]``."""
 
     def __init__(self, config: ModelConfig) -> None:
+        require_modalities(config, ("image", "text"), "nlvr2")
         super().__init__(config, classes=2)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -91,8 +91,9 @@ def load_model_config(name_or_path: str | Path | ModelConfig, **overrides: Any) 
 def create_model(name_or_config: str | Path | ModelConfig, *, task: str = "pretraining", classes: int | None = None,
                  answers: int | None = None, **overrides: Any) -> nn.Module:
     """Build ``task``'s model — ``backbone`` (:class:`ITNetModel`), ``pretraining``, ``classification``
-    (needs ``classes``), ``vqa`` (needs ``answers``) or ``nlvr2`` — from a name, a YAML path or a
-    :class:`ModelConfig`, with config ``overrides`` (see :func:`load_model_config`)."""
+    (needs ``classes``), ``regression``, ``vqa`` (needs ``answers``) or ``nlvr2`` — from a name, a YAML path or a
+    :class:`ModelConfig`, with config ``overrides`` (see :func:`load_model_config`; e.g. ``modalities=["image"]``
+    builds the image encoder only)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
     model_class, needed = TASKS[task]

@@ -18,6 +18,7 @@ from itnet_scale.nn.heads import (
     MaskedPointHead,
     MLMHead,
     Pooling,
+    RegressionHead,
     VQAHead,
     chamfer_distance,
     mask_tokens,
@@ -27,6 +28,6 @@ from itnet_scale.nn.integral_transform import IntegralTransform, KernelConfig, c
 
 __all__ = ["MLP", "ClassificationHead", "ContrastiveHead", "DropPath", "EncodedTokens", "FeatureMap",
            "ITNetBackbone", "ITNetBlock", "ImageEncoder", "IntegralTransform", "KernelConfig", "MLMHead",
-           "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "Pooling", "TextEncoder",
-           "TransformConfig", "VQAHead", "chamfer_distance", "configure_activation_checkpointing",
+           "MaskedPatchHead", "MaskedPointHead", "MultimodalEncoder", "PointEncoder", "Pooling", "RegressionHead",
+           "TextEncoder", "TransformConfig", "VQAHead", "chamfer_distance", "configure_activation_checkpointing",
            "configure_integrators", "farthest_point_sampling", "mask_tokens", "mean_pool"]

@@ -18,9 +18,25 @@ Concatenated inputs (:class:`MultimodalEncoder`: image + text, image pair + text
 so offsets inside one modality are those of the modality alone; the modality-type embeddings (one per
 encoder, two for the images of a pair) tell the backbone which part a token came from.
 
+**Sentence pairs** (GLUE's pairs) are one text sequence ``<cls> first <sep> second <sep>``
+(:meth:`itnet_scale.data.tokenizer.Tokenizer.batch_encode_pairs`). The model tells the two segments apart by the
+``<sep>`` token between them and, with ``text_segments=2``, by a learned segment embedding added to each token,
+chosen by ``text_segment_ids`` ``[B, L]`` (0 = first, 1 = second). The segment embedding starts at zero, so a
+pretrained model loaded for pairs computes exactly what it did before fine-tuning moves it. Positions stay one
+sequence ``1 … L`` across both segments: the offsets the pretrained kernels learned on running text hold inside
+each segment and across the separator.
+
+**Other resolutions and lengths.** No encoder holds a table of positions: a patch's position is its grid
+coordinate and a text token's its index, and the kernels are functions of the offsets ``p_i − p_j``. A model
+pretrained at 32×32 images and 128 tokens runs at 48×48 and 512 tokens as it is, with nothing to interpolate. What
+changes is the extent of the offsets: a ``window``/``radius`` support (``support_size``, in position units: text
+tokens, patches) keeps covering the same number of neighbours — a smaller share of a larger image — and a global
+(``all``) layer meets offsets larger than any seen in pretraining, where its kernel MLP extrapolates (ReLU: linearly).
+An ``offset_range`` table gives offsets beyond its range 0.
+
 Task models pool the real tokens by the model's ``pooling`` (the mean, or attention weights:
 :class:`itnet_scale.nn.heads.Pooling`); there is no ``[CLS]`` token, so every modality and every combination
-pools the same way.
+pools the same way. A model builds only the encoders of its ``modalities`` (:class:`MultimodalEncoder`).
 """
 
 from __future__ import annotations
@@ -41,6 +57,11 @@ MODALITIES: dict[frozenset[str], str] = {
     frozenset({"points"}): "points",
 }
 INPUT_KEYS = ("images", "images2", "text_ids", "points")
+#: The encoders a model may build (``ModelConfig.modalities``), and those each batch modality runs through.
+ENCODER_MODALITIES = ("image", "text", "points")
+ENCODERS_OF_MODALITY: dict[str, tuple[str, ...]] = {
+    "text": ("text",), "image": ("image",), "image_text": ("image", "text"), "image_pair_text": ("image", "text"),
+    "points": ("points",)}
 EMBEDDING_STD = 0.02  # BERT/ViT initialization of embeddings and learned tokens
 
 
@@ -107,22 +128,53 @@ def _check_mask(name: str, mask: Tensor | None, shape: tuple[int, ...]) -> Tenso
     return mask
 
 
+def check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    """``modalities`` as a tuple if it names each of :data:`ENCODER_MODALITIES` at most once (at least one);
+    otherwise ``ValueError`` naming the ``modalities`` key."""
+    if isinstance(modalities, str):
+        raise ValueError(f"modalities must be a list of {list(ENCODER_MODALITIES)}, got the string {modalities!r}")
+    modalities = tuple(modalities)
+    unknown = [name for name in modalities if name not in ENCODER_MODALITIES]
+    if unknown:
+        raise ValueError(f"modalities: unknown {unknown}; choose from {list(ENCODER_MODALITIES)}")
+    if not modalities or len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities must name at least one of {list(ENCODER_MODALITIES)}, each once, got "
+                         f"{list(modalities)}")
+    return modalities
+
+
 class TextEncoder(nn.Module):
     """Sentencepiece ids ``[B, L]`` (+ ``attention_mask`` ``[B, L]``, True/1 = real token; without it, ``pad_id``
-    marks padding) → token embeddings + the text type embedding, at :func:`text_positions`."""
+    marks padding) → token embeddings + the text type embedding, at :func:`text_positions`.
 
-    def __init__(self, vocab_size: int, dim: int, pad_id: int = 0) -> None:
+    ``segments > 1`` (sentence pairs): ``segment_ids`` ``[B, L]`` in ``[0, segments)`` add a learned segment
+    embedding per token, zero at initialization (see the module doc). With ``segments=1`` there is no segment
+    embedding and ``segment_ids``, if given, must be all 0.
+    """
+
+    #: Parameters a pretrained folder may lack: they start at their initialization (zero), under which the model
+    #: computes what it did without them (the library's loader fills them so, and logs it).
+    FRESH_IF_ABSENT = ("segment_embedding.weight",)
+
+    def __init__(self, vocab_size: int, dim: int, pad_id: int = 0, segments: int = 1) -> None:
         super().__init__()
         if not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} must be a token id below vocab_size={vocab_size}")
-        self.pad_id = pad_id
+        if segments < 1:
+            raise ValueError(f"text_segments must be >= 1, got {segments}")
+        self.pad_id, self.segments = pad_id, segments
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         nn.init.normal_(self.embedding.weight, std=EMBEDDING_STD)  # the MLM decoder may be tied to it
         with torch.no_grad():
             self.embedding.weight[pad_id].zero_()
         self.type_embedding = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
+        self.segment_embedding = None
+        if segments > 1:
+            self.segment_embedding = nn.Embedding(segments, dim)
+            nn.init.zeros_(self.segment_embedding.weight)
 
-    def forward(self, ids: Tensor, attention_mask: Tensor | None = None) -> EncodedTokens:
+    def forward(self, ids: Tensor, attention_mask: Tensor | None = None,
+                segment_ids: Tensor | None = None) -> EncodedTokens:
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"text_ids must be integer [batch, length], got {list(ids.shape)} {ids.dtype}")
         vocab = self.embedding.num_embeddings
@@ -131,8 +183,22 @@ class TextEncoder(nn.Module):
         attention_mask = _check_mask("text_attention_mask", attention_mask, tuple(ids.shape))
         padding = ids == self.pad_id if attention_mask is None else ~attention_mask
         tokens = self.embedding(ids) + self.type_embedding
+        if segment_ids is not None:
+            self._check_segment_ids(segment_ids, tuple(ids.shape))
+            if self.segment_embedding is not None:
+                tokens = tokens + self.segment_embedding(segment_ids)
         pos = text_positions(ids.shape[1], ids.device, position_dtype(tokens)).expand(ids.shape[0], -1, -1)
         return EncodedTokens(tokens, pos, padding, {"text": slice(0, ids.shape[1])})
+
+    def _check_segment_ids(self, segment_ids: Tensor, shape: tuple[int, ...]) -> None:
+        if tuple(segment_ids.shape) != shape or segment_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"text_segment_ids must be integer {list(shape)} like text_ids, got "
+                             f"{list(segment_ids.shape)} {segment_ids.dtype}")
+        if segment_ids.numel() and (int(segment_ids.min()) < 0 or int(segment_ids.max()) >= self.segments):
+            hint = " (set text_segments=2 in the model config to tell sentence pairs apart)" \
+                if self.segments == 1 else ""
+            raise ValueError(f"text_segment_ids must lie in [0, {self.segments}), got values in "
+                             f"[{int(segment_ids.min())}, {int(segment_ids.max())}]{hint}")
 
 
 IMAGE_STEMS = ("patchify", "conv")
@@ -194,6 +260,12 @@ class ImageEncoder(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(dim) * EMBEDDING_STD)
         self.type_embedding = nn.Parameter(torch.randn(max_images, dim) * EMBEDDING_STD)
 
+    @property
+    def input_weight_name(self) -> str:
+        """The name (under this module) of the stem's first convolution's weight ``[out, channels, k, k]``: the one
+        tensor whose shape depends on ``channels`` (:func:`adapt_input_channels`)."""
+        return "stem.weight" if isinstance(self.stem, nn.Conv2d) else "stem.0.weight"
+
     def grid(self, images: Tensor, name: str = "images") -> tuple[int, int]:
         """Patch rows and columns of ``images``; a wrong layout or sides that are not multiples of the patch
         raise naming ``name``."""
@@ -224,6 +296,29 @@ class ImageEncoder(nn.Module):
         pos = grid_positions(h, w, index, images.device, position_dtype(tokens)).expand(B, -1, -1)
         padding = torch.zeros(B, h * w, dtype=torch.bool, device=images.device)
         return EncodedTokens(tokens, pos, padding, {name.replace("images", "image"): slice(0, h * w)})
+
+
+def adapt_input_channels(weight: Tensor, channels: int) -> Tensor:
+    """A convolution weight ``[out, C, k, k]`` adapted to ``channels`` input channels, as timm's
+    ``adapt_input_conv`` does: to one channel, the sum over the ``C`` (an image's gray value replicated ``C``
+    times gives the same output); from ``C`` to more, the ``C`` channels repeated and scaled by ``C / channels``
+    (1 → 3: each third of the gray weight, so a gray image replicated to 3 channels gives the same output).
+    Computed in fp32, returned in ``weight``'s dtype."""
+    if weight.dim() != 4:
+        raise ValueError(f"adapt_input_channels: expected a convolution weight [out, in, k, k], got "
+                         f"{list(weight.shape)}")
+    if channels < 1:
+        raise ValueError(f"adapt_input_channels: channels must be >= 1, got {channels}")
+    stored = weight.shape[1]
+    if channels == stored:
+        return weight
+    adapted = weight.float()
+    if channels == 1:
+        adapted = adapted.sum(1, keepdim=True)
+    else:
+        repeats = -(-channels // stored)
+        adapted = adapted.repeat(1, repeats, 1, 1)[:, :channels] * (stored / channels)
+    return adapted.to(weight.dtype)
 
 
 def farthest_point_sampling(points: Tensor, count: int, padding_mask: Tensor | None = None) -> Tensor:
@@ -337,18 +432,31 @@ class MultimodalEncoder(nn.Module):
     ``points``         ``points`` ``[B, P, 3]`` (+ ``point_padding_mask`` ``[B, P]``, ``point_mask``
                        ``[B, tokens]``, masked point modeling)
     ================== ===================================================================================
+
+    Text may come with ``text_segment_ids`` ``[B, L]`` (sentence pairs; :class:`TextEncoder`).
+
+    Only the encoders of ``modalities`` (of :data:`ENCODER_MODALITIES`) are built; the others are ``None``, hold no
+    parameters, and a batch that needs one raises naming it.
     """
 
     def __init__(self, dim: int, *, vocab_size: int, pad_id: int = 0, image_channels: int = 3, patch_size: int = 16,
                  image_stem: str = "patchify", point_tokens: int | None = 64, point_group_size: int = 16,
-                 point_hidden: int = 128, point_position_scale: float = 8.0) -> None:
+                 point_hidden: int = 128, point_position_scale: float = 8.0, text_segments: int = 1,
+                 modalities: Sequence[str] = ENCODER_MODALITIES) -> None:
         super().__init__()
-        self.text = TextEncoder(vocab_size, dim, pad_id)
-        self.image = ImageEncoder(image_channels, dim, patch_size, stem=image_stem)
-        self.points = PointEncoder(dim, point_tokens, point_group_size, point_hidden, point_position_scale)
+        self.modalities = check_modalities(modalities)
+        self.text = TextEncoder(vocab_size, dim, pad_id, text_segments) if "text" in self.modalities else None
+        self.image = ImageEncoder(image_channels, dim, patch_size, stem=image_stem) \
+            if "image" in self.modalities else None
+        self.points = PointEncoder(dim, point_tokens, point_group_size, point_hidden, point_position_scale) \
+            if "points" in self.modalities else None
 
     def forward(self, batch: Mapping[str, Tensor]) -> EncodedTokens:
         modality = batch_modality(batch)
+        missing = [name for name in ENCODERS_OF_MODALITY[modality] if name not in self.modalities]
+        if missing:
+            raise ValueError(f"{modality} batches need the {' and '.join(missing)} encoder, which this model does "
+                             f"not build (modalities={list(self.modalities)})")
         if modality == "points":
             return self.points(batch["points"], batch.get("point_padding_mask"), batch.get("point_mask"))
         parts = []
@@ -357,5 +465,6 @@ class MultimodalEncoder(nn.Module):
         if "images2" in batch:
             parts.append(self.image(batch["images2"], batch.get("image2_mask"), index=1))
         if "text_ids" in batch:
-            parts.append(self.text(batch["text_ids"], batch.get("text_attention_mask")))
+            parts.append(self.text(batch["text_ids"], batch.get("text_attention_mask"),
+                                   batch.get("text_segment_ids")))
         return parts[0] if len(parts) == 1 else EncodedTokens.concat(parts)

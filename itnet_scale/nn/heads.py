@@ -3,9 +3,10 @@
 Pretraining: masked language modeling (:class:`MLMHead`, with :func:`mask_tokens`), image–text contrastive
 (:class:`ContrastiveHead`), masked patch modeling (:class:`MaskedPatchHead`) and masked point modeling
 (:class:`MaskedPointHead`). Fine-tuning: classification (:class:`ClassificationHead`: ImageNet, GLUE,
-ModelNet40, NLVR2 as two classes) and VQA (:class:`VQAHead`, soft-score multi-label). Every loss is a mean
-over what it is defined on (masked tokens, masked patches, masked groups, samples) and is 0 — still part of the
-graph — when a batch has none of them, so a batch without a masked token never yields NaN.
+ModelNet40, NLVR2 as two classes), regression (:class:`RegressionHead`: GLUE STS-B) and VQA (:class:`VQAHead`,
+soft-score multi-label). Every loss is a mean over what it is defined on (masked tokens, masked patches, masked
+groups, samples) and is 0 — still part of the graph — when a batch has none of them, so a batch without a masked
+token never yields NaN.
 """
 
 from __future__ import annotations
@@ -282,13 +283,14 @@ class MaskedPointHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Pooled ``[B, dim]`` → LayerNorm → ``[B, classes]`` logits (ImageNet, GLUE, ModelNet40, NLVR2).
-    Cross-entropy against class indices, or MSE for a single regression output (``classes=1``, GLUE STS-B)."""
+    """Pooled ``[B, dim]`` → LayerNorm → ``[B, classes]`` logits (ImageNet, GLUE, ModelNet40, NLVR2);
+    cross-entropy against class indices. (One output: :class:`RegressionHead`.)"""
 
     def __init__(self, dim: int, classes: int, eps: float = 1e-6) -> None:
         super().__init__()
-        if classes < 1:
-            raise ValueError(f"classes must be >= 1, got {classes}")
+        if classes < 2:
+            raise ValueError(f"classes must be >= 2, got {classes} (one output: the regression task, "
+                             "RegressionHead)")
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc = nn.Linear(dim, classes)
 
@@ -299,11 +301,30 @@ class ClassificationHead(nn.Module):
     def loss(logits: Tensor, labels: Tensor) -> Tensor:
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"labels must have shape [{logits.shape[0]}], got {list(labels.shape)}")
-        if logits.shape[-1] == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
         if labels.is_floating_point() or int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]:
             raise ValueError(f"labels must be class indices in [0, {logits.shape[-1]}), got {labels.tolist()}")
         return F.cross_entropy(logits, labels)
+
+
+class RegressionHead(nn.Module):
+    """Pooled ``[B, dim]`` → LayerNorm → one value per sample ``[B]`` (GLUE STS-B); mean squared error."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc = nn.Linear(dim, 1)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.fc(self.norm(pooled)).squeeze(-1)
+
+    @staticmethod
+    def loss(predictions: Tensor, labels: Tensor) -> Tensor:
+        if labels.shape != predictions.shape:
+            raise ValueError(f"labels must have shape {list(predictions.shape)}, got {list(labels.shape)}")
+        if not labels.is_floating_point() or not bool(torch.isfinite(labels).all()):
+            raise ValueError(f"labels must be finite floats (regression targets), got {labels.dtype} "
+                             f"{labels.tolist()}")
+        return F.mse_loss(predictions, labels.to(predictions.dtype))
 
 
 class VQAHead(nn.Module):

@@ -283,9 +283,10 @@ class FinetuningRecipe(Recipe):
 
     def provenance(self, values: dict[str, float]) -> dict[str, Any]:
         """What a fine-tuned model folder records of its benchmark (the library config's ``source``)."""
+        image = dataclasses.asdict(self.config.augment.image)
         return {"benchmark": self.benchmark.name, "label_names": list(self.benchmark.label_names or []),
                 "primary_metric": self.primary, "metrics": values, "init_from": self.config.init_from,
-                "max_text_tokens": self.config.max_text_tokens}
+                "max_text_tokens": self.config.max_text_tokens, "image": image}
 
     def save_best(self, trainer: Trainer, values: dict[str, float]) -> None:
         """The current weights (the EMA's when kept) as a library folder in ``RUN/best``, with the tokenizer."""

@@ -39,6 +39,7 @@ from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_ch
 from itnet_scale.config import to_yaml
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.flops import TrainingFlops
+from itnet_scale.models.summary import count_parameters
 from itnet_scale.nn.backbone import configure_activation_checkpointing
 from itnet_scale.parallel import SequenceParallel, apply_sequence_parallel, init_distributed
 from itnet_scale.train.deepspeed_config import DeepSpeedSettings
@@ -212,6 +213,8 @@ class Trainer:
         apply_sequence_parallel(model, self.sp)
         configure_activation_checkpointing(model, config.activation_checkpointing.every)
         self.flops = TrainingFlops(model)  # before ZeRO-3 partitions the parameters (their numel becomes 0)
+        if self.rank == 0:
+            logger.info("model: %s (%s)", type(model).__name__, count_parameters(model))
         self.total_steps, optimizer = recipe.schedule(config)
         self.engine, self.optimizer = build_engine(
             model, config.deepspeed, optimizer, self.total_steps, model_width=self.model_config.dim,

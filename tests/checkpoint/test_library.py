@@ -36,7 +36,8 @@ from tests.checkpoint.permissions import UMASKS, assert_honours_umask, umask
 SMALL = ModelConfig(dim=32, depth=2, heads=2, vocab_size=60, image_channels=1, patch_size=4, point_tokens=8,
                     point_group_size=4, point_hidden=16, contrastive_dim=16, layer={"kernel_width": 4},
                     layers={"0": {"support": "window", "support_size": 3.0}})
-MODELS = {"backbone": {}, "pretraining": {}, "classification": {"classes": 5}, "vqa": {"answers": 7}, "nlvr2": {}}
+MODELS = {"backbone": {}, "pretraining": {}, "classification": {"classes": 5}, "regression": {}, "vqa": {"answers": 7},
+          "nlvr2": {}}
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +201,125 @@ def test_load_pretrained_weights_matches_the_backbone_exactly(tmp_path, caplog):
         load_pretrained_weights(create_model(SMALL, depth=3), tmp_path / "p")
     with pytest.raises(ValueError, match=r"tensor 'itnet\.backbone\.blocks\.1\..*' is not a parameter of the model"):
         load_pretrained_weights(create_model(SMALL, depth=1, layers={}), tmp_path / "p")
+
+
+def test_a_model_with_fewer_encoders_skips_the_others_and_logs_them(tmp_path, caplog):
+    """Fine-tuning on one modality: an image classifier (or a text backbone, or an image-only pretraining model)
+    from a folder of every encoder loads what it builds and skips the rest, logged with the tensor counts; a weight
+    it needs that the folder lacks is still an error."""
+    pretraining = create_model(SMALL)
+    pretraining.save_pretrained(tmp_path / "p")
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+        classifier = ITNetForClassification.from_pretrained(tmp_path / "p", classes=10, modalities=["image"])
+    text_tensors, point_tensors = (len(list(getattr(pretraining.itnet.encoder, name).state_dict())) for name in
+                                   ("text", "points"))
+    assert (f"skipped the weights of parts this model does not build (its modalities): itnet.encoder.points "
+            f"({point_tensors} tensors), itnet.encoder.text ({text_tensors} tensors)") in caplog.text
+    assert classifier.itnet.encoder.text is None and classifier.itnet.encoder.points is None
+    wanted = {k: v for k, v in pretraining.itnet.state_dict().items() if k in classifier.itnet.state_dict()}
+    assert list(wanted) == list(classifier.itnet.state_dict())
+    for name, value in classifier.itnet.state_dict().items():
+        assert torch.equal(value, wanted[name]), name
+    images = batch()["images"]
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.eval().itnet({"images": images}).hidden,
+                                   pretraining.eval().itnet({"images": images}).hidden, rtol=0, atol=0)
+    text_backbone = ITNetModel.from_pretrained(tmp_path / "p", modalities=["text"])
+    assert text_backbone.encoder.image is None and text_backbone.encoder.text is not None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+        images_only = ITNetForPretraining.from_pretrained(tmp_path / "p", modalities=["image"])  # same task
+    assert "itc (" in caplog.text and "mlm (" in caplog.text and "mpp (" in caplog.text
+    assert torch.equal(images_only.mpm.decoder.weight, pretraining.mpm.decoder.weight)
+    report = load_pretrained_weights(create_model(SMALL, modalities=["points"]), tmp_path / "p")
+    assert set(report.skipped) == {"itnet.encoder.image", "itnet.encoder.text"}
+    classifier.save_pretrained(tmp_path / "images")
+    with pytest.raises(ValueError, match=r"images: no file holds tensor 'itnet\.encoder\.text\.type_embedding' \[32\], "
+                                         r"which the model it is loaded into has"):
+        load_pretrained_weights(create_model(SMALL, task="classification", classes=10), tmp_path / "images")
+
+
+@pytest.mark.parametrize("stem", ["patchify", "conv"])
+def test_a_gray_pretrained_stem_adapts_to_three_channels_and_back(stem, tmp_path, caplog):
+    """A model pretrained on 1-channel images loads into image_channels=3 (timm's adapt_input_conv: the gray
+    weight repeated, / 3): on a gray image replicated to 3 channels it computes what the original computes on the
+    gray image; and back (3 → 1: summed). The log names the weight and both shapes."""
+    gray = create_model(SMALL, task="backbone", image_stem=stem).eval()
+    gray.save_pretrained(tmp_path / "gray")
+    name = "encoder.image." + ("stem.weight" if stem == "patchify" else "stem.0.weight")
+    stored = list(gray.state_dict()[name].shape)
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+        rgb = ITNetModel.from_pretrained(tmp_path / "gray", image_channels=3).eval()
+    wanted = [stored[0], 3, *stored[2:]]
+    assert f"adapted {name} from {stored} to {wanted} (input channels 1 → 3" in caplog.text
+    images = batch()["images"]
+    with torch.no_grad():
+        torch.testing.assert_close(rgb({"images": images.expand(-1, 3, -1, -1)}).hidden,
+                                   gray({"images": images}).hidden, rtol=1e-5, atol=1e-5)
+        rgb.save_pretrained(tmp_path / "rgb")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+            back = ITNetModel.from_pretrained(tmp_path / "rgb", image_channels=1).eval()
+        assert f"adapted {name} from {wanted} to {stored} (input channels 3 → 1" in caplog.text
+        torch.testing.assert_close(back({"images": images}).hidden, gray({"images": images}).hidden,
+                                   rtol=1e-5, atol=1e-5)
+    # a pretraining model too: the masked patch head (its output is per channel) starts fresh, logged
+    create_model(SMALL, image_stem=stem).save_pretrained(tmp_path / "p")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+        ITNetForPretraining.from_pretrained(tmp_path / "p", image_channels=3)
+    assert "fresh heads: mpm ('mpm.decoder.weight' is [16, 32] in the folder, [48, 32] here)" in caplog.text
+
+
+def test_the_segment_embedding_starts_at_zero_from_a_folder_without_it(tmp_path, caplog):
+    """GLUE pairs: a classifier with text_segments=2 from a pretraining folder (no segment embedding) keeps the
+    embedding at zero (logged), so on a pair batch it computes what the pretrained backbone computes; a folder that
+    has one does not load into a model without it."""
+    pretraining = create_model(SMALL).eval()
+    pretraining.save_pretrained(tmp_path / "p")
+    with caplog.at_level(logging.WARNING, logger="itnet_scale.checkpoint.library"):
+        pairs = ITNetForClassification.from_pretrained(tmp_path / "p", classes=3, text_segments=2,
+                                                       modalities=["text"]).eval()
+    assert ("not in the folder, kept at their initialization (zero: the pretrained model's function is unchanged): "
+            "itnet.encoder.text.segment_embedding.weight") in caplog.text
+    assert not pairs.itnet.encoder.text.segment_embedding.weight.any()
+    ids = torch.tensor([[2, 11, 12, 3, 14, 15, 16, 3], [2, 21, 3, 23, 24, 3, 0, 0]])
+    segments = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(pairs.itnet({"text_ids": ids, "text_segment_ids": segments}).hidden,
+                                   pretraining.itnet({"text_ids": ids}).hidden, rtol=0, atol=0)
+    pairs.save_pretrained(tmp_path / "pairs")
+    again = ITNetForClassification.from_pretrained(tmp_path / "pairs")  # its own folder: whole
+    assert again.itnet.config.text_segments == 2 and again.itnet.encoder.text.segment_embedding is not None
+    with pytest.raises(ValueError, match=r"tensor 'itnet\.encoder\.text\.segment_embedding\.weight' is not a "
+                                         r"parameter of the model it is loaded into"):
+        load_pretrained_weights(create_model(SMALL, task="classification", classes=3, modalities=["text"]),
+                                tmp_path / "pairs")
+
+
+def test_a_model_saved_at_32x32_and_short_text_runs_at_48x48_and_longer_text(tmp_path):
+    """Positions are coordinates, not table rows: a model built and trained at 32×32 images and 9 text tokens
+    loads and runs at 48×48 (144 patches) and 40 tokens, finite, with the right shapes; its window layer still
+    sees |Δ| ≤ 3 patches (a smaller share of the larger image)."""
+    torch.manual_seed(0)
+    model = create_model(SMALL, task="classification", classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    small = {"images": torch.randn(2, 1, 32, 32), "text_ids": torch.randint(7, 60, (2, 9)),
+             "labels": torch.tensor([1, 3])}
+    model.loss(small).backward()
+    optimizer.step()
+    model.save_pretrained(tmp_path / "c")
+    loaded = ITNetForClassification.from_pretrained(tmp_path / "c").eval()
+    assert loaded.itnet.backbone.blocks[0].mixer.spec.support_size == 3.0
+    large = {"images": torch.randn(2, 1, 48, 48), "text_ids": torch.randint(7, 60, (2, 40))}
+    with torch.no_grad():
+        output = loaded.itnet(large)
+        logits = loaded(large)
+        image_logits = loaded({"images": large["images"]})
+    assert output.hidden.shape == (2, 144 + 40, 32) and output.pos[0, :144, 1:].max() == 11
+    assert output.pos[0, 144:, 0].tolist() == list(range(1, 41))
+    assert logits.shape == image_logits.shape == (2, 5)
+    assert torch.isfinite(output.hidden).all() and torch.isfinite(logits).all() and torch.isfinite(image_logits).all()
 
 
 def test_loading_never_unpickles(tmp_path, monkeypatch):

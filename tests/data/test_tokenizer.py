@@ -145,6 +145,42 @@ def test_encode_pair_truncates_the_longer_side_first(tokenizer: Tokenizer) -> No
         tokenizer.encode_pair("a", "b", max_length=2)
 
 
+def test_batch_encode_pairs_gives_ids_segments_and_mask(tokenizer: Tokenizer) -> None:
+    """Sentence pairs as model input: one row per pair, <cls> a <sep> b <sep>, segment 1 from b on, padding in
+    segment 0 and masked; longest_first truncation cuts the longer text (the first or the second)."""
+    question = "What does the assert statement do?"
+    a, q, yes = tokenizer.encode(SENTENCE), tokenizer.encode(question), tokenizer.encode("yes")
+    length = len(yes) + len(q) + 4  # row 1 fits with one token to spare; row 0 does not
+    assert len(a) > len(q) + 1
+    ids, segments, mask = tokenizer.batch_encode_pairs([SENTENCE, "yes"], ["yes", question], max_length=length)
+    assert ids.shape == segments.shape == mask.shape == (2, length)
+    assert segments.dtype == torch.long and mask.dtype == torch.bool
+    budget = length - 3  # the tokens left for the two texts
+    # row 0: the first text is the longer one and is cut to fit the short second text whole
+    assert ids[0].tolist() == [2, *a[: budget - len(yes)], 3, *yes, 3]
+    assert segments[0].tolist() == [0] * (budget - len(yes) + 2) + [1] * (len(yes) + 1)
+    assert mask[0].all()
+    # row 1: both fit; the rest is padding (id 0, segment 0, masked)
+    real = len(yes) + len(q) + 3
+    assert ids[1, :real].tolist() == [2, *yes, 3, *q, 3] and (ids[1, real:] == tokenizer.pad_id).all()
+    assert segments[1].tolist() == [0] * (len(yes) + 2) + [1] * (len(q) + 1) + [0] * (ids.shape[1] - real)
+    assert mask[1].tolist() == [True] * real + [False] * (ids.shape[1] - real)
+    assert [ids[1, :real].tolist(), segments[1, :real].tolist()] == list(tokenizer.encode_pair("yes", question, 64))
+    # the second text longer: it is the one cut
+    cut = tokenizer.batch_encode_pairs(["yes"], [SENTENCE], max_length=len(yes) + 3 + 5, pad_to="longest")
+    assert cut.ids[0].tolist() == [2, *yes, 3, *a[:5], 3] and cut.attention_mask.all()
+    # equal lengths one token over: the second loses it (Hugging Face's longest_first)
+    tie = tokenizer.batch_encode_pairs([question], [question], max_length=2 * len(q) + 2, pad_to="longest")
+    assert tie.ids[0].tolist() == [2, *q, 3, *q[:-1], 3]
+    assert tokenizer.batch_encode_pairs(["yes"], ["no"], max_length=64, pad_to=32).ids.shape == (1, 32)
+    with pytest.raises(ValueError, match=r"batch_encode_pairs: 2 first texts but 1 second texts"):
+        tokenizer.batch_encode_pairs(["a", "b"], ["c"], max_length=16)
+    with pytest.raises(TypeError, match=r"two sequences of texts, got a str"):
+        tokenizer.batch_encode_pairs("a", ["c"], max_length=16)
+    with pytest.raises(ValueError, match=r"max_length=2 leaves no room for <cls> and two <sep>"):
+        tokenizer.batch_encode_pairs(["a"], ["c"], max_length=2)
+
+
 def test_shipped_configs_load() -> None:
     demo = load_tokenizer_config(CONFIGS / "demo.yaml")
     assert demo == TokenizerConfig()  # the demo build trains with the dataclass defaults

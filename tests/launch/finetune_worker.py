@@ -13,6 +13,7 @@ import torch
 
 from itnet_scale.train.finetune_config import load_finetune_config
 from itnet_scale.train.finetuning import Finetuner
+from itnet_scale.train.prediction import FineTunedModel
 
 REPO = Path(__file__).resolve().parents[2]
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
@@ -61,8 +62,46 @@ def smoke(data: Path, out: Path) -> None:
         best = out / task / "best"
         trainer = Finetuner(config(task, data, out / f"{task}-test", init_from=best, eval_only=True, split=split))
         evaluated[task] = trainer.evaluate_only()
+    resumed = resume(data, out)
     if rank == 0:
-        (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated}))
+        predicted = predictions(data, out)
+        (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated, "resume": resumed,
+                                                     "predicted": predicted}))
+
+
+def predictions(data: Path, out: Path) -> dict[str, object]:
+    """The best model folders on their own, from raw inputs, against the recipe's own evaluation of them."""
+    sst2 = FineTunedModel.from_pretrained(out / "sst2" / "best")
+    mnli = FineTunedModel.from_pretrained(out / "mnli" / "best")
+    stsb = FineTunedModel.from_pretrained(out / "stsb" / "best")
+    images = FineTunedModel.from_pretrained(out / "imagenet" / "best")
+    val = sorted((data / "imagenet" / "val").iterdir())
+    return {"sst2": sst2.predict(["a gripping film", "tedious and long"]),
+            "mnli": mnli.predict([("A man plays a guitar.", "A person makes music.")]),
+            "stsb": stsb.predict([("A cat sits.", "A cat is sitting.")]),
+            "imagenet": images.predict(val[:2]), "imagenet_labels": images.label_names}
+
+
+def resume(data: Path, out: Path) -> dict[str, bool]:
+    """ImageNet with mixup, label smoothing, augmentation and an EMA, 3 steps per epoch: stopped after step 4 (in
+    the middle of the second epoch) and resumed, it ends with the weights and EMA of the uninterrupted run."""
+    settings = {"epochs": 3, "ema.decay": 0.9, "augment.mix.mixup_alpha": 0.8, "augment.mix.cutmix_alpha": 1.0,
+                "checkpoint.save_every": 100, "eval.every_epochs": 0, "eval.at_end": False}
+    whole = Finetuner(config("imagenet", data, out / "whole", **settings))
+    whole.run()
+    parted = Finetuner(config("imagenet", data, out / "parted", **settings))
+    for _ in range(4):
+        parted.train_step()
+    parted.save()
+    resumed = Finetuner(config("imagenet", data, out / "parted", **settings))
+    started = resumed.step
+    resumed.run()
+    same = all(torch.equal(a, b) for a, b in zip(whole.engine.module.state_dict().values(),
+                                                 resumed.engine.module.state_dict().values(), strict=True))
+    ema = all(torch.equal(a, b) for a, b in zip(whole.recipe.ema.state_dict()["weights"].values(),
+                                                resumed.recipe.ema.state_dict()["weights"].values(), strict=True))
+    return {"resumed_at_4": started == 4, "same_weights": same, "same_ema": ema,
+            "steps": whole.step == resumed.step == 9}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def write_fixture_data(root: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_every_task_config_fine_tunes_and_writes_its_submission_at_two_ranks(tmp_path: Path):
+def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoch_at_two_ranks(tmp_path: Path):
     data = write_fixture_data(tmp_path / "data")
     out = tmp_path / "out"
     result = run_deepspeed(WORKER, ["smoke", str(data), str(out)], timeout=900)
@@ -65,6 +65,12 @@ def test_every_task_config_fine_tunes_and_writes_its_submission_at_two_ranks(tmp
     assert {row.split("\t")[1] for row in mnli[1:]} <= {"entailment", "neutral", "contradiction"}
     imagenet = (out / "imagenet-test" / "imagenet-test.csv").read_text().splitlines()
     assert len(imagenet) == 4 and len(imagenet[1].split(",")[1].split()) == 3  # top-5 of 3 classes: all 3
+    assert report["resume"] == {"resumed_at_4": True, "same_weights": True, "same_ema": True, "steps": True}
+    predicted = report["predicted"]  # the model folders alone, from raw inputs
+    assert set(predicted["sst2"]) <= {"0", "1"} and len(predicted["sst2"]) == 2
+    assert predicted["mnli"][0] in {"entailment", "neutral", "contradiction"}
+    assert isinstance(predicted["stsb"][0], float)
+    assert set(predicted["imagenet"]) <= set(predicted["imagenet_labels"]) == {"n01440764", "n01443537", "n01484850"}
     summary = json.loads((out / "modelnet40-test" / "metrics.json").read_text())
     assert "test/overall_accuracy" in summary["metrics"] and len(summary["labels"]) == 40
 

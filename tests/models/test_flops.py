@@ -1,4 +1,5 @@
-"""Training FLOPs for MFU: 6 × the parameters every token multiplies, plus the mixer's pairs per support."""
+"""Training FLOPs for MFU: 6 × the trainable parameters every token multiplies (4 × the frozen ones), plus the
+mixer's pairs per support."""
 
 from __future__ import annotations
 
@@ -35,3 +36,12 @@ def test_embedding_tables_are_not_dense_work():
     dense = sum(p.numel() for p in model.parameters()) - tables  # the tied MLM decoder is the same tensor
     mixers = training_flops(model, 1, 64) - 6 * dense
     assert mixers > 0 and training_flops(model, 3, 64) == pytest.approx(3 * training_flops(model, 1, 64))
+
+
+def test_frozen_parameters_cost_no_weight_gradient():
+    layer = IntegralTransform(64, 2, KernelConfig(width=8))
+    trained = training_flops(layer, 10, 100)
+    params = sum(p.numel() for p in layer.parameters())
+    frozen = layer.o_proj.weight.requires_grad_(False).numel()
+    assert training_flops(layer, 10, 100) == pytest.approx(trained - 10 * 2 * frozen)
+    assert 0 < frozen < params

@@ -10,7 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from itnet_scale.config import to_yaml
-from itnet_scale.models import ITNetForNLVR2, ITNetForPretraining, ModelConfig, create_model, load_model_config
+from itnet_scale.models import (
+    ITNetForNLVR2,
+    ITNetForPretraining,
+    ITNetForRegression,
+    ModelConfig,
+    count_parameters,
+    create_model,
+    load_model_config,
+)
 from itnet_scale.nn import configure_integrators
 from itnet_scale.nn.heads import IGNORE, mask_tokens
 from itnet_scale.ops import LowRank
@@ -194,3 +202,94 @@ def test_config_round_trips_through_yaml(tmp_path):
 def test_a_batch_without_inputs_is_named():
     with pytest.raises(ValueError, match=r"batch inputs \[\] \(keys \['labels'\]\) make no modality"):
         create_model(SMALL, task="backbone")({"labels": torch.zeros(2)})
+
+
+def test_task_models_build_only_the_encoders_of_their_modalities():
+    """An image classifier of tiny without the text and point encoders: the parameters those held are gone, the
+    image path computes what the full model's does, and a text batch raises naming the text encoder."""
+    full = create_model("tiny", task="classification", classes=10)
+    images_only = create_model("tiny", task="classification", classes=10, modalities=["image"])
+    text, points = full.itnet.encoder.text, full.itnet.encoder.points
+    assert count_parameters(full).total - count_parameters(images_only).total == \
+        count_parameters(text).total + count_parameters(points).total
+    assert not any(name.startswith(("itnet.encoder.text", "itnet.encoder.points"))
+                   for name, _ in images_only.named_parameters())
+    images_only.load_state_dict({k: v for k, v in full.state_dict().items() if k in images_only.state_dict()})
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(images_only.eval()({"images": images}), full.eval()({"images": images}))
+    with pytest.raises(ValueError, match=r"text batches need the text encoder, which this model does not build "
+                                         r"\(modalities=\['image'\]\)"):
+        images_only({"text_ids": torch.randint(7, 3000, (2, 5))})
+
+
+def test_a_pretraining_model_builds_the_heads_its_modalities_serve():
+    images_only = create_model(SMALL, modalities=["image"])
+    assert images_only.mlm is images_only.itc is images_only.mpp is None and images_only.mpm is not None
+    batch = pretraining_batch()
+    assert set(images_only.losses({"images": batch["images"], "image_mask": batch["image_mask"]})) == {"mpm"}
+    assert set(images_only.evaluation_outputs({"images": batch["images"]})) == {"image_features"}
+    with pytest.raises(ValueError, match=r"image_text batches need the text encoder"):
+        images_only.losses(batch)
+    text_only = create_model(SMALL, modalities=["text"])
+    assert text_only.mlm.decoder.weight is text_only.itnet.encoder.text.embedding.weight
+    assert text_only.itc is text_only.mpm is text_only.mpp is None
+    assert set(text_only.losses({"text_ids": batch["text_ids"], "mlm_labels": batch["mlm_labels"]})) == {"mlm"}
+    for task, args in (("vqa", {"answers": 3}), ("nlvr2", {})):
+        with pytest.raises(ValueError, match=rf"task '{task}' needs the image and text encoders; "
+                                             r"modalities=\['image'\] lacks \['text'\]"):
+            create_model(SMALL, task=task, modalities=["image"], **args)
+
+
+def pair_batch(B: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Sentence pairs as the tokenizer encodes them: <cls>=2 first <sep>=3 second <sep>, padded with 0."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, 60, (B, 12), generator=generator)
+    segments = torch.zeros(B, 12, dtype=torch.long)
+    real = torch.ones(B, 12, dtype=torch.bool)
+    for row in range(B):
+        split, end = 3 + row, 10 + row % 3
+        ids[row, 0], ids[row, split], ids[row, end - 1] = 2, 3, 3
+        segments[row, split + 1:end] = 1
+        real[row, end:] = False
+    ids = torch.where(real, ids, 0)
+    return {"text_ids": ids, "text_segment_ids": segments, "text_attention_mask": real}
+
+
+def test_regression_predicts_one_value_per_sample_and_fits_sentence_pair_scores():
+    """STS-B: sentence pairs (with segment ids) → one score each, MSE; a few steps fit a fixed batch."""
+    torch.manual_seed(0)
+    model = create_model(SMALL, task="regression", modalities=["text"], text_segments=2)
+    assert isinstance(model, ITNetForRegression)
+    batch = {**pair_batch(), "labels": torch.tensor([0.5, 4.2, 2.0, 3.1])}
+    predictions = model(batch)
+    assert predictions.shape == (4,)
+    torch.testing.assert_close(model.loss(batch), torch.nn.functional.mse_loss(predictions, batch["labels"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model.loss(batch)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.2 * losses[0]
+    assert model.itnet.encoder.text.segment_embedding.weight[1].abs().sum() > 0  # the segments learned apart
+    with pytest.raises(ValueError, match=r"labels must be finite floats \(regression targets\), got torch.int64"):
+        model.loss({**batch, "labels": torch.tensor([0, 4, 2, 3])})
+    with pytest.raises(ValueError, match=r"classes must be >= 2, got 1 \(one output: the regression task"):
+        create_model(SMALL, task="classification", classes=1)
+
+
+def test_segment_ids_reach_the_model_and_start_neutral():
+    """A classifier with text_segments=2 computes what it did without segment ids until the segment embedding
+    moves; from then on the same tokens split differently give different outputs."""
+    model = create_model(SMALL, task="classification", classes=3, modalities=["text"], text_segments=2).eval()
+    batch = pair_batch()
+    plain = {key: value for key, value in batch.items() if key != "text_segment_ids"}
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model(plain), rtol=0, atol=0)
+        model.itnet.encoder.text.segment_embedding.weight.normal_()
+        moved = model(batch)
+        resplit = model({**batch, "text_segment_ids": batch["text_segment_ids"].roll(1, dims=1)})
+    assert not torch.allclose(moved, model(plain)) and not torch.allclose(moved, resplit)

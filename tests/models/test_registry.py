@@ -14,6 +14,7 @@ from itnet_scale.models import (
     ITNetForClassification,
     ITNetForNLVR2,
     ITNetForPretraining,
+    ITNetForRegression,
     ITNetForVQA,
     ITNetModel,
     ModelConfig,
@@ -50,7 +51,8 @@ def test_the_registered_names_are_the_config_files_of_the_package():
 
 def test_the_task_models_register_themselves():
     assert dict(TASKS) == {"backbone": (ITNetModel, None), "pretraining": (ITNetForPretraining, None),
-                           "classification": (ITNetForClassification, "classes"), "vqa": (ITNetForVQA, "answers"),
+                           "classification": (ITNetForClassification, "classes"),
+                           "regression": (ITNetForRegression, None), "vqa": (ITNetForVQA, "answers"),
                            "nlvr2": (ITNetForNLVR2, None)}
     assert TASKS["vqa"].model_class is ITNetForVQA and TASKS["vqa"].label_argument == "answers"
 
@@ -118,6 +120,9 @@ def test_overrides_and_paths(tmp_path):
     assert isinstance(model, ITNetForClassification) and model.head.fc.out_features == 3
     assert model.itnet.encoder.text.embedding.num_embeddings == 100
     assert create_model(mine, dim=32, task="backbone").config.dim == 32  # a ModelConfig takes overrides too
+    path.write_text("dim: 64\ndepth: 2\nheads: 4\nmodalities: [points]\ntext_segments: 2\n")
+    points_only = create_model(path, task="classification", classes=40)  # ModelNet40
+    assert points_only.itnet.config.modalities == ["points"] and points_only.itnet.encoder.text is None
 
 
 def test_errors_name_what_is_wrong(tmp_path):
@@ -144,6 +149,13 @@ def test_errors_name_what_is_wrong(tmp_path):
     bad.write_text("dim: 64\nheads: [4]\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: bad model config key 'heads'"):
         load_model_config(bad)
+    with pytest.raises(ValueError, match=r"modalities: unknown \['audio'\]; choose from \['image', 'text', "
+                                         r"'points'\]"):
+        load_model_config("tiny", modalities=["audio"])
+    with pytest.raises(ValueError, match=r"modalities must name at least one of .* got \[\]"):
+        load_model_config("tiny", modalities=[])
+    with pytest.raises(ValueError, match=r"text_segments must be >= 1, got 0"):
+        load_model_config("tiny", text_segments=0)
     with pytest.raises(ValueError, match=r"unknown task 'segmentation'"):
         create_model("tiny", task="segmentation")
     with pytest.raises(ValueError, match=r"task 'classification' needs classes=<count>"):

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from itnet_scale.nn.encoders import (
+    ENCODER_MODALITIES,
     EncodedTokens,
     ImageEncoder,
     MultimodalEncoder,
     PointEncoder,
     TextEncoder,
+    adapt_input_channels,
     batch_modality,
+    check_modalities,
     farthest_point_sampling,
     grid_positions,
     text_positions,
@@ -45,6 +48,42 @@ def test_text_errors_name_the_input():
         encoder(torch.tensor([[3, 4]]), torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"pad_id=50 must be a token id below vocab_size=50"):
         TextEncoder(50, 8, pad_id=50)
+
+
+def test_text_segment_embedding_starts_at_zero_and_tells_segments_apart():
+    """Sentence pairs: with text_segments=2 each token gets its segment's embedding, zero at first (the encoder's
+    output is what it was without segments), learned from there; positions stay one sequence."""
+    encoder = TextEncoder(50, 8, segments=2)
+    ids = torch.tensor([[2, 5, 6, 3, 9, 3, 0], [2, 7, 3, 8, 8, 3, 0]])
+    segments = torch.tensor([[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 0]])
+    plain, paired = encoder(ids), encoder(ids, segment_ids=segments)
+    assert torch.equal(paired.tokens, plain.tokens) and torch.equal(paired.pos, plain.pos)
+    assert not encoder.segment_embedding.weight.any()
+    paired.tokens[segments == 1].sum().backward()  # the second segment's embedding trains, from zero
+    assert encoder.segment_embedding.weight.grad[1].abs().sum() > 0
+    assert encoder.segment_embedding.weight.grad[0].abs().sum() == 0
+    with torch.no_grad():
+        encoder.segment_embedding.weight.normal_()
+    moved = encoder(ids, segment_ids=segments).tokens
+    torch.testing.assert_close(moved - encoder(ids).tokens, encoder.segment_embedding.weight[segments])
+    # the two <sep> of a pair (id 3) differ by their segments' embeddings; the same id in one segment does not
+    torch.testing.assert_close(moved[0, 5] - moved[0, 3], encoder.segment_embedding.weight[1]
+                               - encoder.segment_embedding.weight[0])
+    torch.testing.assert_close(moved[1, 3], moved[1, 4])  # id 8 twice in segment 1
+    single = TextEncoder(50, 8)
+    assert single.segment_embedding is None
+    assert torch.equal(single(ids, segment_ids=torch.zeros_like(ids)).tokens, single(ids).tokens)
+    with pytest.raises(ValueError, match=r"text_segment_ids must lie in \[0, 1\), got values in \[0, 1\] \(set "
+                                         r"text_segments=2 in the model config"):
+        single(ids, segment_ids=segments)
+    with pytest.raises(ValueError, match=r"text_segment_ids must lie in \[0, 2\), got values in \[0, 2\]$"):
+        encoder(ids, segment_ids=segments * 2)
+    with pytest.raises(ValueError, match=r"text_segment_ids must be integer \[2, 7\] like text_ids, got \[2, 6\]"):
+        encoder(ids, segment_ids=segments[:, :6])
+    with pytest.raises(ValueError, match=r"text_segment_ids must be integer .* torch.float32"):
+        encoder(ids, segment_ids=segments.float())
+    with pytest.raises(ValueError, match=r"text_segments must be >= 1, got 0"):
+        TextEncoder(50, 8, segments=0)
 
 
 def test_image_patchify_grid_positions_and_mask():
@@ -105,6 +144,36 @@ def test_image_errors_name_the_input():
         encoder(torch.randn(1, 3, 8, 8), torch.zeros(1, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"image index 2 is out of range"):
         encoder(torch.randn(1, 3, 8, 8), index=2)
+
+
+@pytest.mark.parametrize("stem", ["patchify", "conv"])
+def test_adapted_input_channels_give_a_gray_image_the_same_tokens(stem):
+    """timm's adapt_input_conv: 1 → 3 channels repeats the gray weight and scales it by 1/3, 3 → 1 sums the
+    channels; either way a gray image and its 3-channel replica make the same tokens (the conv stem's first
+    convolution has no bias and everything after it is unchanged)."""
+    gray_encoder, rgb_encoder = ImageEncoder(1, 16, patch=4, stem=stem), ImageEncoder(3, 16, patch=4, stem=stem)
+    gray = torch.randn(2, 1, 8, 12)
+    for source, target in ((gray_encoder, rgb_encoder), (rgb_encoder, gray_encoder)):
+        state = source.state_dict()
+        name = source.input_weight_name
+        assert name == ("stem.weight" if stem == "patchify" else "stem.0.weight") and state[name].dim() == 4
+        state[name] = adapt_input_channels(state[name], target.channels)
+        target.load_state_dict(state)
+        if source is gray_encoder:
+            torch.testing.assert_close(target(gray.expand(-1, 3, -1, -1)).tokens, source(gray).tokens)
+        else:
+            torch.testing.assert_close(target(gray).tokens, source(gray.expand(-1, 3, -1, -1)).tokens)
+    weight = torch.randn(4, 1, 2, 2)
+    torch.testing.assert_close(adapt_input_channels(weight, 3), weight.repeat(1, 3, 1, 1) / 3)
+    rgb = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(adapt_input_channels(rgb, 1), rgb.sum(1, keepdim=True))
+    torch.testing.assert_close(adapt_input_channels(rgb, 4), torch.cat([rgb, rgb[:, :1]], 1) * 3 / 4)
+    assert adapt_input_channels(rgb, 3) is rgb
+    assert adapt_input_channels(weight.half(), 3).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"expected a convolution weight \[out, in, k, k\], got \[4, 3\]"):
+        adapt_input_channels(torch.randn(4, 3), 1)
+    with pytest.raises(ValueError, match=r"channels must be >= 1, got 0"):
+        adapt_input_channels(rgb, 0)
 
 
 def brute_force_fps(points: np.ndarray, count: int, start: int = 0) -> list[int]:
@@ -200,6 +269,37 @@ def test_image_text_and_image_pair_text_share_one_position_space():
     assert torch.equal(text_positions(3), alone.pos[0]) and torch.equal(grid_positions(2, 2, 1), pair.pos[0, 4:8])
     with pytest.raises(ValueError, match=r"inputs of one batch must have the same batch size"):
         encoder({"images": images[:1], "text_ids": ids})
+
+
+def test_only_the_encoders_of_the_modalities_are_built():
+    """modalities=["image"]: no text or point encoder (no parameters); a batch that needs one raises naming it."""
+    kwargs = dict(vocab_size=30, image_channels=1, patch_size=4, point_tokens=4, point_group_size=2, point_hidden=8)
+    everything = MultimodalEncoder(8, **kwargs)
+    assert everything.modalities == ENCODER_MODALITIES
+    images_only = MultimodalEncoder(8, modalities=["image"], **kwargs)
+    assert images_only.text is None and images_only.points is None
+    assert {name.split(".")[0] for name, _ in images_only.named_parameters()} == {"image"}
+    images_only.load_state_dict({k: v for k, v in everything.state_dict().items() if k.startswith("image.")})
+    images = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(images_only({"images": images}).tokens, everything({"images": images}).tokens)
+    ids = torch.tensor([[3, 4, 5]])
+    with pytest.raises(ValueError, match=r"^text batches need the text encoder, which this model does not build "
+                                         r"\(modalities=\['image'\]\)"):
+        images_only({"text_ids": ids})
+    with pytest.raises(ValueError, match=r"^image_text batches need the text encoder"):
+        images_only({"images": images, "text_ids": ids})
+    with pytest.raises(ValueError, match=r"^points batches need the points encoder"):
+        images_only({"points": torch.randn(1, 8, 3)})
+    text_only = MultimodalEncoder(8, modalities=("text",), **kwargs)
+    with pytest.raises(ValueError, match=r"^image_pair_text batches need the image encoder"):
+        text_only({"images": images, "images2": images, "text_ids": ids})
+    assert check_modalities(["points", "text"]) == ("points", "text")
+    for bad, message in ((["audio"], r"modalities: unknown \['audio'\]; choose from \['image', 'text', 'points'\]"),
+                         ([], r"modalities must name at least one of .* got \[\]"),
+                         (["text", "text"], r"modalities must name .* each once, got \['text', 'text'\]"),
+                         ("text", r"modalities must be a list of .* got the string 'text'")):
+        with pytest.raises(ValueError, match=message):
+            check_modalities(bad)
 
 
 def test_batch_modality_names_unknown_combinations():

@@ -17,6 +17,7 @@ from itnet_scale.nn.heads import (
     MaskedPointHead,
     MLMHead,
     Pooling,
+    RegressionHead,
     VQAHead,
     chamfer_distance,
     mask_tokens,
@@ -197,12 +198,26 @@ def test_classification_and_regression_losses():
     labels = torch.tensor([2, 0])
     expected = -(F.log_softmax(logits, -1)[0, 2] + F.log_softmax(logits, -1)[1, 0]) / 2
     torch.testing.assert_close(ClassificationHead.loss(logits, labels), expected)
-    score = torch.tensor([[0.5], [2.0]])
-    torch.testing.assert_close(ClassificationHead.loss(score, torch.tensor([1.0, 1.0])), torch.tensor(0.625))
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\), got \[3, 0\]"):
         ClassificationHead.loss(logits, torch.tensor([3, 0]))
     with pytest.raises(ValueError, match=r"labels must have shape \[2\], got \[3\]"):
         ClassificationHead.loss(logits, torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match=r"classes must be >= 2, got 1 \(one output: the regression task"):
+        ClassificationHead(4, 1)
+
+    regression = RegressionHead(4)
+    values = regression(pooled)
+    assert values.shape == (2,)
+    torch.testing.assert_close(
+        values, regression.fc(F.layer_norm(pooled, (4,), regression.norm.weight, regression.norm.bias, 1e-6))[:, 0])
+    torch.testing.assert_close(RegressionHead.loss(torch.tensor([0.5, 2.0]), torch.tensor([1.0, 1.0])),
+                               torch.tensor(0.625))  # (0.25 + 1) / 2
+    with pytest.raises(ValueError, match=r"labels must have shape \[2\], got \[2, 1\]"):
+        RegressionHead.loss(values, torch.ones(2, 1))
+    with pytest.raises(ValueError, match=r"labels must be finite floats \(regression targets\), got torch.int64"):
+        RegressionHead.loss(values, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"labels must be finite floats .* got torch.float32 \[1.0, nan\]"):
+        RegressionHead.loss(values, torch.tensor([1.0, float("nan")]))
 
 
 def test_attention_pooling_starts_as_the_mean_and_learns_to_pick_tokens():

@@ -65,7 +65,7 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 from itnet_scale.data.demo import build_demo_data, demo_paragraphs
 from itnet_scale.data.tokenizer import Tokenizer
-from itnet_scale.models import ModelConfig, create_model, load_model_config
+from itnet_scale.models import ModelConfig, count_parameters, create_model, load_model_config
 from itnet_scale.nn import configure_activation_checkpointing
 from itnet_scale.nn.block import MLP
 from itnet_scale.nn.encoders import TextEncoder
@@ -272,7 +272,8 @@ def build_method_engine(method: str, data: TextData, micro_batch: int, total_ste
     model = build_method_model(method, data.vocab_size, rank, feature_map)
     settings = DeepSpeedSettings(zero_stage=0, precision="fp32", micro_batch_size=micro_batch)
     engine, _ = build_engine(model, settings, OptimizerSettings(), total_steps)
-    info = {"parameters": sum(p.numel() for p in model.parameters()), "deepspeed_config": engine.config}
+    counts = count_parameters(model)
+    info = {"parameters": counts.total, "trainable_parameters": counts.trainable, "deepspeed_config": engine.config}
     return engine, info
 
 
