@@ -277,7 +277,7 @@ class FinetuningRecipe(Recipe):
             self.save_best(trainer, values)
 
     def should_stop(self) -> bool:
-        return self.early_stopping.should_stop()
+        return self.early_stopping.should_stop
 
     # -- outputs ---------------------------------------------------------------------------------------------
 

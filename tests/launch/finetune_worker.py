@@ -4,6 +4,7 @@ check that the exactly-once evaluation over the ranks gives what one process com
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from itnet_scale.train.prediction import FineTunedModel
 REPO = Path(__file__).resolve().parents[2]
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 #: A small model and one step per epoch on the fixtures (2 ranks × 1 example per micro-step).
-SMALL = {"model_overrides.dim": 32, "model_overrides.depth": 1, "model_overrides.heads": 2,
+SMALL = {"model": "tiny", "model_overrides.dim": 32, "model_overrides.depth": 2, "model_overrides.heads": 2,
          "model_overrides.point_tokens": 8, "model_overrides.point_group_size": 8, "model_overrides.patch_size": 4,
          "model_overrides.point_hidden": 16, "deepspeed.micro_batch_size": 1, "deepspeed.precision": "fp32",
          "epochs": 2, "eval.batch_size": 2, "logging.print_every": 1, "ema.decay": 0.0}
@@ -90,9 +91,8 @@ def resume(data: Path, out: Path) -> dict[str, bool]:
     whole = Finetuner(config("imagenet", data, out / "whole", **settings))
     whole.run()
     parted = Finetuner(config("imagenet", data, out / "parted", **settings))
-    for _ in range(4):
-        parted.train_step()
-    parted.save()
+    parted.total_steps = 4  # stops after step 4 (and saves); the LR schedule was built for the 9 steps
+    parted.run()
     resumed = Finetuner(config("imagenet", data, out / "parted", **settings))
     started = resumed.step
     resumed.run()
@@ -104,5 +104,18 @@ def resume(data: Path, out: Path) -> dict[str, bool]:
             "steps": whole.step == resumed.step == 9}
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["smoke"])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    smoke(args.data, args.out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    {"smoke": smoke}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    main()

@@ -80,7 +80,7 @@ def test_bad_keys_and_missing_files_are_refused_before_anything_starts(tmp_path:
     the task's file each exit with status 2 and one line naming the problem, before any run folder exists."""
     cases = {("epoch=3",): "epoch",
              ("task=sst3",): "task must name a benchmark",
-             ("data_root=",): "data_root is required",
+             ("data_root=''",): "data_root is required",
              ("eval_only=true",): "eval_only=true needs init_from",
              ("optimizer.layer_decay=1.5",): "optimizer.layer_decay must be in",
              (): "SST-2/train.tsv"}
