@@ -98,7 +98,7 @@ class FinetuningRecipe(Recipe):
             self.train_split = self.benchmark.read(self.root, self.benchmark.train_split)
             if not self.train_split.labelled:
                 raise ValueError(f"{self.benchmark.name}'s {self.benchmark.train_split!r} split has no labels")
-        names = (config.split,) if config.split else self.benchmark.eval_splits
+        names = (config.split,) if config.split else (self.benchmark.eval_splits or self.benchmark.test_splits)
         self.eval_splits = {name: self.benchmark.read(self.root, name) for name in names}
         self.primary = f"{names[0]}/{self.benchmark.primary_metric}"
         self.batcher = ExampleBatcher(self.benchmark, config.augment, seed=config.seed,
