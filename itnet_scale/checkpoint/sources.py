@@ -46,6 +46,7 @@ from itnet_scale.checkpoint.library import (
 )
 from itnet_scale.config import merge_config
 from itnet_scale.models.config import ModelConfig
+from itnet_scale.models.registry import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -293,13 +294,19 @@ def deepspeed_source(path: str | Path, model_config: ModelConfig | None = None) 
                 del weights
 
     data = client.get("data") or {}
+    streams = {name: state for name, state in data.items() if isinstance(state, dict) and "units" in state}
     info = {"checkpoint": str(tag_dir), "tag": tag_dir.name, "zero_stage": stage, "universal": universal,
             "world_size": world, "step": client.get("step", client.get("global_steps")),
-            "consumed": {stream: {"units": s.get("units"), "samples": s.get("samples")} for stream, s in data.items()},
+            "consumed": {name: {"units": s.get("units"), "samples": s.get("samples")} for name, s in streams.items()},
             "global_samples": client.get("global_samples"), "objectives": client.get("objectives"),
             "sequence_parallel_size": client.get("sequence_parallel_size"), "ds_version": client.get("ds_version"),
             "pretrain_config": client.get("config")}
-    source = WeightSource(f"DeepSpeed {kind} checkpoint {tag_dir} ({world} ranks)", tag_dir, "pretraining", None,
+    # The trainer records its model's task and label count (a fine-tuning run's classifier); older pretraining
+    # checkpoints have neither.
+    task, labels = client.get("task", "pretraining"), client.get("labels")
+    if task not in TASKS:
+        raise ValueError(f"{tag_dir}: the checkpoint's model task {task!r} is not a registered task ({sorted(TASKS)})")
+    source = WeightSource(f"DeepSpeed {kind} checkpoint {tag_dir} ({world} ranks)", tag_dir, task, labels,
                           model_config, specs, shared, files, reader, info, origin)
     source.ordered_like_model()
     return source

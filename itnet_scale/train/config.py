@@ -197,8 +197,38 @@ class ActivationCheckpointingSettings:
         check_checkpoint_every(self.every, "activation_checkpointing.every")
 
 
+class RunLayout:
+    """What every run config (pretraining, fine-tuning) derives from its ``run_dir``, ``model`` and
+    ``model_overrides`` fields: the model config and the run's folders."""
+
+    run_dir: str
+    model: str
+    model_overrides: dict[str, Any]
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The model's config: ``model`` with ``model_overrides``; ``vocab_size`` (the tokenizer's) unless the
+        overrides set one."""
+        overrides = dict(self.model_overrides)
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        return load_model_config(self.model, **overrides)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.run_dir) / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return Path(self.run_dir) / "tensorboard"
+
+    @property
+    def eval_file(self) -> Path:
+        """``RUN/eval.jsonl``: one JSON line per evaluation."""
+        return Path(self.run_dir) / "eval.jsonl"
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunLayout):
     """A pretraining run.
 
     ``run_dir`` holds ``checkpoints/``, ``tensorboard/`` and the resolved ``config.yaml``. ``model`` is a
@@ -260,30 +290,9 @@ class PretrainConfig:
             raise ValueError(f"deepspeed.micro_batch_size={self.deepspeed.micro_batch_size} must be a multiple of "
                              f"the data config's unit_size={data.unit_size} (a micro-batch is whole units)")
 
-    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """The model's config: ``model`` with ``model_overrides``; ``vocab_size`` (the tokenizer's) unless the
-        overrides set one."""
-        overrides = dict(self.model_overrides)
-        if vocab_size is not None:
-            overrides.setdefault("vocab_size", vocab_size)
-        return load_model_config(self.model, **overrides)
-
     def data_config(self) -> DataConfig:
         """The stream mixture: ``data`` with ``data_overrides``."""
         return load_data_config(self.data, self.data_overrides)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.run_dir) / "checkpoints"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return Path(self.run_dir) / "tensorboard"
-
-    @property
-    def eval_file(self) -> Path:
-        """``RUN/eval.jsonl``: one JSON line per held-out evaluation."""
-        return Path(self.run_dir) / "eval.jsonl"
 
 
 def load_pretrain_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:

@@ -16,14 +16,13 @@ from typing import Any
 
 from itnet_scale.config import load_config
 from itnet_scale.data.augment import AugmentSettings
-from itnet_scale.models.config import ModelConfig
-from itnet_scale.models.registry import load_model_config
 from itnet_scale.tasks import BENCHMARKS, Benchmark, get_benchmark
 from itnet_scale.train.config import (
     ActivationCheckpointingSettings,
     CheckpointSettings,
     GuardSettings,
     LoggingSettings,
+    RunLayout,
 )
 from itnet_scale.train.deepspeed_config import DeepSpeedSettings
 from itnet_scale.train.early_stopping import EarlyStoppingSettings
@@ -58,7 +57,7 @@ class FinetuneEvalSettings:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunLayout):
     """A fine-tuning run of one benchmark (``task``: a name of :data:`itnet_scale.tasks.BENCHMARKS`).
 
     ``data_root``: the benchmark's files in their official layout. ``init_from``: the pretrained weights — a
@@ -135,26 +134,6 @@ class FinetuneConfig:
     @property
     def benchmark(self) -> Benchmark:
         return get_benchmark(self.task)
-
-    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """``model`` with ``model_overrides`` (``vocab_size``: the tokenizer's, unless the overrides set one)."""
-        overrides = dict(self.model_overrides)
-        if vocab_size is not None:
-            overrides.setdefault("vocab_size", vocab_size)
-        return load_model_config(self.model, **overrides)
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.run_dir) / "checkpoints"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return Path(self.run_dir) / "tensorboard"
-
-    @property
-    def eval_file(self) -> Path:
-        """``RUN/eval.jsonl``: one JSON line per evaluation."""
-        return Path(self.run_dir) / "eval.jsonl"
 
     @property
     def best_dir(self) -> Path:

@@ -26,6 +26,7 @@ the engine, the step guard, checkpoints with exact (mid-epoch) resume, the rando
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -98,7 +99,7 @@ class FinetuningRecipe(Recipe):
             self.train_split = self.benchmark.read(self.root, self.benchmark.train_split)
             if not self.train_split.labelled:
                 raise ValueError(f"{self.benchmark.name}'s {self.benchmark.train_split!r} split has no labels")
-        names = (config.split,) if config.split else self.benchmark.eval_splits
+        names = (config.split,) if config.split else (self.benchmark.eval_splits or self.benchmark.test_splits)
         self.eval_splits = {name: self.benchmark.read(self.root, name) for name in names}
         self.primary = f"{names[0]}/{self.benchmark.primary_metric}"
         self.batcher = ExampleBatcher(self.benchmark, config.augment, seed=config.seed,
@@ -277,7 +278,7 @@ class FinetuningRecipe(Recipe):
             self.save_best(trainer, values)
 
     def should_stop(self) -> bool:
-        return self.early_stopping.should_stop()
+        return self.early_stopping.should_stop
 
     # -- outputs ---------------------------------------------------------------------------------------------
 
@@ -291,7 +292,7 @@ class FinetuningRecipe(Recipe):
     def save_best(self, trainer: Trainer, values: dict[str, float]) -> None:
         """The current weights (the EMA's when kept) as a library folder in ``RUN/best``, with the tokenizer."""
         model = trainer.engine.module
-        context = self.ema.swapped_in() if self.ema is not None else _nothing()
+        context = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with context, _gathered(model, trainer.engine.zero_optimization_stage()):
             if self.rank == 0:
                 folder = save_pretrained(model, self.config.best_dir, overwrite=True, dtype="fp32",
@@ -342,18 +343,10 @@ def _to_dtype(batch: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]
     return {k: v.to(dtype) if v.is_floating_point() and k not in keep else v for k, v in batch.items()}
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _gathered(model: nn.Module, stage: int) -> Any:
     """Every parameter whole on every rank for the block (ZeRO-3 partitions them), else nothing to do."""
     if stage < 3:
-        return _nothing()
+        return contextlib.nullcontext()
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from itnet_scale.checkpoint.deepspeed_checkpoint import load_checkpoint, save_checkpoint, step_tag
+from itnet_scale.checkpoint.library import label_count, task_of
 from itnet_scale.config import to_yaml
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.flops import TrainingFlops
@@ -245,6 +246,7 @@ class Trainer:
         return {UNIVERSAL_CHECKPOINT_INFO: universal, "step": self.step, "data": self.recipe.state_dict(),
                 "guard": self.guard.state_dict(),
                 "config": to_yaml(self.config), "model_config": to_yaml(self.model_config),
+                "task": task_of(self.engine.module), "labels": label_count(self.engine.module),
                 "world_size": self.world_size, "sequence_parallel_size": self.sp.size, **self.recipe.client_state()}
 
     def _resume(self) -> None:

@@ -4,6 +4,7 @@ check that the exactly-once evaluation over the ranks gives what one process com
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,24 +19,25 @@ from itnet_scale.train.prediction import FineTunedModel
 REPO = Path(__file__).resolve().parents[2]
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
 #: A small model and one step per epoch on the fixtures (2 ranks × 1 example per micro-step).
-SMALL = {"model_overrides.dim": 32, "model_overrides.depth": 1, "model_overrides.heads": 2,
+SMALL = {"model": "tiny", "model_overrides.dim": 32, "model_overrides.depth": 2, "model_overrides.heads": 2,
          "model_overrides.point_tokens": 8, "model_overrides.point_group_size": 8, "model_overrides.patch_size": 4,
          "model_overrides.point_hidden": 16, "deepspeed.micro_batch_size": 1, "deepspeed.precision": "fp32",
          "epochs": 2, "eval.batch_size": 2, "logging.print_every": 1, "ema.decay": 0.0}
 
 
-def overrides(task: str, data: Path, run: Path, **extra: object) -> list[str]:
+def overrides(name: str, data: Path, run: Path, **extra: object) -> list[str]:
     root = {"imagenet": data / "imagenet", "modelnet40": data / "modelnet40", **{t: data / "glue" for t in GLUE}}
-    values = {**SMALL, "data_root": root[task], "run_dir": run, "tokenizer": data / "tokenizer", **extra}
-    if task == "imagenet":
+    values = {**SMALL, "data_root": root[name], "run_dir": run, "tokenizer": data / "tokenizer", **extra}
+    if name == "imagenet":
         values |= {"augment.image.size": 16, "eval.batch_size": 3}
-    if task == "modelnet40":
+    if name == "modelnet40":
         values |= {"eval.votes": 2}
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def config(task: str, data: Path, run: Path, **extra: object):
-    return load_finetune_config(REPO / "configs" / "finetune" / f"{task}.yaml", overrides(task, data, run, **extra))
+def config(name: str, data: Path, run: Path, **extra: object):
+    """``configs/finetune/NAME.yaml`` small, on the fixture data (``extra``: more overrides, ``task`` included)."""
+    return load_finetune_config(REPO / "configs" / "finetune" / f"{name}.yaml", overrides(name, data, run, **extra))
 
 
 def smoke(data: Path, out: Path) -> None:
@@ -58,15 +60,39 @@ def smoke(data: Path, out: Path) -> None:
                                                                                               atol=1e-5)),
                         "losses": [r.losses["task"] for r in result.records]}
     evaluated = {}
-    for task, split in (("sst2", "test"), ("mnli", "test_matched"), ("imagenet", "test"), ("modelnet40", "test")):
+    for task, split in (("sst2", "test"), ("mnli", "test_matched"), ("modelnet40", "test")):
         best = out / task / "best"
         trainer = Finetuner(config(task, data, out / f"{task}-test", init_from=best, eval_only=True, split=split))
         evaluated[task] = trainer.evaluate_only()
+    # A DeepSpeed checkpoint folder as init_from: converted on the fly into RUN/init.
+    trainer = Finetuner(config("imagenet", data, out / "imagenet-test", init_from=out / "imagenet" / "checkpoints",
+                               eval_only=True, split="test"))
+    evaluated["imagenet"] = trainer.evaluate_only()
+    # AX: the MNLI model on the diagnostic set (a benchmark without training data).
+    trainer = Finetuner(config("mnli", data, out / "ax-test", task="ax", init_from=out / "mnli" / "best",
+                               eval_only=True))
+    evaluated["ax"] = trainer.evaluate_only()
     resumed = resume(data, out)
+    others = probe_and_early_stopping(data, out)
     if rank == 0:
         predicted = predictions(data, out)
         (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated, "resume": resumed,
-                                                     "predicted": predicted}))
+                                                     "predicted": predicted, **others}))
+
+
+def probe_and_early_stopping(data: Path, out: Path) -> dict[str, object]:
+    """A linear probe moves the head only; early stopping ends a run whose metric stops improving."""
+    probe = Finetuner(config("sst2", data, out / "probe", linear_probe=True, epochs=1))
+    before = {name: p.detach().clone() for name, p in probe.engine.module.named_parameters()}
+    probe.run()
+    moved = sorted({name.split(".")[0] for name, p in probe.engine.module.named_parameters()
+                    if not torch.equal(p, before[name])})
+    # min_delta 10: no evaluation after the first counts as an improvement; patience 1 stops after the second.
+    stopping = Finetuner(config("sst2", data, out / "stopping", epochs=4, **{"early_stopping.patience": 1,
+                                                                               "early_stopping.min_delta": 10.0}))
+    result = stopping.run()
+    return {"probe_moved": moved, "stopped_at": stopping.step, "steps_per_epoch": stopping.recipe.plan.steps_per_epoch,
+            "stopped_evaluations": len(result.evaluations)}
 
 
 def predictions(data: Path, out: Path) -> dict[str, object]:
@@ -90,9 +116,8 @@ def resume(data: Path, out: Path) -> dict[str, bool]:
     whole = Finetuner(config("imagenet", data, out / "whole", **settings))
     whole.run()
     parted = Finetuner(config("imagenet", data, out / "parted", **settings))
-    for _ in range(4):
-        parted.train_step()
-    parted.save()
+    parted.total_steps = 4  # stops after step 4 (and saves); the LR schedule was built for the 9 steps
+    parted.run()
     resumed = Finetuner(config("imagenet", data, out / "parted", **settings))
     started = resumed.step
     resumed.run()
@@ -104,5 +129,18 @@ def resume(data: Path, out: Path) -> dict[str, bool]:
             "steps": whole.step == resumed.step == 9}
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["smoke"])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--local_rank", type=int, default=0)
+    args = parser.parse_args()
+    smoke(args.data, args.out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    {"smoke": smoke}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    main()

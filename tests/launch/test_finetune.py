@@ -66,6 +66,12 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
     imagenet = (out / "imagenet-test" / "imagenet-test.csv").read_text().splitlines()
     assert len(imagenet) == 4 and len(imagenet[1].split(",")[1].split()) == 3  # top-5 of 3 classes: all 3
     assert report["resume"] == {"resumed_at_4": True, "same_weights": True, "same_ema": True, "steps": True}
+    ax = (out / "ax-test" / "AX.tsv").read_text().splitlines()
+    assert ax[0] == "index\tprediction" and {row.split("\t")[1] for row in ax[1:]} <= {"entailment", "neutral",
+                                                                                      "contradiction"}
+    assert (out / "imagenet-test" / "init" / "config.yaml").is_file()  # the DeepSpeed checkpoint, converted
+    assert report["probe_moved"] == ["head"]
+    assert report["stopped_at"] == 2 * report["steps_per_epoch"] and report["stopped_evaluations"] == 2
     predicted = report["predicted"]  # the model folders alone, from raw inputs
     assert set(predicted["sst2"]) <= {"0", "1"} and len(predicted["sst2"]) == 2
     assert predicted["mnli"][0] in {"entailment", "neutral", "contradiction"}
@@ -80,7 +86,7 @@ def test_bad_keys_and_missing_files_are_refused_before_anything_starts(tmp_path:
     the task's file each exit with status 2 and one line naming the problem, before any run folder exists."""
     cases = {("epoch=3",): "epoch",
              ("task=sst3",): "task must name a benchmark",
-             ("data_root=",): "data_root is required",
+             ("data_root=''",): "data_root is required",
              ("eval_only=true",): "eval_only=true needs init_from",
              ("optimizer.layer_decay=1.5",): "optimizer.layer_decay must be in",
              (): "SST-2/train.tsv"}
