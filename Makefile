@@ -63,7 +63,7 @@ $(DEMO_MODEL)/config.yaml: runs/demo/checkpoints/latest | $(STAMP)
 runs/demo/checkpoints/latest:
 	$(MAKE) demo
 
-# Fine-tuning on real(ish) data end to end, outside `make test` (~15 min on 2 CPU cores): Fashion-MNIST as an
+# Fine-tuning on real(ish) data end to end, outside `make test` (~16 min on 2 CPU cores): Fashion-MNIST as an
 # ImageNet tree, sentences of two Jane Austen novels as GLUE SST-2, synthetic shapes as ModelNet40, each fine-tuned
 # from the demo model and from scratch with DeepSpeed on 2 CPU ranks (tools/finetune_demo.py; a fresh run each
 # time: runs/finetune-demo is replaced). The table: runs/finetune-demo/results.md (and .json).

@@ -46,14 +46,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown task(s) {unknown}; the demo's tasks are {known}", file=sys.stderr)
         return 2
-    missing = [str(args.data / DATA_FOLDERS[t.data]) for t in DEMO_TASKS if t.name in args.tasks
-               and not (args.data / DATA_FOLDERS[t.data]).is_dir()]
-    if missing or not (args.model / "config.yaml").is_file():
-        print(f"error: missing {missing or args.model / 'config.yaml'}: write the data with `finetune_demo.py data` "
-              "and convert the demo model (make finetune-demo does both)", file=sys.stderr)
+    if not (args.model / "config.yaml").is_file():
+        print(f"error: {args.model} is not a library-format model folder (no config.yaml): convert the demo's "
+              "checkpoint first (make finetune-demo does)", file=sys.stderr)
         return 2
-    tasks = [task for task in DEMO_TASKS if task.name in args.tasks]
-    runs = plan_runs(args.data, args.model, args.out, tasks, extra=args.set)
+    try:
+        runs = plan_runs(args.data, args.model, args.out, [t for t in DEMO_TASKS if t.name in args.tasks],
+                         extra=args.set)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     results, began = [], time.perf_counter()
     for number, planned in enumerate(runs, start=1):
         log = planned.run_dir.with_name(planned.run_dir.name + ".log")

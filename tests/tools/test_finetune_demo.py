@@ -14,11 +14,14 @@ import pytest
 from comparison.tasks import FASHION_FILES, TaskError
 from demo_finetuning.datasets import (
     AUSTEN_NOVELS,
+    DATA_FOLDERS,
     FASHION_NAMES,
     FASHION_WNIDS,
     SHAPE_CLASSES,
     DemoDataSizes,
+    read_descriptions,
     write_austen_sst2,
+    write_demo_data,
     write_fashion_imagenet,
     write_shapes_modelnet40,
 )
@@ -141,8 +144,32 @@ def test_shapes_are_written_as_modelnet40_normal_resampled_the_benchmark_reads(t
         write_shapes_modelnet40(root, SMALL)
 
 
+def write_demo_data_from_stand_ins(tmp_path: Path) -> Path:
+    """The three data sets in SMALL sizes from stand-ins for the downloads, as ``finetune_demo.py data`` writes them."""
+    pytest.importorskip("rdata")
+    data = write_fashion_idx(tmp_path / "downloads")
+    write_lazyload(data / "janeaustenr" / "data", {name: novel_lines(name, 12) for name in AUSTEN_NOVELS}, tmp_path)
+    write_demo_data(data, tmp_path / "demo", SMALL, seed=0)
+    return tmp_path / "demo"
+
+
+def test_the_manifest_describes_the_data_as_its_benchmarks_read_it(tmp_path: Path):
+    out = write_demo_data_from_stand_ins(tmp_path)
+    descriptions = read_descriptions(out)
+    for name, benchmark, validation in (("fashion", "imagenet", "val"), ("austen", "sst2", "dev"),
+                                        ("shapes", "modelnet40", "val")):
+        root = out / DATA_FOLDERS[name]
+        reader = get_benchmark(benchmark).for_root(root)
+        counts = [len(reader.read(root, split).examples) for split in ("train", "validation")]
+        assert descriptions[name].endswith(f", {counts[0]} train / {counts[1]} {validation}"), descriptions[name]
+    assert descriptions["shapes"] == "synthetic shapes, 6 classes, 24 train / 6 val"  # 1 of 5 per class held out
+    with pytest.raises(FileNotFoundError, match=r"demo_data.json: missing; write the demo data first"):
+        read_descriptions(tmp_path)
+
+
 def test_every_planned_command_is_a_valid_fine_tuning_config(tmp_path: Path):
-    runs = plan_runs(tmp_path / "data", tmp_path / "model", tmp_path / "out")
+    data = write_demo_data_from_stand_ins(tmp_path)
+    runs = plan_runs(data, tmp_path / "model", tmp_path / "out")
     assert [(run.task.name, run.init) for run in runs] == [(task.name, init) for task in DEMO_TASKS
                                                            for init in ("pretrained", "scratch")]
     for run in runs:
@@ -151,7 +178,8 @@ def test_every_planned_command_is_a_valid_fine_tuning_config(tmp_path: Path):
         overrides = run.command[run.command.index("--config") + 2:]
         config = load_finetune_config(REPO / config_file, overrides)  # every key and value checked
         assert config.task == run.task.name and config.deepspeed.precision == "fp32" and config.ema.decay == 0
-        assert Path(config.run_dir) == run.run_dir
+        assert Path(config.run_dir) == run.run_dir and Path(config.data_root) == data / DATA_FOLDERS[run.task.data]
+        get_benchmark(config.task).for_root(Path(config.data_root)).read(Path(config.data_root), "train")
         if run.init == "pretrained":  # the task's layer-wise decay (sst2 0.9, imagenet 0.65; modelnet40 none)
             task_config = load_finetune_config(REPO / config_file, [f"data_root={tmp_path}"])
             assert config.init_from == str(tmp_path / "model")
@@ -179,7 +207,8 @@ def test_results_table_from_what_the_recipe_writes(tmp_path: Path):
     table = results_markdown([result("pretrained", 0.8, [0.7, 0.8, 0.75]), result("scratch", 0.72, [0.6, 0.72, 0.7]),
                               failed])
     assert "| sst2 | Austen | pretrained | validation/accuracy | 0.8000 (step 20) | 30 | 2:05 |" in table
-    assert "| sst2 | validation/accuracy | 0.8000 | 0.7200 | +0.0800 | at step 20 of 30 |" in table
+    assert ("| sst2 | validation/accuracy | 0.8000 | 0.7200 | +0.0800 | 0.7000 / 0.6000 (step 10) | at step 20 of 30 |"
+            in table)
     assert "| imagenet | Fashion-MNIST | scratch | — | failed (exit 1;" in table
 
 
@@ -194,4 +223,7 @@ def test_the_command_line_refuses_missing_data_and_unknown_tasks(tmp_path: Path,
                                "--tasks", "cifar"]) == 2
     assert "unknown task(s) ['cifar']" in capsys.readouterr().err
     assert finetune_demo_main(["run", "--data", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert "finetune_demo.py data" in capsys.readouterr().err
+    assert "not a library-format model folder" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("task: pretraining\n")
+    assert finetune_demo_main(["run", "--data", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "demo_data.json: missing" in capsys.readouterr().err

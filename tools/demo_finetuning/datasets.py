@@ -25,8 +25,9 @@ Every draw is seeded; the same seed writes the same files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from comparison.tasks import FASHION_FILES, austen_dir, fashion_mnist_dir, novel
 from itnet_scale.data.demo import shape_point_cloud
 from itnet_scale.data.meshes import SHAPES
 from itnet_scale.tasks.imagenet import write_imagenet_layout
-from itnet_scale.tasks.modelnet40 import LAYOUT_FOLDERS, SHAPE_NAMES
+from itnet_scale.tasks.modelnet40 import LAYOUT_FOLDERS, SHAPE_NAMES, ModelNet40Settings, validation_mask
 
 #: Fashion-MNIST's class names, in its label order.
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -65,8 +66,8 @@ class DemoDataSizes:
     austen_train: int = 1000
     austen_dev: int = 300
     austen_test: int = 200
-    shapes_train: int = 120
-    shapes_test: int = 30
+    shapes_train: int = 200
+    shapes_test: int = 50
     shape_rows: int = 1024
 
     def __post_init__(self) -> None:
@@ -190,19 +191,55 @@ def write_shapes_modelnet40(root: Path, sizes: DemoDataSizes, seed: int = 0) -> 
     return Path(root)
 
 
+def describe(data: str, sizes: DemoDataSizes) -> str:
+    """One line on the data set ``data`` (a key of :data:`DATA_FOLDERS`) as ``sizes`` writes it, for the results
+    table: what it is and its training / validation counts (ModelNet40's validation is the benchmark's carve-out)."""
+    if data == "fashion":
+        return (f"Fashion-MNIST, {len(FASHION_NAMES)} classes, {len(FASHION_NAMES) * sizes.fashion_train} train / "
+                f"{len(FASHION_NAMES) * sizes.fashion_val} val")
+    if data == "austen":
+        return (f"Austen, Pride & Prejudice vs Persuasion, {2 * sizes.austen_train} train / {2 * sizes.austen_dev} "
+                "dev")
+    if data == "shapes":
+        count = sizes.shapes_train  # the benchmark's carve-out of one class's training shapes
+        held_out = int(validation_mask([0] * count, [str(i) for i in range(count)],
+                                       ModelNet40Settings().validation_fraction, seed=0).sum())
+        classes = len(SHAPE_CLASSES)
+        return f"synthetic shapes, {classes} classes, {classes * (count - held_out)} train / {classes * held_out} val"
+    raise ValueError(f"unknown demo data set {data!r}; expected one of {sorted(DATA_FOLDERS)}")
+
+
+#: The file, beside the data sets, that says what was written (seed, sizes, one line per data set).
+MANIFEST = "demo_data.json"
+
+
 def write_demo_data(data_dir: Path, out: Path, sizes: DemoDataSizes | None = None, seed: int = 0) -> dict[str, Path]:
-    """All three data sets under ``out`` (:data:`DATA_FOLDERS`), from the downloads in ``data_dir``; returns
+    """All three data sets under ``out`` (:data:`DATA_FOLDERS`), from the downloads in ``data_dir``, and
+    ``out/demo_data.json`` (:data:`MANIFEST`: the seed, the sizes and :func:`describe`'s line for each); returns
     ``{name: data_root}``. Each folder must be new or empty."""
     sizes = sizes if sizes is not None else DemoDataSizes()
     out = Path(out)
     for name in DATA_FOLDERS.values():
         if (out / name).exists() and any((out / name).iterdir()):
             raise FileExistsError(f"{out / name}: not empty; remove it (or write elsewhere) to write the demo data")
-    return {"fashion": write_fashion_imagenet(data_dir, out / DATA_FOLDERS["fashion"], sizes, seed),
-            "austen": write_austen_sst2(data_dir, out / DATA_FOLDERS["austen"], sizes, seed),
-            "shapes": write_shapes_modelnet40(out / DATA_FOLDERS["shapes"], sizes, seed)}
+    roots = {"fashion": write_fashion_imagenet(data_dir, out / DATA_FOLDERS["fashion"], sizes, seed),
+             "austen": write_austen_sst2(data_dir, out / DATA_FOLDERS["austen"], sizes, seed),
+             "shapes": write_shapes_modelnet40(out / DATA_FOLDERS["shapes"], sizes, seed)}
+    manifest = {"seed": seed, "sizes": asdict(sizes), "descriptions": {name: describe(name, sizes) for name in roots}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return roots
 
 
-__all__ = ["AUSTEN_NOVELS", "DATA_FOLDERS", "FASHION_NAMES", "FASHION_WNIDS", "SHAPE_CLASSES",
-           "DemoDataSizes", "balanced_draw", "write_austen_sst2", "write_demo_data", "write_fashion_imagenet",
-           "write_shapes_modelnet40"]
+def read_descriptions(out: Path) -> dict[str, str]:
+    """The data sets' lines from ``out/demo_data.json``; a missing file raises naming it and the command that
+    writes it."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; write the demo data first (tools/finetune_demo.py data --out "
+                                f"{out})")
+    return json.loads(path.read_text(encoding="utf-8"))["descriptions"]
+
+
+__all__ = ["AUSTEN_NOVELS", "DATA_FOLDERS", "FASHION_NAMES", "FASHION_WNIDS", "MANIFEST", "SHAPE_CLASSES",
+           "DemoDataSizes", "balanced_draw", "describe", "read_descriptions", "write_austen_sst2", "write_demo_data",
+           "write_fashion_imagenet", "write_shapes_modelnet40"]

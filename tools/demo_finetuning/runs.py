@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import DATA_FOLDERS
+from .datasets import DATA_FOLDERS, read_descriptions
 
 #: Overrides of every run: the CPU's settings.
 COMMON_OVERRIDES = ("model=tiny", "deepspeed.precision=fp32", "deepspeed.zero_stage=1", "ema.decay=0.0",
@@ -38,41 +38,39 @@ INITS = ("pretrained", "scratch")
 @dataclass(frozen=True)
 class DemoTask:
     """One fine-tuning task of the demo: the benchmark's config, the data set (a key of
-    :data:`~.datasets.DATA_FOLDERS`), what the table says of the data, and the task's overrides."""
+    :data:`~.datasets.DATA_FOLDERS`) and the task's overrides."""
 
     name: str
     config: str
     data: str
-    description: str
     overrides: tuple[str, ...]
 
 
 DEMO_TASKS = (
     DemoTask("imagenet", "configs/finetune/imagenet.yaml", "fashion",
-             "Fashion-MNIST, 10 classes, 2000 train / 1000 val, 28→32 px, 3 channels",
              ("epochs=6", "warmup_epochs=1", "augment.image.size=32", "augment.image.channels=3",
               "augment.image.crop_pct=1.0", "augment.image.scale=[0.5,1.0]", "augment.mix.mixup_alpha=0.0",
               "augment.mix.cutmix_alpha=0.0", "optimizer.lr=1.0e-3", "deepspeed.micro_batch_size=32",
               "eval.batch_size=100")),
     DemoTask("sst2", "configs/finetune/sst2.yaml", "austen",
-             "Austen sentences, Pride & Prejudice (0) vs Persuasion (1), 2000 train / 600 dev",
-             ("epochs=4", "warmup_epochs=0.5", "max_text_tokens=64", "optimizer.lr=5.0e-4",
+             ("epochs=6", "warmup_epochs=0.5", "max_text_tokens=64", "optimizer.lr=5.0e-4",
               "deepspeed.micro_batch_size=32", "eval.batch_size=100")),
     DemoTask("modelnet40", "configs/finetune/modelnet40.yaml", "shapes",
-             "synthetic shapes, 6 classes, 648 train / 72 val, 1024 points",
-             ("epochs=8", "warmup_epochs=1", "eval.votes=0", "optimizer.lr=1.0e-3",
-              "deepspeed.micro_batch_size=32", "eval.batch_size=72")),
+             ("epochs=20", "warmup_epochs=1", "eval.votes=0", "optimizer.lr=1.0e-3",
+              "deepspeed.micro_batch_size=32", "eval.batch_size=60")),
 )
 
 
 @dataclass
 class DemoRun:
-    """One fine-tuning run: its task, ``init`` (``pretrained`` or ``scratch``), run folder and command."""
+    """One fine-tuning run: its task, ``init`` (``pretrained`` or ``scratch``), run folder, command and the line
+    on its data set."""
 
     task: DemoTask
     init: str
     run_dir: Path
     command: list[str]
+    data: str
 
 
 @dataclass
@@ -106,9 +104,10 @@ def deepspeed_command() -> str:
 
 def plan_runs(data_root: Path, model: Path, out: Path, tasks: Sequence[DemoTask] = DEMO_TASKS,
               ranks: int = 2, extra: Sequence[str] = ()) -> list[DemoRun]:
-    """Every task from ``model`` and from scratch, in that order, each in ``out/<task>-<init>``; ``extra``
-    overrides go last (after the task's)."""
+    """Every task from ``model`` and from scratch, in that order, each in ``out/<task>-<init>``, on the data
+    sets the ``data`` command wrote to ``data_root``; ``extra`` overrides go last (after the task's)."""
     launcher = deepspeed_command()
+    descriptions = read_descriptions(data_root)
     runs = []
     for task in tasks:
         for init in INITS:
@@ -118,7 +117,7 @@ def plan_runs(data_root: Path, model: Path, out: Path, tasks: Sequence[DemoTask]
             overrides += [f"init_from={model}"] if init == "pretrained" else list(SCRATCH_OVERRIDES)
             command = [launcher, "--num_accelerators", str(ranks), "launch/finetune.py", "--config", task.config,
                        *overrides, *extra]
-            runs.append(DemoRun(task, init, run_dir, command))
+            runs.append(DemoRun(task, init, run_dir, command, descriptions[task.data]))
     return runs
 
 
@@ -140,7 +139,7 @@ def execute(run: DemoRun, log: Path) -> RunResult:
     seconds = time.perf_counter() - began
     metrics_file = run.run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return RunResult(run.task.name, run.init, run.task.description, str(run.run_dir), run.command, seconds,
+    return RunResult(run.task.name, run.init, run.data, str(run.run_dir), run.command, seconds,
                      returncode, metrics, read_evaluations(run.run_dir / "eval.jsonl"))
 
 
@@ -157,8 +156,8 @@ def _minutes(seconds: float) -> str:
 
 def results_markdown(results: Sequence[RunResult]) -> str:
     """The runs' table (``task | data | init | metric | best value | steps | time``) and, per task, pretrained −
-    scratch: the difference of the best values, and the step at which the pretrained run first reached the
-    scratch run's best."""
+    scratch: the best values and their difference, both runs' first evaluation (after epoch 1: the head start),
+    and the step at which the pretrained run first reached the scratch run's best."""
     lines = ["| task | data | init | metric | best value | steps | time |", "|---|---|---|---|---:|---:|---:|"]
     for r in results:
         if r.ok:
@@ -168,8 +167,8 @@ def results_markdown(results: Sequence[RunResult]) -> str:
         else:
             lines.append(f"| {r.task} | {r.data} | {r.init} | — | failed (exit {r.returncode}; "
                          f"{r.run_dir}.log) | — | {_minutes(r.seconds)} |")
-    lines += ["", "| task | metric | pretrained | scratch | pretrained − scratch | pretrained reaches scratch's best |",
-              "|---|---|---:|---:|---:|---|"]
+    lines += ["", "| task | metric | pretrained | scratch | pretrained − scratch | first evaluation, pretrained / "
+              "scratch | pretrained reaches scratch's best |", "|---|---|---:|---:|---:|---|---|"]
     by_key = {(r.task, r.init): r for r in results}
     for task in dict.fromkeys(r.task for r in results):
         pretrained, scratch = by_key.get((task, "pretrained")), by_key.get((task, "scratch"))
@@ -177,9 +176,12 @@ def results_markdown(results: Sequence[RunResult]) -> str:
             continue
         metric = pretrained.metrics["primary_metric"]
         a, b = pretrained.metrics["best"], scratch.metrics["best"]
+        first = [run.evaluations[0] for run in (pretrained, scratch) if run.evaluations]
+        start = (f"{first[0][metric]:.4f} / {first[1][metric]:.4f} (step {first[0]['step']})" if len(first) == 2
+                 else "—")
         step = first_step_reaching(pretrained.evaluations, metric, b)
         reach = f"at step {step} of {pretrained.metrics['steps']}" if step is not None else "never"
-        lines.append(f"| {task} | {metric} | {a:.4f} | {b:.4f} | {a - b:+.4f} | {reach} |")
+        lines.append(f"| {task} | {metric} | {a:.4f} | {b:.4f} | {a - b:+.4f} | {start} | {reach} |")
     return "\n".join(lines) + "\n"
 
 
