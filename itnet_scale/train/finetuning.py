@@ -92,8 +92,6 @@ class FinetuningRecipe(Recipe):
         self.config = config
         self.root = Path(config.data_root)
         self.benchmark = config.benchmark.for_root(self.root)
-        modality = self.benchmark.modality
-        self.tokenizer = Tokenizer.from_dir(config.tokenizer) if modality in ("text", "text_pair") else None
         self.train_split: Split | None = None
         if not config.eval_only:
             self.train_split = self.benchmark.read(self.root, self.benchmark.train_split)
@@ -102,6 +100,8 @@ class FinetuningRecipe(Recipe):
         names = (config.split,) if config.split else (self.benchmark.eval_splits or self.benchmark.test_splits)
         self.eval_splits = {name: self.benchmark.read(self.root, name) for name in names}
         self.primary = f"{names[0]}/{self.benchmark.primary_metric}"
+        modality = self.benchmark.modality  # the data first: a missing file is named before anything else loads
+        self.tokenizer = Tokenizer.from_dir(config.tokenizer) if modality in ("text", "text_pair") else None
         self.batcher = ExampleBatcher(self.benchmark, config.augment, seed=config.seed,
                                       max_text_tokens=config.max_text_tokens, tokenizer=self.tokenizer,
                                       classes=self.benchmark.num_outputs, regression=self.benchmark.regression)
