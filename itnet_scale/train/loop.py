@@ -154,8 +154,9 @@ class Recipe(abc.ABC):
         return bool(config.eval.every) and step % config.eval.every == 0
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Evaluate ``model`` (the engine's module) without touching the training state."""
-        raise NotImplementedError(f"{type(self).__name__} has no evaluation")
+        """Evaluate ``model`` (the engine's module) without touching the training state; the metrics by name
+        (none for a recipe whose :meth:`has_evaluation` is False: the trainer never asks it)."""
+        return {}
 
     def after_step(self, trainer: Trainer, record: StepRecord, metrics: MetricsLogger) -> None:  # noqa: B027
         """Called after each optimizer step (the atlas, an EMA update); nothing by default."""
