@@ -197,13 +197,28 @@ class ActivationCheckpointingSettings:
         check_checkpoint_every(self.every, "activation_checkpointing.every")
 
 
-class RunLayout:
-    """What every run config (pretraining, fine-tuning) derives from its ``run_dir``, ``model`` and
-    ``model_overrides`` fields: the model config and the run's folders."""
+@dataclass
+class RunConfig:
+    """What every run config (pretraining, fine-tuning) holds, and what it derives from it: the run folder, the model
+    (a registered name or a YAML path, with ``model_overrides``), the tokenizer, the seed, data-loading workers,
+    sequence parallelism, the initial weights (``init_from``) and the sections the trainer core reads
+    (``optimizer``, ``deepspeed``, ``checkpoint``, ``logging``, ``guard``, ``activation_checkpointing``); the model
+    config and the run's folders."""
 
-    run_dir: str
-    model: str
-    model_overrides: dict[str, Any]
+    run_dir: str = "runs/run"
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "demo_data/tokenizer"
+    seed: int = 0
+    num_workers: int = 0
+    sequence_parallel_size: int = 1
+    init_from: str | None = None
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    activation_checkpointing: ActivationCheckpointingSettings = field(default_factory=ActivationCheckpointingSettings)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The model's config: ``model`` with ``model_overrides``; ``vocab_size`` (the tokenizer's) unless the
@@ -228,7 +243,7 @@ class RunLayout:
 
 
 @dataclass
-class PretrainConfig(RunLayout):
+class PretrainConfig(RunConfig):
     """A pretraining run.
 
     ``run_dir`` holds ``checkpoints/``, ``tensorboard/`` and the resolved ``config.yaml``. ``model`` is a
@@ -243,24 +258,11 @@ class PretrainConfig(RunLayout):
     """
 
     run_dir: str = "runs/pretrain"
-    model: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str = "demo_data/tokenizer"
     data: str = "configs/data/demo.yaml"
     data_overrides: list[str] = field(default_factory=list)
     steps: int = 300
-    seed: int = 0
-    num_workers: int = 0
-    sequence_parallel_size: int = 1
-    init_from: str | None = None
     objectives: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
-    guard: GuardSettings = field(default_factory=GuardSettings)
-    activation_checkpointing: ActivationCheckpointingSettings = field(default_factory=ActivationCheckpointingSettings)
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -12,22 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from itnet_scale.config import load_config
 from itnet_scale.data.augment import AugmentSettings
 from itnet_scale.tasks import BENCHMARKS, Benchmark, get_benchmark
-from itnet_scale.train.config import (
-    ActivationCheckpointingSettings,
-    CheckpointSettings,
-    GuardSettings,
-    LoggingSettings,
-    RunLayout,
-)
-from itnet_scale.train.deepspeed_config import DeepSpeedSettings
+from itnet_scale.train.config import RunConfig
 from itnet_scale.train.early_stopping import EarlyStoppingSettings
 from itnet_scale.train.ema import EMASettings
-from itnet_scale.train.optimizer import OptimizerSettings
 
 
 @dataclass
@@ -57,7 +48,7 @@ class FinetuneEvalSettings:
 
 
 @dataclass
-class FinetuneConfig(RunLayout):
+class FinetuneConfig(RunConfig):
     """A fine-tuning run of one benchmark (``task``: a name of :data:`itnet_scale.tasks.BENCHMARKS`).
 
     ``data_root``: the benchmark's files in their official layout. ``init_from``: the pretrained weights — a
@@ -71,19 +62,12 @@ class FinetuneConfig(RunLayout):
     submission file — no training. ``num_workers``: data-loading processes per rank.
     """
 
+    run_dir: str = "runs/finetune"
     task: str = ""
     data_root: str = ""
-    run_dir: str = "runs/finetune"
-    init_from: str | None = None
-    model: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str = "demo_data/tokenizer"
     max_text_tokens: int = 128
     epochs: int = 10
     warmup_epochs: float = 1.0
-    seed: int = 0
-    num_workers: int = 0
-    sequence_parallel_size: int = 1
     linear_probe: bool = False
     eval_only: bool = False
     split: str = ""
@@ -91,12 +75,6 @@ class FinetuneConfig(RunLayout):
     ema: EMASettings = field(default_factory=EMASettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
     eval: FinetuneEvalSettings = field(default_factory=FinetuneEvalSettings)
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
-    guard: GuardSettings = field(default_factory=GuardSettings)
-    activation_checkpointing: ActivationCheckpointingSettings = field(default_factory=ActivationCheckpointingSettings)
 
     def __post_init__(self) -> None:
         if self.task not in BENCHMARKS:
