@@ -9,9 +9,17 @@ and the label (``None`` on splits without labels)::
     text        {"text": str}                                     label: class index, or a float (regression)
     text_pair   {"text": str, "text_pair": str}                   label: class index, or a float (regression)
     points      {"points": np.ndarray [P, 3] or [P, 6] float32}   label: class index
+    image_text  {"image": Path, "text": str}                      label: soft targets ((class, score), ...)
+    image_pair_text  {"images": (Path, Path), "text": str}        label: class index
+
+An image may also be given decoded, as a uint8 array ``[C, H, W]`` (a streamed shard's sample).
+``Example.annotation`` holds what an official metric reads beyond the label (VQA: the ten annotators' raw
+answers, the answer and question types); None where the label is all it needs.
 
 Predictions are what the model outputs per example, as numpy: class scores ``[N, C]`` (logits or
 probabilities; top-k metrics need them) for classification, values ``[N]`` for regression.
+:meth:`Benchmark.evaluate_split` scores a split's predictions; by default it is :meth:`Benchmark.evaluate` of the
+split's labels, and a benchmark whose metric reads more (annotations, ids) overrides it.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 import numpy as np
 
 #: The input kinds an Example may hold (see the module doc).
-MODALITIES = ("image", "text", "text_pair", "points")
+MODALITIES = ("image", "text", "text_pair", "points", "image_text", "image_pair_text")
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,8 @@ class Example:
 
     id: str
     inputs: Mapping[str, Any]
-    label: int | float | None = None
+    label: int | float | tuple[tuple[int, float], ...] | None = None
+    annotation: Any = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,11 @@ class Benchmark(abc.ABC):
     def evaluate(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """The official metrics of ``predictions`` (see the module doc) against ``labels`` ``[N]``; includes
         :attr:`primary_metric`."""
+
+    def evaluate_split(self, predictions: np.ndarray, split: Split) -> dict[str, float]:
+        """The official metrics of ``predictions`` (one row per example of ``split``, in its order); a split
+        without labels raises. Override where the metric reads more than :meth:`Split.labels`."""
+        return self.evaluate(predictions, split.labels())
 
     @abc.abstractmethod
     def write_submission(self, folder: Path, split: str, ids: Sequence[str], predictions: np.ndarray) -> Path:

@@ -256,11 +256,11 @@ class FinetuningRecipe(Recipe):
             predictions = self.predict(model, split)
             self.predictions[name] = predictions
             if split.labelled:
-                for metric, value in self.benchmark.evaluate(predictions, split.labels()).items():
+                for metric, value in self.benchmark.evaluate_split(predictions, split).items():
                     values[f"{name}/{metric}"] = float(value)
             if self.config.eval.votes and split.labelled:  # next to the plain accuracy of the same weights
                 voted = self.predict(model, split, self.config.eval.votes)
-                for metric, value in self.benchmark.evaluate(voted, split.labels()).items():
+                for metric, value in self.benchmark.evaluate_split(voted, split).items():
                     values[f"{name}/vote{self.config.eval.votes}_{metric}"] = float(value)
         return values
 
