@@ -48,6 +48,27 @@ class FinetuneEvalSettings:
 
 
 @dataclass
+class TrainShardSettings:
+    """Stream the training split from a shard set (``path``: a folder or an ``http(s)://`` URL, as
+    ``tools/make_shards.py`` writes a benchmark's labelled split) instead of reading it from ``data_root``, which
+    still holds the evaluation splits. The stream is pretraining's (:mod:`itnet_scale.data.stream`): ``lanes``
+    resampled shard visits through a ``shuffle_buffer``, read in units of ``unit_size`` samples (the micro-batch
+    is whole units), resumable exactly; ``strict``: a bad shard is an error rather than skipped and counted.
+    An epoch is the set's ``samples`` (its index) drawn from the stream, not a pass without repeats."""
+
+    path: str = ""
+    lanes: int = 16
+    unit_size: int = 8
+    shuffle_buffer: int = 256
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lanes", "unit_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train_shards.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class FinetuneConfig(RunConfig):
     """A fine-tuning run of one benchmark (``task``: a name of :data:`itnet_scale.tasks.BENCHMARKS`).
 
@@ -57,6 +78,7 @@ class FinetuneConfig(RunConfig):
     ``tokenizer``: the tokenizer folder (text tasks; a library-format model folder that carries one wins).
     ``max_text_tokens``: truncation of a text or a pair (specials counted). ``epochs`` over the training split
     (the last partial global batch of an epoch is dropped); ``warmup_epochs``: the learning rate's linear warm-up.
+    ``train_shards``: stream the training split from a shard set (:class:`TrainShardSettings`).
     ``linear_probe``: train the head only, the backbone frozen. ``eval_only``: evaluate ``init_from`` on
     ``split`` (default: the validation split(s)) and, for a split without labels, write the benchmark's
     submission file — no training. ``num_workers``: data-loading processes per rank.
@@ -71,6 +93,7 @@ class FinetuneConfig(RunConfig):
     linear_probe: bool = False
     eval_only: bool = False
     split: str = ""
+    train_shards: TrainShardSettings = field(default_factory=TrainShardSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     ema: EMASettings = field(default_factory=EMASettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
@@ -90,6 +113,14 @@ class FinetuneConfig(RunConfig):
         splits = {benchmark.train_split, *benchmark.eval_splits, *benchmark.test_splits} - {None}
         if self.split and self.split not in splits:
             raise ValueError(f"split={self.split!r} is not a split of {self.task}: {sorted(splits)}")
+        if self.train_shards.path:
+            if self.eval_only:
+                raise ValueError("train_shards.path streams training data; eval_only=true trains nothing (it reads "
+                                 "the split from data_root)")
+            if self.deepspeed.micro_batch_size % self.train_shards.unit_size:
+                raise ValueError(f"deepspeed.micro_batch_size={self.deepspeed.micro_batch_size} must be a multiple "
+                                 f"of train_shards.unit_size={self.train_shards.unit_size} (a micro-batch is whole "
+                                 "units of the stream)")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.warmup_epochs < 0:
@@ -125,4 +156,4 @@ def load_finetune_config(path: str | Path | None, overrides: Sequence[str] = ())
     return load_config(FinetuneConfig, path, overrides, what="fine-tuning config")
 
 
-__all__ = ["FinetuneConfig", "FinetuneEvalSettings", "load_finetune_config"]
+__all__ = ["FinetuneConfig", "FinetuneEvalSettings", "TrainShardSettings", "load_finetune_config"]

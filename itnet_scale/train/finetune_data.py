@@ -25,8 +25,10 @@ plus ``labels`` ``[B]`` (int64 classes, float32 regression targets) where the sp
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,10 @@ from itnet_scale.data.augment import (
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.tasks import Benchmark, Example
 from itnet_scale.tasks.imagenet import load_image
+from itnet_scale.train.pretrain_data import MicroBatch
+
+#: The shard-set kind holding each modality's labelled training examples (``tools/make_shards.py`` writes them).
+SHARD_KIND_OF = {"image": "image", "text": "text_label", "text_pair": "text_pair", "points": "points"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,17 @@ class EpochPlan:
         return epoch, self.permutation(epoch)[start:start + self.micro_batch].tolist()
 
 
+def image_pixels(image: Path | np.ndarray) -> np.ndarray:
+    """An example's image as uint8 ``[C, H, W]``: a file decoded by content into RGB, or an array (a streamed
+    sample's: C = 1 or 3) as it is."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"an image array must be uint8 [C, H, W] with C = 1 or 3, got {image.dtype} "
+                             f"{list(image.shape)}")
+        return image
+    return np.asarray(load_image(image)).transpose(2, 0, 1)
+
+
 class ExampleBatcher:
     """Examples → the model's batch dict (see the module doc). ``tokenizer``: for text tasks; ``classes``: the
     head's outputs (soft targets' width); ``regression``: float labels and no soft targets."""
@@ -96,21 +113,26 @@ class ExampleBatcher:
         self.max_text_tokens, self.tokenizer = max_text_tokens, tokenizer
         self.classes, self.regression = classes, regression
 
-    def inputs(self, examples: Sequence[Example], indices: Sequence[int], epoch: int | None) -> dict[str, Tensor]:
-        """The model inputs of ``examples`` (training views of ``epoch``, or evaluation views with None)."""
+    def inputs(self, examples: Sequence[Example],
+               rngs: Sequence[np.random.Generator] | None = None) -> dict[str, Tensor]:
+        """The model inputs of ``examples``: training views drawn from each example's generator in ``rngs``, or
+        evaluation views (None)."""
+        if rngs is not None and len(rngs) != len(examples):
+            raise ValueError(f"{len(rngs)} generators for {len(examples)} examples")
+        draws = [None] * len(examples) if rngs is None else rngs
         if self.modality == "image":
             views = []
-            for example, index in zip(examples, indices, strict=True):
-                pixels = np.asarray(load_image(example.inputs["image"])).transpose(2, 0, 1)  # [3, H, W] uint8
-                views.append(eval_image_transform(pixels, self.augment.image) if epoch is None else
-                              train_image_transform(pixels, self.augment.image, self._rng(epoch, index)))
+            for example, rng in zip(examples, draws, strict=True):
+                pixels = image_pixels(example.inputs["image"])
+                views.append(eval_image_transform(pixels, self.augment.image) if rng is None else
+                             train_image_transform(pixels, self.augment.image, rng))
             return {"images": torch.stack(views)}
         if self.modality == "points":
             clouds = []
-            for example, index in zip(examples, indices, strict=True):
+            for example, rng in zip(examples, draws, strict=True):
                 points = np.asarray(example.inputs["points"], dtype=np.float32)[:, :3]
-                clouds.append(torch.from_numpy(points) if epoch is None else
-                              augment_points(points, self.augment.points, self._rng(epoch, index)))
+                clouds.append(torch.from_numpy(points) if rng is None else
+                              augment_points(points, self.augment.points, rng))
             return {"points": torch.stack(clouds)}
         texts = [example.inputs["text"] for example in examples]
         if self.modality == "text":
@@ -125,10 +147,11 @@ class ExampleBatcher:
         values = [example.label for example in examples]
         return torch.tensor(values, dtype=torch.float32 if self.regression else torch.long)
 
-    def train_batch(self, examples: Sequence[Example], indices: Sequence[int], epoch: int,
+    def train_batch(self, examples: Sequence[Example], rngs: Sequence[np.random.Generator],
                     mix_rng: np.random.Generator) -> dict[str, Tensor]:
-        """A training micro-batch: augmented inputs, ``labels`` and (classification) soft ``targets``."""
-        batch = self.inputs(examples, indices, epoch)
+        """A training micro-batch: inputs augmented from ``rngs`` (one generator per example), ``labels`` and
+        (classification) soft ``targets``, mixed from ``mix_rng``."""
+        batch = self.inputs(examples, rngs)
         labels = self.labels(examples)
         batch["labels"] = labels
         if not self.regression:
@@ -139,8 +162,10 @@ class ExampleBatcher:
                 batch["targets"] = smooth_labels(labels, self.classes, mix.label_smoothing)
         return batch
 
-    def _rng(self, epoch: int, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, epoch, index])
+    def sample_rng(self, *position: int) -> np.random.Generator:
+        """The augmentation generator of the example at ``position`` (epoch and index, or streamed unit and slot):
+        ``default_rng([seed, *position])``."""
+        return np.random.default_rng([self.seed, *position])
 
 
 class TrainingBatches(torch.utils.data.Dataset):
@@ -157,8 +182,50 @@ class TrainingBatches(torch.utils.data.Dataset):
     def __getitem__(self, number: int) -> dict[str, Any]:
         epoch, indices = self.plan.micro_batch_indices(number, self.rank)
         mix_rng = np.random.default_rng([self.plan.seed, number, self.rank])
-        batch = self.batcher.train_batch([self.examples[i] for i in indices], indices, epoch, mix_rng)
+        rngs = [self.batcher.sample_rng(epoch, i) for i in indices]
+        batch = self.batcher.train_batch([self.examples[i] for i in indices], rngs, mix_rng)
         return {"batch": batch, "epoch": epoch}
+
+
+class ShardBatchBuilder:
+    """A streamed training set's units → this rank's :class:`~itnet_scale.train.pretrain_data.MicroBatch` (made in
+    the DataLoader worker that read them). The ``k``-th valid sample of global unit ``u`` augments from
+    ``sample_rng(u, k)`` and the micro-batch mixes from ``sample_rng(first unit)``: like the units, a function of
+    the stream's position alone, so a resumed run builds the same batches.
+
+    Samples are the shard kinds of :data:`SHARD_KIND_OF` (``tools/make_shards.py``); a label outside the head
+    (``cls`` ≥ classes, or the other kind of label than the task's) is an error naming the shard and the key."""
+
+    def __init__(self, batcher: ExampleBatcher, stream: str, kind: str) -> None:
+        self.batcher, self.stream, self.kind = batcher, stream, kind
+
+    def example(self, sample: dict[str, Any]) -> Example:
+        where = f"{sample.get('__shard__')}: sample {sample.get('__key__')}"
+        inputs: dict[str, Any] = {}
+        for member, name in (("image", "image"), ("points", "points"), ("txt", "text"), ("pair.txt", "text_pair")):
+            if member in sample:
+                inputs[name] = sample[member]
+        wanted, other = ("score", "cls") if self.batcher.regression else ("cls", "score")
+        if wanted not in sample:
+            raise ValueError(f"{where}: holds a {other!r} label; the task needs {wanted!r} labels "
+                             f"({'regression' if self.batcher.regression else 'classification'})")
+        label = sample[wanted]
+        if not self.batcher.regression and not 0 <= label < self.batcher.classes:
+            raise ValueError(f"{where}: class {label} is outside the task's {self.batcher.classes} classes")
+        return Example(str(sample.get("__key__")), inputs, label)
+
+    def __call__(self, units: list[dict[str, Any]]) -> MicroBatch:
+        examples, rngs, skipped = [], [], Counter()
+        for unit in units:
+            skipped.update(unit["skipped"])
+            for slot, sample in enumerate(unit["samples"]):
+                examples.append(self.example(sample))
+                rngs.append(self.batcher.sample_rng(unit["unit"], slot))
+        ids = [unit["unit"] for unit in units]
+        if not examples:
+            return MicroBatch(self.stream, self.kind, None, 0, 0, dict(skipped), ids)
+        batch = self.batcher.train_batch(examples, rngs, self.batcher.sample_rng(ids[0]))
+        return MicroBatch(self.stream, self.kind, batch, len(examples), 0, dict(skipped), ids)
 
 
 def training_loader(dataset: TrainingBatches, start: int, num_workers: int) -> Iterator[dict[str, Any]]:
@@ -168,4 +235,5 @@ def training_loader(dataset: TrainingBatches, start: int, num_workers: int) -> I
     return iter(loader)
 
 
-__all__ = ["EpochPlan", "ExampleBatcher", "TrainingBatches", "training_loader"]
+__all__ = ["SHARD_KIND_OF", "EpochPlan", "ExampleBatcher", "ShardBatchBuilder", "TrainingBatches", "image_pixels",
+           "training_loader"]

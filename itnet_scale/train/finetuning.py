@@ -10,6 +10,10 @@ the engine, the step guard, checkpoints with exact (mid-epoch) resume, the rando
   DeepSpeed checkpoint folder that rank 0 converts to ``RUN/init`` first (:mod:`itnet_scale.checkpoint.conversion`)
   — or from scratch. A grayscale-pretrained stem is adapted to 3 channels on load (logged). With
   ``linear_probe`` only the head trains.
+- **Data.** The training split read from ``data_root`` or, with ``train_shards.path``, streamed from a shard set
+  (:class:`~itnet_scale.train.finetune_config.TrainShardSettings`; the stream and its exact resume are
+  pretraining's, :class:`~itnet_scale.train.pretrain_data.PretrainStreams`, with
+  :class:`~itnet_scale.train.finetune_data.ShardBatchBuilder` making the batches).
 - **Schedule.** Epochs over the training split (:class:`~itnet_scale.train.finetune_data.EpochPlan`): the run's
   optimizer steps are ``epochs × steps_per_epoch``, the warm-up ``warmup_epochs × steps_per_epoch``; layer-wise
   learning-rate decay and the head's multiplier are the optimizer section's (``optimizer.layer_decay``,
@@ -53,6 +57,8 @@ from itnet_scale.checkpoint.library import (
 )
 from itnet_scale.data.augment import soft_target_cross_entropy
 from itnet_scale.data.eval_partition import EvalPartition
+from itnet_scale.data.shards import read_index
+from itnet_scale.data.stream import DataConfig, StreamConfig
 from itnet_scale.data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 from itnet_scale.data.tokenizer import MODEL_FILE as TOKENIZER_MODEL
 from itnet_scale.data.tokenizer import Tokenizer
@@ -63,10 +69,18 @@ from itnet_scale.tasks.modelnet40 import vote
 from itnet_scale.train.early_stopping import EarlyStopping
 from itnet_scale.train.ema import WeightEMA
 from itnet_scale.train.finetune_config import FinetuneConfig
-from itnet_scale.train.finetune_data import EpochPlan, ExampleBatcher, TrainingBatches, training_loader
+from itnet_scale.train.finetune_data import (
+    SHARD_KIND_OF,
+    EpochPlan,
+    ExampleBatcher,
+    ShardBatchBuilder,
+    TrainingBatches,
+    training_loader,
+)
 from itnet_scale.train.loop import Part, Recipe, StepRecord, Trainer, TrainResult
 from itnet_scale.train.metrics_logger import MetricsLogger
 from itnet_scale.train.optimizer import OptimizerSettings
+from itnet_scale.train.pretrain_data import PretrainStreams
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +107,14 @@ class FinetuningRecipe(Recipe):
         self.root = Path(config.data_root)
         self.benchmark = config.benchmark.for_root(self.root)
         self.train_split: Split | None = None
-        if not config.eval_only:
+        self.train_examples = 0  # in the split, or in the streamed shard set's index
+        if not config.eval_only and config.train_shards.path:
+            self.train_examples = self._check_train_shards()
+        elif not config.eval_only:
             self.train_split = self.benchmark.read(self.root, self.benchmark.train_split)
             if not self.train_split.labelled:
                 raise ValueError(f"{self.benchmark.name}'s {self.benchmark.train_split!r} split has no labels")
+            self.train_examples = len(self.train_split.examples)
         names = (config.split,) if config.split else (self.benchmark.eval_splits or self.benchmark.test_splits)
         self.eval_splits = {name: self.benchmark.read(self.root, name) for name in names}
         self.primary = f"{names[0]}/{self.benchmark.primary_metric}"
@@ -110,9 +128,30 @@ class FinetuningRecipe(Recipe):
         self.plan: EpochPlan | None = None
         self.micro_batches = 0
         self.loader = None
+        self.streams: PretrainStreams | None = None
         self.rank, self.ranks = 0, 1
         self.model_config: ModelConfig | None = None
         self.predictions: dict[str, np.ndarray] = {}
+
+    def _check_train_shards(self) -> int:
+        """The streamed training set's sample count, after checking that its index describes this benchmark's
+        training data: the modality's shard kind and, where it records them, the same classes in the same order."""
+        path = self.config.train_shards.path
+        try:
+            index = read_index(path, check_shards=False)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"train_shards.path: {error}") from None
+        kind = SHARD_KIND_OF[self.benchmark.modality]
+        if index["kind"] != kind:
+            raise ValueError(f"train_shards.path: {path} holds a {index['kind']!r} shard set; {self.benchmark.name} "
+                             f"trains on {kind!r} sets (tools/make_shards.py writes them)")
+        classes = index.get("classes")
+        names = self.benchmark.label_names
+        if classes is not None and (names is None or list(classes) != list(names)):
+            raise ValueError(f"train_shards.path: {path} was written with classes {list(classes)[:5]}… "
+                             f"({len(classes)}), but {self.benchmark.name} at {self.root} has "
+                             f"{'none (regression)' if names is None else f'{list(names)[:5]}… ({len(names)})'}")
+        return int(index["samples"])
 
     # -- model -----------------------------------------------------------------------------------------------
 
@@ -165,9 +204,9 @@ class FinetuningRecipe(Recipe):
     def schedule(self, config: FinetuneConfig) -> tuple[int, OptimizerSettings]:
         self.rank = _rank()
         self.ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if self.train_split is None:  # eval_only: no optimizer step is taken
+        if config.eval_only:  # no optimizer step is taken
             return 1, config.optimizer
-        self.plan = EpochPlan(len(self.train_split.examples), config.deepspeed.micro_batch_size,
+        self.plan = EpochPlan(self.train_examples, config.deepspeed.micro_batch_size,
                               config.deepspeed.gradient_accumulation_steps, self.ranks, config.seed)
         self.plan.check(self.benchmark.train_split)
         per_epoch = self.plan.steps_per_epoch
@@ -177,6 +216,17 @@ class FinetuningRecipe(Recipe):
     def setup(self, trainer: Trainer) -> str | None:
         if self.config.ema.decay > 0:
             self.ema = WeightEMA(trainer.engine.module, self.config.ema)
+        shards = self.config.train_shards
+        if shards.path and not self.config.eval_only:
+            kind = SHARD_KIND_OF[self.benchmark.modality]
+            data = DataConfig(seed=self.config.seed, lanes=shards.lanes, unit_size=shards.unit_size,
+                              shuffle_buffer=shards.shuffle_buffer, strict=shards.strict,
+                              streams=[StreamConfig(name="train_shards", path=shards.path, kind=kind)])
+            builder = ShardBatchBuilder(self.batcher, "train_shards", kind)
+            self.streams = PretrainStreams(
+                data, self.config.deepspeed.micro_batch_size // shards.unit_size, lambda *_: builder,
+                data_parallel_rank=self.rank, data_parallel_size=self.ranks, num_workers=self.config.num_workers,
+                kinds=(kind,), reader=f"fine-tuning {self.benchmark.name}")
         return None
 
     def _start_loader(self) -> None:
@@ -185,6 +235,11 @@ class FinetuningRecipe(Recipe):
         self.loader = training_loader(dataset, self.micro_batches, self.config.num_workers)
 
     def micro_batch(self) -> tuple[list[Part], float]:
+        if self.streams is not None:
+            [(part, weight)], waited = self.streams.next()
+            self.micro_batches += 1
+            batch = part.batch
+            return [Part(batch, weight, part.samples, part.samples * self._tokens_per_sample(batch))], waited
         if self.loader is None:
             self._start_loader()
         began = time.perf_counter()
@@ -210,7 +265,8 @@ class FinetuningRecipe(Recipe):
             loss = F.mse_loss(outputs.float().reshape(-1), batch["labels"].float())
         else:
             loss = soft_target_cross_entropy(outputs, batch["targets"])
-        return loss, {"task": loss.detach()}
+        # A stand-in (weight 0: a streamed micro-batch whose samples were all skipped) runs for ZeRO's sake only.
+        return loss * part.weight, ({"task": loss.detach()} if part.weight > 0 else {})
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
@@ -239,7 +295,7 @@ class FinetuningRecipe(Recipe):
         try:
             for start in range(0, len(indices), partition.batch_size):
                 chunk = indices[start:start + partition.batch_size]
-                inputs = _to_dtype(self.batcher.inputs([split.examples[i] for i in chunk], chunk, None), dtype)
+                inputs = _to_dtype(self.batcher.inputs([split.examples[i] for i in chunk]), dtype)
                 if votes:
                     outputs.append(vote(lambda points: model({"points": points}).float(), inputs["points"], votes,
                                         self.config.seed))
@@ -318,11 +374,19 @@ class FinetuningRecipe(Recipe):
     # -- state -----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"micro_batches": self.micro_batches, "early_stopping": self.early_stopping.state_dict()}
+        state = {"micro_batches": self.micro_batches, "early_stopping": self.early_stopping.state_dict()}
+        if self.streams is not None:
+            state["streams"] = self.streams.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (self.streams is None) != ("streams" not in state):
+            raise ValueError("the checkpoint was trained on the " + ("split's files" if "streams" not in state else
+                             "streamed train_shards") + "; resume it the same way (train_shards.path)")
         self.micro_batches = int(state["micro_batches"])
         self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.streams is not None:
+            self.streams.load_state_dict(state["streams"])
         self.loader = None
 
     def client_state(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class FineTunedModel:
     def scores(self, inputs: Sequence[Any]) -> np.ndarray:
         """The model's outputs: class scores ``[N, C]`` (logits) or values ``[N]``."""
         examples = [self._example(i, raw) for i, raw in enumerate(inputs)]
-        batch = self.batcher.inputs(examples, list(range(len(examples))), None)
+        batch = self.batcher.inputs(examples)
         dtype = next(self.model.parameters()).dtype
         batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
         return self.model(batch).float().numpy()

@@ -24,7 +24,7 @@ import copy
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,14 +170,17 @@ class PretrainStreams:
     step, by the first valid batch of the next :data:`LOOK_AHEAD` micro-steps, read ahead without moving the
     stream's position.
 
-    A stream that cannot be opened (no index, a refused location, a bad shard under ``strict``) raises
-    :class:`StartupError` on every rank (see :func:`agree_on_startup_error`). ``allow_pipe_urls``: the command-line
-    flag's consent to ``pipe:`` stream paths.
+    A stream that cannot be opened (no index, a refused location, a bad shard under ``strict``, a kind outside
+    ``kinds``, which ``reader`` names in the error) raises :class:`StartupError` on every rank (see
+    :func:`agree_on_startup_error`). ``allow_pipe_urls``: the command-line flag's consent to ``pipe:`` stream
+    paths. Fine-tuning streams its training shard set through this class too, with a builder of its own.
     """
 
-    def __init__(self, data: DataConfig, micro_units: int, builder: Callable[[str, str, int], MicroBatchBuilder], *,
+    def __init__(self, data: DataConfig, micro_units: int,
+                 builder: Callable[[str, str, int], Callable[[list[dict[str, Any]]], MicroBatch]], *,
                  data_parallel_rank: int, data_parallel_size: int, num_workers: int = 0,
-                 allow_pipe_urls: bool = False) -> None:
+                 allow_pipe_urls: bool = False, kinds: Collection[str] = tuple(OBJECTIVES_OF_KIND),
+                 reader: str = "no pretraining objective") -> None:
         counts = largest_remainder([s.weight for s in data.streams], micro_units)
         starved = [s.name for s, c in zip(data.streams, counts) if c == 0]
         if starved:
@@ -194,8 +197,9 @@ class PretrainStreams:
                              for s in data.streams}
             for name, dataset in self.datasets.items():
                 dataset.check_workers(max(num_workers, 1), self.units_per_step[name])
-                if dataset.kinds[0] not in OBJECTIVES_OF_KIND:
-                    raise ValueError(f"stream {name!r}: no pretraining objective reads {dataset.kinds[0]!r} shards")
+                if dataset.kinds[0] not in kinds:
+                    raise ValueError(f"stream {name!r}: {reader} reads {dataset.kinds[0]!r} shards (it reads "
+                                     f"{sorted(kinds)})")
         except (OSError, ValueError) as error:
             problem = str(error)
         agree_on_startup_error(problem)

@@ -52,7 +52,7 @@ def smoke(data: Path, out: Path) -> None:
         gathered = recipe.predict(model, split)
         with torch.no_grad():  # one process, the whole split, no partition
             model.eval()
-            inputs = recipe.batcher.inputs(split.examples, list(range(len(split.examples))), None)
+            inputs = recipe.batcher.inputs(split.examples)
             whole = model(inputs).float().numpy()
             model.train()
         report[task] = {"steps": [r.step for r in result.records], "evaluations": result.evaluations,
@@ -73,10 +73,12 @@ def smoke(data: Path, out: Path) -> None:
                                eval_only=True))
     evaluated["ax"] = trainer.evaluate_only()
     resumed = resume(data, out)
+    streamed = resume(data, out, **{"train_shards.path": data / "imagenet-train-shards", "train_shards.unit_size": 1})
     others = probe_and_early_stopping(data, out)
     if rank == 0:
         predicted = predictions(data, out)
         (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated, "resume": resumed,
+                                                     "streamed_resume": streamed,
                                                      "predicted": predicted, **others}))
 
 
@@ -108,17 +110,19 @@ def predictions(data: Path, out: Path) -> dict[str, object]:
             "imagenet": images.predict(val[:2]), "imagenet_labels": images.label_names}
 
 
-def resume(data: Path, out: Path) -> dict[str, bool]:
+def resume(data: Path, out: Path, **extra: object) -> dict[str, bool]:
     """ImageNet with mixup, label smoothing, augmentation and an EMA, 3 steps per epoch: stopped after step 4 (in
-    the middle of the second epoch) and resumed, it ends with the weights and EMA of the uninterrupted run."""
+    the middle of the second epoch) and resumed, it ends with the weights and EMA of the uninterrupted run.
+    ``extra``: more overrides (``train_shards.path``: the same, streaming the training split from shards)."""
     settings = {"epochs": 3, "ema.decay": 0.9, "augment.mix.mixup_alpha": 0.8, "augment.mix.cutmix_alpha": 1.0,
-                "checkpoint.save_every": 100, "eval.every_epochs": 0, "eval.at_end": False}
-    whole = Finetuner(config("imagenet", data, out / "whole", **settings))
+                "checkpoint.save_every": 100, "eval.every_epochs": 0, "eval.at_end": False, **extra}
+    name = "streamed" if extra else "files"
+    whole = Finetuner(config("imagenet", data, out / f"whole-{name}", **settings))
     whole.run()
-    parted = Finetuner(config("imagenet", data, out / "parted", **settings))
+    parted = Finetuner(config("imagenet", data, out / f"parted-{name}", **settings))
     parted.total_steps = 4  # stops after step 4 (and saves); the LR schedule was built for the 9 steps
     parted.run()
-    resumed = Finetuner(config("imagenet", data, out / "parted", **settings))
+    resumed = Finetuner(config("imagenet", data, out / f"parted-{name}", **settings))
     started = resumed.step
     resumed.run()
     same = all(torch.equal(a, b) for a, b in zip(whole.engine.module.state_dict().values(),

@@ -1,5 +1,6 @@
 """``launch/finetune.py`` and its recipe end to end on fixture data in the benchmarks' real layouts: every task
-config at 2 ranks, the submission files of evaluation-only runs, and bad input refused before anything starts."""
+config at 2 ranks, the submission files of evaluation-only runs, exact mid-epoch resume (from the files and
+streamed from shards), and bad input refused before anything starts."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from itnet_scale.data.shards import write_text_shards
 from itnet_scale.data.tokenizer import TokenizerConfig, train_tokenizer
-from itnet_scale.tasks.imagenet import write_imagenet_layout
+from itnet_scale.tasks.imagenet import write_imagenet_layout, write_imagenet_shards
 from tests.distributed import REPO, run_deepspeed
 from tests.modelnet40_fixtures import official_ids, write_normal_resampled
 from tests.tasks.glue_fixtures import write_glue_folder
@@ -32,6 +34,7 @@ def write_fixture_data(root: Path) -> Path:
 
     write_imagenet_layout(root / "imagenet", images(6), images(5), ["n01440764", "n01443537", "n01484850"],
                           ["tench", "goldfish", "great white shark"], test=[pixels for pixels, _ in images(3)])
+    write_imagenet_shards(root / "imagenet", "train", root / "imagenet-train-shards", max_count=2)
     train, test = official_ids(2, 1)
     write_normal_resampled(root / "modelnet40" / "modelnet40_normal_resampled", train, test, rows=1024)
     corpus = root / "corpus.txt"
@@ -66,6 +69,7 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
     imagenet = (out / "imagenet-test" / "imagenet-test.csv").read_text().splitlines()
     assert len(imagenet) == 4 and len(imagenet[1].split(",")[1].split()) == 3  # top-5 of 3 classes: all 3
     assert report["resume"] == {"resumed_at_4": True, "same_weights": True, "same_ema": True, "steps": True}
+    assert report["streamed_resume"] == report["resume"]  # the training split streamed from its shard set
     ax = (out / "ax-test" / "AX.tsv").read_text().splitlines()
     assert ax[0] == "index\tprediction" and {row.split("\t")[1] for row in ax[1:]} <= {"entailment", "neutral",
                                                                                       "contradiction"}
@@ -82,13 +86,19 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
 
 
 def test_bad_keys_and_missing_files_are_refused_before_anything_starts(tmp_path: Path):
-    """A typo'd key, an unknown task, a missing data root, evaluation without a model and a GLUE folder without
-    the task's file each exit with status 2 and one line naming the problem, before any run folder exists."""
+    """A typo'd key, an unknown task, a missing data root, evaluation without a model, a training shard set that
+    is missing, of another kind or in units that do not divide the micro-batch, and a GLUE folder without the task's
+    file each exit with status 2 and one line naming the problem, before any run folder exists."""
+    (tmp_path / "corpus.txt").write_text("one document\n\nanother one\n", encoding="utf-8")
+    text_set = write_text_shards(tmp_path / "corpus.txt", tmp_path / "text-shards").directory
     cases = {("epoch=3",): "epoch",
              ("task=sst3",): "task must name a benchmark",
              ("data_root=''",): "data_root is required",
              ("eval_only=true",): "eval_only=true needs init_from",
              ("optimizer.layer_decay=1.5",): "optimizer.layer_decay must be in",
+             (f"train_shards.path={text_set}", "train_shards.unit_size=3"): "a multiple of train_shards.unit_size=3",
+             (f"train_shards.path={tmp_path / 'nowhere'}",): "train_shards.path: ",
+             (f"train_shards.path={text_set}",): "holds a 'text' shard set; sst2 trains on 'text_label' sets",
              (): "SST-2/train.tsv"}
     for extra, message in cases.items():
         run_dir = tmp_path / "run"

@@ -1,8 +1,9 @@
 """The fine-tuning data's order (every example once per epoch, ranks disjoint, a function of the micro-batch
-number alone) and its batches per modality."""
+number alone), its batches per modality, and the training split streamed from shards."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 from itnet_scale.data.augment import AugmentSettings, ImageAugmentSettings, MixSettings
+from itnet_scale.data.stream import DataConfig, StreamConfig, StreamingDataset, unit_loader
 from itnet_scale.tasks import Example, get_benchmark
-from itnet_scale.tasks.imagenet import write_imagenet_layout
-from itnet_scale.train.finetune_data import EpochPlan, ExampleBatcher, TrainingBatches
+from itnet_scale.tasks.imagenet import write_imagenet_layout, write_imagenet_shards
+from itnet_scale.train.finetune_data import EpochPlan, ExampleBatcher, ShardBatchBuilder, TrainingBatches
 
 
 @pytest.mark.parametrize(("examples", "micro", "accumulation", "ranks"), [(37, 3, 2, 2), (10, 5, 1, 1), (64, 4, 1, 3)])
@@ -57,8 +59,8 @@ def test_image_batches_are_seeded_augmented_views_with_soft_targets(tmp_path: Pa
     torch.testing.assert_close(first["images"], again["images"])  # a function of the micro-batch number
     torch.testing.assert_close(first["targets"].sum(-1), torch.ones(2))
     assert not torch.equal(batches[0]["batch"]["images"], first["images"])
-    evaluation = batcher.inputs(split.examples[:2], [0, 1], None)
-    torch.testing.assert_close(evaluation["images"], batcher.inputs(split.examples[:2], [0, 1], None)["images"])
+    evaluation = batcher.inputs(split.examples[:2])
+    torch.testing.assert_close(evaluation["images"], batcher.inputs(split.examples[:2])["images"])
 
 
 def test_points_and_regression_labels():
@@ -67,10 +69,62 @@ def test_points_and_regression_labels():
     points = get_benchmark("modelnet40")
     batcher = ExampleBatcher(points, AugmentSettings(), seed=1, max_text_tokens=8, tokenizer=None, classes=40,
                              regression=False)
-    batch = batcher.train_batch([Example("a_0001", {"points": cloud}, 3)] * 2, [0, 1], 0,
-                                np.random.default_rng(0))
+    batch = batcher.train_batch([Example("a_0001", {"points": cloud}, 3)] * 2,
+                                [batcher.sample_rng(0, i) for i in (0, 1)], np.random.default_rng(0))
     assert batch["points"].shape == (2, 40, 3) and batch["labels"].tolist() == [3, 3]
     assert not torch.equal(batch["points"][0], batch["points"][1])  # each example its own augmentation
     with pytest.raises(ValueError, match="text task: it needs a tokenizer"):
         ExampleBatcher(benchmark, AugmentSettings(), seed=0, max_text_tokens=8, tokenizer=None, classes=1,
                        regression=True)
+
+
+def _imagenet_with_mixed_images(root: Path) -> Path:
+    """Train images of different sizes and modes (RGB, grayscale), as the real set has."""
+    rng = np.random.default_rng(1)
+    shapes = [(20, 24, 3), (31, 17), (16, 16, 3), (25, 40), (18, 22, 3), (40, 30, 3)]
+    train = [(rng.integers(0, 255, shape, dtype=np.uint8), i % 2) for i, shape in enumerate(shapes)]
+    return write_imagenet_layout(root, train, train[:2], ["n01440764", "n01443537"], ["tench", "goldfish"])
+
+
+def _streamed(shards: Path, batcher: ExampleBatcher, start: int, count: int, kind: str) -> list:
+    data = DataConfig(seed=5, lanes=2, unit_size=2, shuffle_buffer=4,
+                      streams=[StreamConfig(name="train_shards", path=str(shards), kind=kind)])
+    dataset = StreamingDataset(data, rank=0, world_size=1, start_unit=start)
+    loader = unit_loader(dataset, 0, units_per_item=2, transform=ShardBatchBuilder(batcher, "train_shards", kind))
+    return list(itertools.islice(loader, count))
+
+
+def test_streamed_shards_of_mixed_image_sizes_make_seeded_augmented_batches_resumable_at_any_unit(tmp_path: Path):
+    root = _imagenet_with_mixed_images(tmp_path / "in")
+    shards = write_imagenet_shards(root, "train", tmp_path / "shards", max_count=2).directory
+    benchmark = get_benchmark("imagenet").for_root(root)
+    augment = AugmentSettings(image=ImageAugmentSettings(size=16, channels=3),
+                              mix=MixSettings(cutmix_alpha=1.0, label_smoothing=0.1))
+    batcher = ExampleBatcher(benchmark, augment, seed=0, max_text_tokens=16, tokenizer=None, classes=2,
+                             regression=False)
+    parts = _streamed(shards, batcher, 0, 3, "image")
+    for part in parts:  # 2 units of 2 samples per micro-batch, each image cropped to the training view
+        assert part.samples == 4 and part.batch["images"].shape == (4, 3, 16, 16)
+        assert part.batch["targets"].shape == (4, 2) and set(part.batch["labels"].tolist()) <= {0, 1}
+        torch.testing.assert_close(part.batch["targets"].sum(-1), torch.ones(4))
+    assert [part.units for part in parts] == [[0, 1], [2, 3], [4, 5]]
+    later = _streamed(shards, batcher, 2, 2, "image")  # started at unit 2: the same batches as the run's 2nd, 3rd
+    for part, again in zip(parts[1:], later, strict=True):
+        assert part.units == again.units
+        torch.testing.assert_close(part.batch["images"], again.batch["images"], rtol=0, atol=0)
+        torch.testing.assert_close(part.batch["targets"], again.batch["targets"], rtol=0, atol=0)
+    assert not torch.equal(parts[0].batch["images"], parts[1].batch["images"])
+
+
+def test_streamed_labels_must_fit_the_task(tmp_path: Path):
+    root = _imagenet_with_mixed_images(tmp_path / "in")
+    shards = write_imagenet_shards(root, "train", tmp_path / "shards").directory
+    benchmark = get_benchmark("imagenet").for_root(root)
+    one_class = ExampleBatcher(benchmark, AugmentSettings(image=ImageAugmentSettings(size=16)), seed=0,
+                               max_text_tokens=16, tokenizer=None, classes=1, regression=False)
+    with pytest.raises(ValueError, match=r"shard-000000.tar: sample \d+: class 1 is outside the task's 1 classes"):
+        _streamed(shards, one_class, 0, 3, "image")
+    regression = ExampleBatcher(benchmark, AugmentSettings(image=ImageAugmentSettings(size=16)), seed=0,
+                                max_text_tokens=16, tokenizer=None, classes=1, regression=True)
+    with pytest.raises(ValueError, match=r"holds a 'cls' label; the task needs 'score' labels \(regression\)"):
+        _streamed(shards, regression, 0, 1, "image")
