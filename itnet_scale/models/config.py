@@ -85,6 +85,10 @@ class LayerConfig:
                                value_dim=self.value_dim, bias=self.bias)
 
 
+#: How the NLVR2 model reads an image pair (``ModelConfig.image_pair_form``).
+IMAGE_PAIR_FORMS = ("single", "paired")
+
+
 @dataclass
 class ModelConfig:
     """The ITNet model.
@@ -104,7 +108,9 @@ class ModelConfig:
     ``point_group_size`` nearest points read by a per-point MLP of width ``point_hidden``; positions are the
     unit-ball cloud × ``point_position_scale``.
     ``contrastive_dim``: the size of the image–text contrastive embeddings. ``pooling``: how a task model pools the
-    tokens into one feature (``mean`` or ``attention``; :class:`~itnet_scale.nn.Pooling`).
+    tokens into one feature (``mean`` or ``attention``; :class:`~itnet_scale.nn.Pooling`). ``image_pair_form``:
+    how the NLVR2 model reads an image pair and its statement — ``single``, one sequence (image, image 2, text), or
+    ``paired``, each image with the text, pooled, the two features concatenated (ViLT's and BEiT-3's NLVR2 head).
     """
 
     modalities: list[str] = field(default_factory=lambda: list(ENCODER_MODALITIES))
@@ -128,6 +134,7 @@ class ModelConfig:
     point_position_scale: float = 8.0
     contrastive_dim: int = 256
     pooling: str = "mean"
+    image_pair_form: str = "single"
     layer: LayerConfig = field(default_factory=LayerConfig)
     layers: dict[Any, dict[str, Any]] = field(default_factory=dict)  # keys: 3 or "3" or "0-5"
 
@@ -143,6 +150,8 @@ class ModelConfig:
             raise ValueError(f"point_tokens must be >= 1 or null (every point a token), got {self.point_tokens}")
         check_image_stem(self.image_stem, self.patch_size)
         check_pooling(self.pooling)
+        if self.image_pair_form not in IMAGE_PAIR_FORMS:
+            raise ValueError(f"image_pair_form must be one of {IMAGE_PAIR_FORMS}, got {self.image_pair_form!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if not 0 <= self.pad_id < self.vocab_size:

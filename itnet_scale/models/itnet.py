@@ -284,15 +284,33 @@ class ITNetForVQA(PretrainedMixin, nn.Module):
 
 
 @register_task("nlvr2")
-class ITNetForNLVR2(ITNetForClassification):
-    """Image pair (``images``, ``images2``) + statement → 2 logits (false, true); targets ``labels`` ``[B]``."""
+class ITNetForNLVR2(PretrainedMixin, nn.Module):
+    """Image pair (``images``, ``images2``) + statement (``text_ids``) → 2 logits (false, true) ``[B, 2]``; targets
+    ``labels`` ``[B]``. ``config.image_pair_form``:
+
+    - ``single``: one sequence — image, image 2 (at its own positions), text — pooled → head;
+    - ``paired``: (image, text) and (image 2, text) as two sequences of one backbone pass (batch ``2B``), each
+      pooled; ``[pooled 1, pooled 2]`` ``[B, 2·dim]`` → head (ViLT's and BEiT-3's NLVR2 form).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
         require_modalities(config, ("image", "text"), "nlvr2")
-        super().__init__(config, classes=2)
+        self.paired = config.image_pair_form == "paired"
+        self.itnet = ITNetModel(config)
+        self.head = ClassificationHead(config.dim * (2 if self.paired else 1), 2, config.norm_eps)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         modality = batch_modality(batch)
         if modality != "image_pair_text":
             raise ValueError(f"NLVR2 takes image_pair_text batches (images, images2, text_ids), got {modality!r}")
-        return super().forward(batch)
+        if not self.paired:
+            return self.head(self.itnet.pool(self.itnet(batch)))
+        text = {key: torch.cat([batch[key], batch[key]]) for key in ("text_ids", "text_attention_mask",
+                                                                     "text_segment_ids") if key in batch}
+        pooled = self.itnet.pool(self.itnet({"images": torch.cat([batch["images"], batch["images2"]]), **text}))
+        first, second = pooled.chunk(2)
+        return self.head(torch.cat([first, second], dim=-1))
+
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return ClassificationHead.loss(self(batch), batch["labels"])

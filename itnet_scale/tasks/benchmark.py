@@ -93,6 +93,12 @@ class Benchmark(abc.ABC):
         return self.label_names is None
 
     @property
+    def model_task(self) -> str:
+        """The registered task model that fine-tunes on this benchmark (``itnet_scale.models.registry.TASKS``):
+        ``classification``, ``regression`` (no label names), or a benchmark's own (``vqa``, ``nlvr2``)."""
+        return "regression" if self.regression else "classification"
+
+    @property
     def num_outputs(self) -> int:
         """The head's outputs: one per class, or 1 for regression."""
         return 1 if self.label_names is None else len(self.label_names)

@@ -224,6 +224,10 @@ class Nlvr2(Benchmark):
     eval_splits = ("validation",)
     test_splits = ("test-P", "test-U")
 
+    @property
+    def model_task(self) -> str:
+        return "nlvr2"  # ITNetForNLVR2: the pair's reading is the model config's image_pair_form
+
     def read(self, root: Path, split: str) -> Split:
         release_name = _release_name(split)
         path = json_file(root, split)

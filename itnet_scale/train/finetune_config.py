@@ -19,6 +19,7 @@ from itnet_scale.tasks import BENCHMARKS, Benchmark, get_benchmark
 from itnet_scale.train.config import RunConfig
 from itnet_scale.train.early_stopping import EarlyStoppingSettings
 from itnet_scale.train.ema import EMASettings
+from itnet_scale.train.finetune_data import SHARD_KIND_OF
 
 
 @dataclass
@@ -114,6 +115,9 @@ class FinetuneConfig(RunConfig):
         if self.split and self.split not in splits:
             raise ValueError(f"split={self.split!r} is not a split of {self.task}: {sorted(splits)}")
         if self.train_shards.path:
+            if benchmark.modality not in SHARD_KIND_OF:
+                raise ValueError(f"train_shards.path: {self.task} ({benchmark.modality}) has no shard-set kind; it "
+                                 f"trains from data_root's files (streamed: {sorted(SHARD_KIND_OF)})")
             if self.eval_only:
                 raise ValueError("train_shards.path streams training data; eval_only=true trains nothing (it reads "
                                  "the split from data_root)")

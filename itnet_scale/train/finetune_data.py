@@ -18,9 +18,15 @@ number of loader processes.
 - ``text_pair``: ``<cls> a <sep> b <sep>`` → also ``text_segment_ids`` (0, then 1 from after the first
   ``<sep>``; the model's segment embedding tells the sentences apart);
 - ``points``: ``[P, 3]`` clouds, augmented in training → ``points`` ``[B, P, 3]``;
+- ``image_text`` (VQA): the image as for ``image`` and the question as for ``text`` → ``images``, ``text_ids``,
+  ``text_attention_mask``;
+- ``image_pair_text`` (NLVR2): both images (each its own view, drawn one after the other from the example's
+  generator) and the statement → ``images``, ``images2``, ``text_ids``, ``text_attention_mask``;
 
 plus ``labels`` ``[B]`` (int64 classes, float32 regression targets) where the split has them, and in training
-``targets`` ``[B, C]``: the soft targets of label smoothing and, for images, mixup / cutmix.
+``targets`` ``[B, C]``: the soft targets of label smoothing and, for images, mixup / cutmix — or, for a benchmark
+whose labels are soft scores already (VQA's ``(answer, score)`` pairs), those scores, neither smoothed nor mixed.
+Mixing two images' pixels would pair an image with another's question or statement, so only ``image`` batches mix.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from itnet_scale.tasks import Benchmark, Example
 from itnet_scale.tasks.imagenet import load_image
 from itnet_scale.train.pretrain_data import MicroBatch
 
+#: The modalities whose inputs hold text (tokenized by the batcher).
+TEXT_MODALITIES = ("text", "text_pair", "image_text", "image_pair_text")
 #: The shard-set kind holding each modality's labelled training examples (``tools/make_shards.py`` writes them).
 SHARD_KIND_OF = {"image": "image", "text": "text_label", "text_pair": "text_pair", "points": "points"}
 
@@ -107,9 +115,10 @@ class ExampleBatcher:
 
     def __init__(self, benchmark: Benchmark, augment: AugmentSettings, *, seed: int, max_text_tokens: int,
                  tokenizer: Tokenizer | None, classes: int, regression: bool) -> None:
-        if benchmark.modality in ("text", "text_pair") and tokenizer is None:
-            raise ValueError(f"{benchmark.name} is a text task: it needs a tokenizer")
+        if benchmark.modality in TEXT_MODALITIES and tokenizer is None:
+            raise ValueError(f"{benchmark.name} reads text: it needs a tokenizer")
         self.modality, self.augment, self.seed = benchmark.modality, augment, seed
+        self.soft_targets = benchmark.model_task == "vqa"
         self.max_text_tokens, self.tokenizer = max_text_tokens, tokenizer
         self.classes, self.regression = classes, regression
 
@@ -120,13 +129,13 @@ class ExampleBatcher:
         if rngs is not None and len(rngs) != len(examples):
             raise ValueError(f"{len(rngs)} generators for {len(examples)} examples")
         draws = [None] * len(examples) if rngs is None else rngs
-        if self.modality == "image":
-            views = []
-            for example, rng in zip(examples, draws, strict=True):
-                pixels = image_pixels(example.inputs["image"])
-                views.append(eval_image_transform(pixels, self.augment.image) if rng is None else
-                             train_image_transform(pixels, self.augment.image, rng))
-            return {"images": torch.stack(views)}
+        if self.modality in ("image", "image_text"):
+            batch = {"images": self._views([example.inputs["image"] for example in examples], draws)}
+            return batch if self.modality == "image" else {**batch, **self._text(examples)}
+        if self.modality == "image_pair_text":
+            pairs = [example.inputs["images"] for example in examples]
+            return {"images": self._views([pair[0] for pair in pairs], draws),
+                    "images2": self._views([pair[1] for pair in pairs], draws), **self._text(examples)}
         if self.modality == "points":
             clouds = []
             for example, rng in zip(examples, draws, strict=True):
@@ -134,8 +143,21 @@ class ExampleBatcher:
                 clouds.append(torch.from_numpy(points) if rng is None else
                               augment_points(points, self.augment.points, rng))
             return {"points": torch.stack(clouds)}
+        return self._text(examples)
+
+    def _views(self, images: Sequence[Path | np.ndarray], rngs: Sequence[np.random.Generator | None]) -> Tensor:
+        """``[B, C, size, size]``: each image's training view (drawn from its generator) or evaluation view."""
+        views = []
+        for image, rng in zip(images, rngs, strict=True):
+            pixels = image_pixels(image)
+            views.append(eval_image_transform(pixels, self.augment.image) if rng is None else
+                         train_image_transform(pixels, self.augment.image, rng))
+        return torch.stack(views)
+
+    def _text(self, examples: Sequence[Example]) -> dict[str, Tensor]:
+        """The text (``text_pair``: the sentence pair with its segment ids) as padded token ids."""
         texts = [example.inputs["text"] for example in examples]
-        if self.modality == "text":
+        if self.modality != "text_pair":
             ids, mask = self.tokenizer.batch_encode(texts, max_length=self.max_text_tokens, pad_to="longest")
             return {"text_ids": ids, "text_attention_mask": mask}
         pairs = self.tokenizer.batch_encode_pairs(texts, [example.inputs["text_pair"] for example in examples],
@@ -144,7 +166,14 @@ class ExampleBatcher:
                 "text_attention_mask": pairs.attention_mask}
 
     def labels(self, examples: Sequence[Example]) -> Tensor:
+        """``[B]`` int64 classes or float32 values; soft-score labels give ``[B, classes]`` float32 scores."""
         values = [example.label for example in examples]
+        if self.soft_targets:
+            scores = torch.zeros(len(values), self.classes)
+            for row, pairs in enumerate(values):
+                for index, score in pairs:
+                    scores[row, index] = score
+            return scores
         return torch.tensor(values, dtype=torch.float32 if self.regression else torch.long)
 
     def train_batch(self, examples: Sequence[Example], rngs: Sequence[np.random.Generator],
@@ -153,6 +182,9 @@ class ExampleBatcher:
         (classification) soft ``targets``, mixed from ``mix_rng``."""
         batch = self.inputs(examples, rngs)
         labels = self.labels(examples)
+        if self.soft_targets:
+            batch["targets"] = labels
+            return batch
         batch["labels"] = labels
         if not self.regression:
             mix = self.augment.mix
@@ -235,5 +267,5 @@ def training_loader(dataset: TrainingBatches, start: int, num_workers: int) -> I
     return iter(loader)
 
 
-__all__ = ["SHARD_KIND_OF", "EpochPlan", "ExampleBatcher", "ShardBatchBuilder", "TrainingBatches", "image_pixels",
-           "training_loader"]
+__all__ = ["SHARD_KIND_OF", "TEXT_MODALITIES", "EpochPlan", "ExampleBatcher", "ShardBatchBuilder", "TrainingBatches",
+           "image_pixels", "training_loader"]

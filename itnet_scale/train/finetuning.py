@@ -64,6 +64,8 @@ from itnet_scale.data.tokenizer import MODEL_FILE as TOKENIZER_MODEL
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.config import ModelConfig
 from itnet_scale.models.registry import load_model_config
+from itnet_scale.nn.encoders import ENCODERS_OF_MODALITY
+from itnet_scale.nn.heads import VQAHead
 from itnet_scale.tasks import Split
 from itnet_scale.tasks.modelnet40 import vote
 from itnet_scale.train.early_stopping import EarlyStopping
@@ -71,6 +73,7 @@ from itnet_scale.train.ema import WeightEMA
 from itnet_scale.train.finetune_config import FinetuneConfig
 from itnet_scale.train.finetune_data import (
     SHARD_KIND_OF,
+    TEXT_MODALITIES,
     EpochPlan,
     ExampleBatcher,
     ShardBatchBuilder,
@@ -84,8 +87,8 @@ from itnet_scale.train.pretrain_data import PretrainStreams
 
 logger = logging.getLogger(__name__)
 
-#: The encoder each benchmark modality uses.
-ENCODER_OF = {"image": "image", "text": "text", "text_pair": "text", "points": "points"}
+#: The encoders each benchmark modality uses (a sentence pair is text with two segments).
+ENCODERS_OF = {**ENCODERS_OF_MODALITY, "text_pair": ("text",)}
 
 
 def _rank() -> int:
@@ -119,7 +122,7 @@ class FinetuningRecipe(Recipe):
         self.eval_splits = {name: self.benchmark.read(self.root, name) for name in names}
         self.primary = f"{names[0]}/{self.benchmark.primary_metric}"
         modality = self.benchmark.modality  # the data first: a missing file is named before anything else loads
-        self.tokenizer = Tokenizer.from_dir(config.tokenizer) if modality in ("text", "text_pair") else None
+        self.tokenizer = Tokenizer.from_dir(config.tokenizer) if modality in TEXT_MODALITIES else None
         self.batcher = ExampleBatcher(self.benchmark, config.augment, seed=config.seed,
                                       max_text_tokens=config.max_text_tokens, tokenizer=self.tokenizer,
                                       classes=self.benchmark.num_outputs, regression=self.benchmark.regression)
@@ -172,10 +175,10 @@ class FinetuningRecipe(Recipe):
 
     def _model_config(self, folder: Path | None) -> ModelConfig:
         overrides: dict[str, Any] = dict(self.config.model_overrides)
-        overrides.setdefault("modalities", [ENCODER_OF[self.benchmark.modality]])
+        overrides.setdefault("modalities", list(ENCODERS_OF[self.benchmark.modality]))
         if self.benchmark.modality == "text_pair":
             overrides.setdefault("text_segments", 2)
-        if self.benchmark.modality == "image":
+        if "image" in ENCODERS_OF[self.benchmark.modality]:
             overrides.setdefault("image_channels", self.config.augment.image.channels)
         if folder is not None:  # the pretrained model's architecture, the task's encoders
             return load_model_config(read_library_config(folder).model, **overrides)
@@ -189,8 +192,8 @@ class FinetuningRecipe(Recipe):
         if self.tokenizer is not None and self.model_config.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"the model's vocab_size={self.model_config.vocab_size} is smaller than the "
                              f"tokenizer's {self.tokenizer.vocab_size} ids ({self.config.tokenizer})")
-        task = "regression" if self.benchmark.regression else "classification"
-        model = build_model(task, self.model_config, None if self.benchmark.regression else self.benchmark.num_outputs)
+        model = build_model(self.benchmark.model_task, self.model_config,
+                            None if self.benchmark.regression else self.benchmark.num_outputs)
         if folder is not None:
             load_pretrained_weights(model, folder)
             logger.info("initial weights from %s", folder)
@@ -246,16 +249,21 @@ class FinetuningRecipe(Recipe):
         item = next(self.loader)
         self.micro_batches += 1
         batch = item["batch"]
-        samples = int(batch["labels"].shape[0])
+        samples = int(batch["targets" if "targets" in batch else "labels"].shape[0])
         return [Part(batch, 1.0, samples, samples * self._tokens_per_sample(batch))], time.perf_counter() - began
 
     def _tokens_per_sample(self, batch: dict[str, Tensor]) -> int:
+        """The mean input tokens of a sample: text tokens (padding left out), image patches, point groups."""
+        tokens = 0
         if "text_attention_mask" in batch:
-            return max(1, int(batch["text_attention_mask"].sum()) // batch["text_attention_mask"].shape[0])
-        if "images" in batch:
-            side = self.model_config.patch_size
-            return (batch["images"].shape[-2] // side) * (batch["images"].shape[-1] // side)
-        return self.model_config.point_tokens or batch["points"].shape[1]
+            tokens += int(batch["text_attention_mask"].sum()) // batch["text_attention_mask"].shape[0]
+        side = self.model_config.patch_size
+        for key in ("images", "images2"):
+            if key in batch:
+                tokens += (batch[key].shape[-2] // side) * (batch[key].shape[-1] // side)
+        if "points" in batch:
+            tokens += self.model_config.point_tokens or batch["points"].shape[1]
+        return max(1, tokens)
 
     def losses(self, engine: Any, parts: Sequence[Part]) -> tuple[Tensor, dict[str, Tensor]]:
         (part,) = parts
@@ -263,6 +271,8 @@ class FinetuningRecipe(Recipe):
         outputs = engine(batch)
         if self.benchmark.regression:
             loss = F.mse_loss(outputs.float().reshape(-1), batch["labels"].float())
+        elif self.batcher.soft_targets:
+            loss = VQAHead.loss(outputs.float(), batch["targets"])
         else:
             loss = soft_target_cross_entropy(outputs, batch["targets"])
         # A stand-in (weight 0: a streamed micro-batch whose samples were all skipped) runs for ZeRO's sake only.
@@ -451,4 +461,4 @@ def fine_tune(config: FinetuneConfig, deepspeed_config_file: str | Path | None =
     return trainer.evaluate_only() if config.eval_only else trainer.run()
 
 
-__all__ = ["ENCODER_OF", "Finetuner", "FinetuningRecipe", "fine_tune"]
+__all__ = ["ENCODERS_OF", "Finetuner", "FinetuningRecipe", "fine_tune"]

@@ -10,7 +10,9 @@ inputs to the benchmark's labels, with no other file::
     model.predict([("A man plays a guitar.", "A person makes music.")])   # a pair task: (text, text_pair)
 
 Raw inputs by modality: ``image`` — a file path (decoded by content, any of the formats the benchmark reads);
-``text`` — a string; ``text_pair`` — a (text, text pair) tuple; ``points`` — an ``[P, 3]`` array.
+``text`` — a string; ``text_pair`` — a (text, text pair) tuple; ``points`` — an ``[P, 3]`` array;
+``image_text`` (VQA) — an (image path, question) tuple, predicted as the answer string; ``image_pair_text``
+(NLVR2) — a ((left image, right image), statement) tuple, predicted as ``True`` or ``False``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from itnet_scale.data.augment import AugmentSettings, ImageAugmentSettings
 from itnet_scale.data.tokenizer import Tokenizer
 from itnet_scale.models.registry import TASKS
 from itnet_scale.tasks import Benchmark, Example, get_benchmark
-from itnet_scale.train.finetune_data import ExampleBatcher
+from itnet_scale.train.finetune_data import TEXT_MODALITIES, ExampleBatcher
 
 #: The fields of the library config's ``source`` that make a folder a fine-tuned model.
 REQUIRED = ("benchmark", "label_names", "max_text_tokens", "image")
@@ -54,7 +56,7 @@ class FineTunedModel:
                              "(launch/finetune.py writes them into RUN/best)")
         benchmark = get_benchmark(source["benchmark"])
         tokenizer = None
-        if benchmark.modality in ("text", "text_pair"):
+        if benchmark.modality in TEXT_MODALITIES:
             if not (folder / "tokenizer").is_dir():
                 raise FileNotFoundError(f"{folder / 'tokenizer'}: a text model's folder carries its tokenizer")
             tokenizer = Tokenizer.from_dir(folder / "tokenizer")
@@ -79,6 +81,14 @@ class FineTunedModel:
             return Example(str(index), {"text": raw})
         if modality == "image":
             return Example(str(index), {"image": Path(raw)})
+        if modality in ("image_text", "image_pair_text"):
+            if not (isinstance(raw, tuple | list) and len(raw) == 2 and isinstance(raw[1], str)):
+                what = "(image, question)" if modality == "image_text" else "((left image, right image), statement)"
+                raise ValueError(f"input {index}: a {self.benchmark.name} model takes {what} pairs, got {raw!r:.80}")
+            if modality == "image_text":
+                return Example(str(index), {"image": Path(raw[0]), "text": raw[1]})
+            left, right = raw[0]
+            return Example(str(index), {"images": (Path(left), Path(right)), "text": raw[1]})
         points = np.asarray(raw, dtype=np.float32)
         if points.ndim != 2 or points.shape[1] < 3:
             raise ValueError(f"input {index}: a point cloud must be [P, 3], got shape {points.shape}")

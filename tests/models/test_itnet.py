@@ -3,6 +3,7 @@ pretraining objectives are the heads' losses and train, task models share the ba
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 
 import pytest
@@ -179,6 +180,18 @@ def test_task_models_share_the_backbone_weights():
     assert torch.isfinite(nlvr2.loss({**batch, "labels": torch.tensor([0, 1])}))
     with pytest.raises(ValueError, match=r"NLVR2 takes image_pair_text batches .* got 'image_text'"):
         nlvr2(batches()["image_text"])
+    paired = create_model(dataclasses.replace(SMALL, image_pair_form="paired"), task="nlvr2").eval()
+    missing, _ = paired.load_state_dict(state, strict=False)
+    assert all(k.startswith("head.") for k in missing)
+    # paired: (image, text) and (image 2, text) through the backbone, pooled and concatenated in that order
+    itnet = paired.itnet
+    first = itnet.pool(itnet({"images": batch["images"], "text_ids": batch["text_ids"]}))
+    second = itnet.pool(itnet({"images": batch["images2"], "text_ids": batch["text_ids"]}))
+    torch.testing.assert_close(paired(batch), paired.head(torch.cat([first, second], -1)), rtol=1e-5, atol=1e-5)
+    swapped = paired({**batch, "images": batch["images2"], "images2": batch["images"]})
+    assert not torch.allclose(swapped, paired(batch))  # the order of the pair matters (left, right)
+    with pytest.raises(ValueError, match="image_pair_form must be one of"):
+        dataclasses.replace(SMALL, image_pair_form="both")
     vqa = create_model(SMALL, task="vqa", answers=7)
     scores = torch.zeros(2, 7)
     scores[0, 3], scores[1, 1] = 1.0, 0.3

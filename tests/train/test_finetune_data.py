@@ -73,7 +73,7 @@ def test_points_and_regression_labels():
                                 [batcher.sample_rng(0, i) for i in (0, 1)], np.random.default_rng(0))
     assert batch["points"].shape == (2, 40, 3) and batch["labels"].tolist() == [3, 3]
     assert not torch.equal(batch["points"][0], batch["points"][1])  # each example its own augmentation
-    with pytest.raises(ValueError, match="text task: it needs a tokenizer"):
+    with pytest.raises(ValueError, match="stsb reads text: it needs a tokenizer"):
         ExampleBatcher(benchmark, AugmentSettings(), seed=0, max_text_tokens=8, tokenizer=None, classes=1,
                        regression=True)
 
