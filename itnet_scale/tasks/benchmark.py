@@ -119,6 +119,11 @@ class Benchmark(abc.ABC):
         """The official metrics of ``predictions`` (see the module doc) against ``labels`` ``[N]``; includes
         :attr:`primary_metric`."""
 
+    def metric_info(self) -> dict[str, str]:
+        """What the metrics' names leave out and a reader of ``metrics.json`` needs (VQA: the revision of the
+        official evaluation they follow); empty by default."""
+        return {}
+
     def evaluate_split(self, predictions: np.ndarray, split: Split) -> dict[str, float]:
         """The official metrics of ``predictions`` (one row per example of ``split``, in its order); a split
         without labels raises. Override where the metric reads more than :meth:`Split.labels`."""

@@ -545,11 +545,15 @@ class VQAv2(Benchmark):
     def regression(self) -> bool:
         return False
 
+    @property
+    def model_task(self) -> str:
+        return "vqa"  # ITNetForVQA: soft-score targets, binary cross-entropy per answer
+
     def for_root(self, root: Path) -> VQAv2:
         return VQAv2(self.settings, answer_vocabulary(root, self.settings))
 
     def metric_info(self) -> dict[str, str]:
-        """What the metrics' names leave out: the official evaluation's revision they follow."""
+        """The official evaluation's revision the metrics follow."""
         return {"vqa_eval_revision": self.settings.revision}
 
     def read(self, root: Path, split: str) -> Split:

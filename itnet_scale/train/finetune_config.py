@@ -16,6 +16,7 @@ from pathlib import Path
 from itnet_scale.config import load_config
 from itnet_scale.data.augment import AugmentSettings
 from itnet_scale.tasks import BENCHMARKS, Benchmark, get_benchmark
+from itnet_scale.tasks.vqa import VQASettings, VQAv2
 from itnet_scale.train.config import RunConfig
 from itnet_scale.train.early_stopping import EarlyStoppingSettings
 from itnet_scale.train.ema import EMASettings
@@ -79,7 +80,9 @@ class FinetuneConfig(RunConfig):
     ``tokenizer``: the tokenizer folder (text tasks; a library-format model folder that carries one wins).
     ``max_text_tokens``: truncation of a text or a pair (specials counted). ``epochs`` over the training split
     (the last partial global batch of an epoch is dropped); ``warmup_epochs``: the learning rate's linear warm-up.
-    ``train_shards``: stream the training split from a shard set (:class:`TrainShardSettings`).
+    ``train_shards``: stream the training split from a shard set (:class:`TrainShardSettings`). ``vqav2``: VQA v2's
+    answer vocabulary, minival and evaluation revision (:class:`~itnet_scale.tasks.vqa.VQASettings`; read by the
+    ``vqav2`` task only).
     ``linear_probe``: train the head only, the backbone frozen. ``eval_only``: evaluate ``init_from`` on
     ``split`` (default: the validation split(s)) and, for a split without labels, write the benchmark's
     submission file — no training. ``num_workers``: data-loading processes per rank.
@@ -95,6 +98,7 @@ class FinetuneConfig(RunConfig):
     eval_only: bool = False
     split: str = ""
     train_shards: TrainShardSettings = field(default_factory=TrainShardSettings)
+    vqav2: VQASettings = field(default_factory=VQASettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     ema: EMASettings = field(default_factory=EMASettings)
     early_stopping: EarlyStoppingSettings = field(default_factory=EarlyStoppingSettings)
@@ -146,7 +150,8 @@ class FinetuneConfig(RunConfig):
 
     @property
     def benchmark(self) -> Benchmark:
-        return get_benchmark(self.task)
+        """The task's benchmark, with its settings section where it has one (``vqav2``)."""
+        return VQAv2(self.vqav2) if self.task == "vqav2" else get_benchmark(self.task)
 
     @property
     def best_dir(self) -> Path:

@@ -352,7 +352,8 @@ class FinetuningRecipe(Recipe):
         """What a fine-tuned model folder records of its benchmark (the library config's ``source``)."""
         image = dataclasses.asdict(self.config.augment.image)
         return {"benchmark": self.benchmark.name, "label_names": list(self.benchmark.label_names or []),
-                "primary_metric": self.primary, "metrics": values, "init_from": self.config.init_from,
+                "primary_metric": self.primary, "metrics": values, "metric_info": self.benchmark.metric_info(),
+                "init_from": self.config.init_from,
                 "max_text_tokens": self.config.max_text_tokens, "image": image}
 
     def save_best(self, trainer: Trainer, values: dict[str, float]) -> None:
@@ -373,6 +374,7 @@ class FinetuningRecipe(Recipe):
         if self.rank == 0 and result.evaluations:
             best = self.early_stopping.best
             summary = {"task": self.benchmark.name, "primary_metric": self.primary, "best": best,
+                       "metric_info": self.benchmark.metric_info(),
                        "best_step": self.early_stopping.best_step, "last": result.evaluations[-1],
                        "steps": trainer.step, "epochs": trainer.step / max(self.plan.steps_per_epoch, 1)
                        if self.plan else 0}
@@ -447,6 +449,7 @@ class Finetuner(Trainer):
                     ids = [example.id for example in split.examples]
                     written.append(str(recipe.benchmark.write_submission(run, name, ids, recipe.predictions[name])))
             summary = {"task": recipe.benchmark.name, "splits": list(recipe.eval_splits), "metrics": values,
+                       "metric_info": recipe.benchmark.metric_info(),
                        "labels": list(recipe.benchmark.label_names or []), "submissions": written,
                        "model": config.init_from}
             write_bytes_atomically(run / "metrics.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.train.finetune_config import load_finetune_config
 from itnet_scale.train.finetuning import Finetuner
 from itnet_scale.train.prediction import FineTunedModel
@@ -26,10 +27,15 @@ SMALL = {"model": "tiny", "model_overrides.dim": 32, "model_overrides.depth": 2,
 
 
 def overrides(name: str, data: Path, run: Path, **extra: object) -> list[str]:
-    root = {"imagenet": data / "imagenet", "modelnet40": data / "modelnet40", **{t: data / "glue" for t in GLUE}}
+    root = {"imagenet": data / "imagenet", "modelnet40": data / "modelnet40", "vqav2": data / "vqav2",
+            "nlvr2": data / "nlvr2", **{t: data / "glue" for t in GLUE}}
     values = {**SMALL, "data_root": root[name], "run_dir": run, "tokenizer": data / "tokenizer", **extra}
-    if name == "imagenet":
+    if name in ("imagenet", "vqav2", "nlvr2"):
         values |= {"augment.image.size": 16, "eval.batch_size": 3}
+    if name in ("vqav2", "nlvr2") and "init_from" not in extra:  # RGB at 16 × 16 from the 8 × 8 grayscale model
+        values |= {"init_from": data / "pretrained-gray"}
+    if name == "vqav2":
+        values |= {"vqav2.min_answer_count": 1}
     if name == "modelnet40":
         values |= {"eval.votes": 2}
     return [f"{key}={value}" for key, value in values.items()]
@@ -40,11 +46,27 @@ def config(name: str, data: Path, run: Path, **extra: object):
     return load_finetune_config(REPO / "configs" / "finetune" / f"{name}.yaml", overrides(name, data, run, **extra))
 
 
+def started_from(trainer: Finetuner, folder: Path) -> dict[str, bool]:
+    """Whether the task model starts from ``folder``'s backbone, its grayscale stem adapted to RGB (timm's rule:
+    each of the 3 channels gets the gray weight / 3)."""
+    pretrained = ITNetForPretraining.from_pretrained(folder).itnet
+    model = trainer.engine.module.itnet
+    backbone = all(torch.equal(a, b) for a, b in zip(pretrained.backbone.state_dict().values(),
+                                                     model.backbone.state_dict().values(), strict=True))
+    gray = next(p for p in pretrained.encoder.image.parameters() if p.dim() == 4)
+    rgb = next(p for p in model.encoder.image.parameters() if p.dim() == 4)
+    return {"backbone": backbone, "stem": rgb.shape[1] == 3 and torch.allclose(rgb, (gray / 3).expand_as(rgb))}
+
+
 def smoke(data: Path, out: Path) -> None:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    report = {}
-    for task in ("imagenet", "modelnet40", *GLUE):
-        trainer = Finetuner(config(task, data, out / task))
+    report, pretrained = {}, {}
+    runs = {task: (task, {}) for task in ("imagenet", "modelnet40", *GLUE, "vqav2", "nlvr2")}
+    runs["nlvr2-paired"] = ("nlvr2", {"model_overrides.image_pair_form": "paired"})
+    for task, (name, extra) in runs.items():
+        trainer = Finetuner(config(name, data, out / task, **extra))
+        if name in ("vqav2", "nlvr2"):
+            pretrained[task] = started_from(trainer, data / "pretrained-gray")
         result = trainer.run()
         recipe = trainer.recipe
         model = trainer.engine.module
@@ -60,7 +82,8 @@ def smoke(data: Path, out: Path) -> None:
                                                                                               atol=1e-5)),
                         "losses": [r.losses["task"] for r in result.records]}
     evaluated = {}
-    for task, split in (("sst2", "test"), ("mnli", "test_matched"), ("modelnet40", "test")):
+    for task, split in (("sst2", "test"), ("mnli", "test_matched"), ("modelnet40", "test"), ("vqav2", "test-dev"),
+                        ("nlvr2", "test-P")):
         best = out / task / "best"
         trainer = Finetuner(config(task, data, out / f"{task}-test", init_from=best, eval_only=True, split=split))
         evaluated[task] = trainer.evaluate_only()
@@ -78,6 +101,7 @@ def smoke(data: Path, out: Path) -> None:
     if rank == 0:
         predicted = predictions(data, out)
         (out / "report.json").write_text(json.dumps({"train": report, "eval_only": evaluated, "resume": resumed,
+                                                     "started_from_pretrained": pretrained,
                                                      "streamed_resume": streamed,
                                                      "predicted": predicted, **others}))
 

@@ -12,20 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from itnet_scale.checkpoint.library import save_pretrained
 from itnet_scale.data.shards import write_text_shards
 from itnet_scale.data.tokenizer import TokenizerConfig, train_tokenizer
+from itnet_scale.models.config import ModelConfig
+from itnet_scale.models.itnet import ITNetForPretraining
 from itnet_scale.tasks.imagenet import write_imagenet_layout, write_imagenet_shards
 from tests.distributed import REPO, run_deepspeed
 from tests.modelnet40_fixtures import official_ids, write_normal_resampled
 from tests.tasks.glue_fixtures import write_glue_folder
+from tests.tasks.nlvr2_fixtures import write_nlvr2_folder
+from tests.tasks.vqa_fixtures import write_vqa_root
 
 WORKER = Path(__file__).with_name("finetune_worker.py")
 LAUNCH = REPO / "launch" / "finetune.py"
 
 
 def write_fixture_data(root: Path) -> Path:
-    """GLUE, ImageNet and ModelNet40 trees in their real layouts, and a tokenizer."""
+    """GLUE, ImageNet (and its training split as shards), ModelNet40, VQA v2 and NLVR2 trees in their real layouts,
+    a tokenizer and a small grayscale-pretrained model."""
     write_glue_folder(root / "glue")
     rng = np.random.default_rng(0)
 
@@ -37,9 +44,16 @@ def write_fixture_data(root: Path) -> Path:
     write_imagenet_shards(root / "imagenet", "train", root / "imagenet-train-shards", max_count=2)
     train, test = official_ids(2, 1)
     write_normal_resampled(root / "modelnet40" / "modelnet40_normal_resampled", train, test, rows=1024)
+    write_vqa_root(root / "vqav2")
+    write_nlvr2_folder(root / "nlvr2")
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(text for text in pydoc_data.topics.topics.values()), encoding="utf-8")
-    train_tokenizer(TokenizerConfig(vocab_size=400, inputs=[str(corpus)]), root / "tokenizer")
+    tokenizer = train_tokenizer(TokenizerConfig(vocab_size=400, inputs=[str(corpus)]), root / "tokenizer")
+    # A model "pretrained" on grayscale images (and text): VQA and NLVR2 start from it, in RGB at another size.
+    pretrained = ModelConfig(dim=32, depth=2, heads=2, vocab_size=tokenizer.vocab_size, image_channels=1,
+                             patch_size=4, point_tokens=8, point_group_size=8, point_hidden=16, contrastive_dim=16)
+    torch.manual_seed(0)
+    save_pretrained(ITNetForPretraining(pretrained), root / "pretrained-gray")
     return root
 
 
@@ -52,7 +66,7 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
     assert result.returncode == 0, result.stdout[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report["train"]) == {"imagenet", "modelnet40", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli",
-                                    "rte", "wnli"}
+                                    "rte", "wnli", "vqav2", "nlvr2", "nlvr2-paired"}
     for task, run in report["train"].items():
         assert run["steps"] and all(np.isfinite(run["losses"])), task
         assert run["same_as_one_process"], f"{task}: the 2-rank evaluation differs from one process's"
@@ -62,6 +76,17 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
     assert "validation_mismatched/accuracy" in report["train"]["mnli"]["evaluations"][-1]
     assert {"validation/overall_accuracy", "validation/vote2_overall_accuracy"} <= set(
         report["train"]["modelnet40"]["evaluations"][-1])
+    assert {"validation/accuracy", "validation/accuracy/answer_type/yes_no"} <= set(
+        report["train"]["vqav2"]["evaluations"][-1])
+    assert {"validation/accuracy", "validation/consistency"} <= set(report["train"]["nlvr2"]["evaluations"][-1])
+    for task in ("vqav2", "nlvr2", "nlvr2-paired"):  # from the grayscale model, in RGB at 16 × 16 (it saw 8 × 8)
+        assert report["started_from_pretrained"][task] == {"backbone": True, "stem": True}, task
+    assert json.loads((out / "vqav2" / "metrics.json").read_text())["metric_info"] == {"vqa_eval_revision": "2021"}
+    vqa = json.loads((out / "vqav2-test" / "vqa_OpenEnded_mscoco_test-dev2015_itnet_results.json").read_text())
+    assert [row["question_id"] for row in vqa] == [1000, 2000] and all(isinstance(r["answer"], str) for r in vqa)
+    nlvr2 = (out / "nlvr2-test" / "nlvr2-test-P-predictions.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in nlvr2] == ["test1-0-1-0", "test1-0-2-0"]
+    assert {row.split(",")[1] for row in nlvr2} <= {"True", "False"}
     sst2 = (out / "sst2-test" / "SST-2.tsv").read_text().splitlines()
     assert sst2[0] == "index\tprediction" and len(sst2) == 3 and {row.split("\t")[1] for row in sst2[1:]} <= {"0", "1"}
     mnli = (out / "mnli-test" / "MNLI-m.tsv").read_text().splitlines()
