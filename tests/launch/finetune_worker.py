@@ -128,7 +128,13 @@ def predictions(data: Path, out: Path) -> dict[str, object]:
     stsb = FineTunedModel.from_pretrained(out / "stsb" / "best")
     images = FineTunedModel.from_pretrained(out / "imagenet" / "best")
     val = sorted((data / "imagenet" / "val").iterdir())
-    return {"sst2": sst2.predict(["a gripping film", "tedious and long"]),
+    vqa = FineTunedModel.from_pretrained(out / "vqav2" / "best")
+    coco = sorted((data / "vqav2" / "val2014").iterdir())
+    nlvr2 = FineTunedModel.from_pretrained(out / "nlvr2-paired" / "best")
+    dev = sorted((data / "nlvr2" / "dev").iterdir())
+    return {"vqav2": vqa.predict([(coco[0], "What color is it?")]), "vqav2_labels": vqa.label_names,
+            "nlvr2": nlvr2.predict([((dev[0], dev[1]), "Both images show bottles.")]),
+            "sst2": sst2.predict(["a gripping film", "tedious and long"]),
             "mnli": mnli.predict([("A man plays a guitar.", "A person makes music.")]),
             "stsb": stsb.predict([("A cat sits.", "A cat is sitting.")]),
             "imagenet": images.predict(val[:2]), "imagenet_labels": images.label_names}

@@ -106,6 +106,7 @@ def test_every_task_config_fine_tunes_writes_its_submission_and_resumes_mid_epoc
     assert predicted["mnli"][0] in {"entailment", "neutral", "contradiction"}
     assert isinstance(predicted["stsb"][0], float)
     assert set(predicted["imagenet"]) <= set(predicted["imagenet_labels"]) == {"n01440764", "n01443537", "n01484850"}
+    assert predicted["vqav2"][0] in predicted["vqav2_labels"] and predicted["nlvr2"][0] in {"True", "False"}
     summary = json.loads((out / "modelnet40-test" / "metrics.json").read_text())
     assert "test/overall_accuracy" in summary["metrics"] and len(summary["labels"]) == 40
 
