@@ -14,6 +14,9 @@ Usage::
     python tools/make_shards.py index DIR --kind image_text [--overwrite]   # img2dataset / open_clip tars, in place
     python tools/make_shards.py check LOCATION [--allow_pipe_urls]          # a folder or http(s):// URL
 
+A benchmark's labelled training split written this way (``imagenet``, ``glue``, ``modelnet40``) streams into
+fine-tuning with ``train_shards.path=DIR`` (``launch/finetune.py``).
+
 Each subcommand is one function registered with :func:`subcommand`; it receives the parsed arguments and
 returns the summaries it prints (one line each: samples, shards, bytes, skipped inputs per reason).
 """
