@@ -21,12 +21,15 @@ term, the depth-1 kernel MLP with its position term, any position dim; float32 /
 Not yet (:func:`unsupported_features` names them; the exact integrator's dispatch then runs ``torch``): gradients,
 the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
 
-Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). Untuned autotune candidates, to measure on
-the GPUs before any is made the default (today: ``BLOCK_Q = BLOCK_S = min(64, N rounded up)``, ``R_CHUNK = 4``)::
+Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). The defaults — ``BLOCK_Q = BLOCK_S = min(64,
+N rounded up)``, ``R_CHUNK = 2``, 8 warps — are the largest 64 × 64 configuration that Triton 3.9 compiled for
+sm_90 without spilling registers at ``d = e = 64`` (194 registers; ``R_CHUNK = 4`` took 244, 4 warps spilled);
+for sm_80 the same configuration spills a little. No GPU timing has been measured yet. Autotune candidates,
+untuned, to measure before any replaces the default::
 
-    Hopper (H100/H200): (BLOCK_Q, BLOCK_S, R_CHUNK, num_warps, num_stages) in
-        (128, 64, 4, 8, 2), (64, 64, 4, 4, 3), (64, 64, 8, 8, 2), (128, 128, 2, 8, 2)
-    Ampere (A100):      (64, 64, 4, 4, 2), (64, 32, 8, 4, 2), (128, 64, 2, 8, 2)
+    Hopper (H100/H200): (BLOCK_Q, BLOCK_S, R_CHUNK, num_warps) in
+        (64, 64, 2, 8), (64, 64, 4, 8), (64, 32, 2, 4), (128, 64, 1, 8)
+    Ampere (A100):      (64, 32, 2, 8), (32, 64, 2, 4), (64, 64, 1, 8)
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from itnet_scale.ops.tiled import visible_blocks
 
 MIN_DOT = 16  # tl.dot's smallest extent on a GPU; the interpreter does not enforce it, the wrapper does
 DEFAULT_BLOCK = 64
-DEFAULT_R_CHUNK = 4
+DEFAULT_R_CHUNK = 2
+DEFAULT_NUM_WARPS = 8
 #: The inputs whose dtype is the computation's (positions and τ may be float64 whatever it is).
 _FEATURES = ("q", "k", "beta", "v", "a", "b", "pos_weight", "w2", "weights")
 
@@ -287,7 +291,7 @@ def exact_forward(
     Args:
         block_size: ``(queries, sources)`` per program and tile, powers of two ≥ 16 (None: ``min(64, N)`` rounded
             up to a power of two, at least 16).
-        r_chunk: kernel-MLP width evaluated at once, a power of two (None: 4).
+        r_chunk: kernel-MLP width evaluated at once, a power of two (None: 2).
 
     Raises ``NotImplementedError`` naming what the kernel does not compute yet (:func:`unsupported_features`),
     ``RuntimeError`` where it cannot run (:func:`environment_problem`), ``ValueError`` for bfloat16 under the
@@ -350,6 +354,6 @@ def exact_forward(
         HAS_MLP=inp.a is not None, HAS_POS=inp.pos_weight is not None, HAS_DECAY=inp.tau_q is not None,
         HAS_W=weights is not None, HAS_PAD=padding is not None, BLOCK_Q=block_q, BLOCK_S=block_s,
         D_PAD=padded_extent(d), E_PAD=padded_extent(e), R_CHUNK=chunk,
-        DOT_PRECISION=dot_precision,
+        DOT_PRECISION=dot_precision, num_warps=DEFAULT_NUM_WARPS,
     )
     return ExactForward(out, lse)
