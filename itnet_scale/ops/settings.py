@@ -16,16 +16,24 @@ settings here only choose the computation. Setting names are the YAML keys of a 
 - ``reference``: the spec in code, every pair (or ``φ ψᵀ``) materialized; ``O(N²)`` memory, for tests;
 - ``torch``: the memory-efficient PyTorch form: the exact integrator's query × source tiles, the low-rank chunked
   scan, the Monte Carlo estimate on the exact tiles of its sampled sources (compiled where it pays);
-- ``auto``: the fastest available (``torch``).
+- ``triton``: fused Triton kernels (:mod:`itnet_scale.ops.triton`) where one exists for the call — so far the
+  exact integrator's forward pass, which the Monte Carlo estimate on its sampled sources reaches too; every other
+  call runs ``torch``;
+- ``auto``: the fastest available: ``triton`` for CUDA tensors where its kernel covers the call, else ``torch``.
+
+``ITNET_BACKEND`` (one of :data:`BACKENDS`), when set, overrides every setting's backend (:func:`requested_backend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-BACKENDS = ("auto", "reference", "torch")
+BACKENDS = ("auto", "reference", "torch", "triton")
+#: Set to one of :data:`BACKENDS`, it forces that backend on every integrator setting.
+BACKEND_ENV_VAR = "ITNET_BACKEND"
 #: Backend names of earlier releases, by what they are now called.
 RENAMED_BACKENDS = {"tiled": "torch"}
 PROPOSALS = ("uniform", "window", "learned")
@@ -40,10 +48,25 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def requested_backend(backend: str) -> str:
+    """The backend asked for: what ``ITNET_BACKEND`` forces when it is set, else ``backend`` (both checked)."""
+    forced = os.environ.get(BACKEND_ENV_VAR, "")
+    if not forced:
+        check_backend(backend)
+        return backend
+    try:
+        check_backend(forced)
+    except ValueError as err:
+        raise ValueError(f"{BACKEND_ENV_VAR}={forced!r}: {err}") from None
+    return forced
+
+
 def resolve_backend(backend: str) -> str:
-    """The concrete backend ``auto`` stands for."""
-    check_backend(backend)
-    return "torch" if backend == "auto" else backend
+    """The concrete backend of an integrator whose every form is torch (the low-rank scan, the Monte Carlo
+    sampling): ``reference`` or ``torch`` (``auto`` and ``triton`` run ``torch`` until a kernel exists). The exact
+    integrator picks among all three (:func:`itnet_scale.ops.exact.exact_backend`)."""
+    requested = requested_backend(backend)
+    return "reference" if requested == "reference" else "torch"
 
 
 def _positive_int(name: str, value: Any, low: int = 1) -> None:
@@ -54,7 +77,8 @@ def _positive_int(name: str, value: Any, low: int = 1) -> None:
 @dataclass(frozen=True)
 class Exact:
     """Every pair: ``reference`` materializes them, ``torch`` runs ``(queries, sources)`` tiles of ``block_size``
-    (None: sized to the support, :func:`itnet_scale.ops.tiled.default_block`)."""
+    (None: sized to the support, :func:`itnet_scale.ops.tiled.default_block`), ``triton`` the fused forward kernel
+    where it covers the call (:func:`itnet_scale.ops.exact.exact_backend`)."""
 
     backend: str = "auto"
     block_size: tuple[int, int] | None = None

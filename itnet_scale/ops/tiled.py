@@ -104,21 +104,31 @@ def _bounds(pos: Tensor, size: int) -> tuple[Tensor, Tensor]:
     return per_block(math.inf, torch.amin), per_block(-math.inf, torch.amax)
 
 
-def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: list[slice]) -> list[list[slice]]:
-    """For each query block, the source slices holding every pair of the support: the source blocks whose
-    position box can reach the query block's, adjacent ones merged into one slice (one tile instead of several)."""
+def visible_blocks(pos_q: Tensor, pos_s: Tensor, spec: KernelSpec, block: tuple[int, int]) -> Tensor | None:
+    """Which source blocks can hold a pair of the support with which query block: ``[query blocks, source blocks]``
+    bool (blocks of ``block = (queries, sources)`` positions, the last ones possibly shorter), from the position
+    boxes of the blocks over the whole batch; None for support ``all`` (every block). On the positions' device."""
     if spec.support == "all":
-        return [list(sb) for _ in qb]
-    (qlo, qhi), (slo, shi) = _bounds(inp.pos_q, qb[0].stop - qb[0].start), _bounds(inp.pos_s, sb[0].stop - sb[0].start)
+        return None
+    (qlo, qhi), (slo, shi) = _bounds(pos_q, block[0]), _bounds(pos_s, block[1])
     qlo, qhi, slo, shi = qlo[:, None], qhi[:, None], slo[None], shi[None]  # [queries, 1, P], [1, sources, P]
     size = spec.support_size
     if spec.support in ("causal", "causal_window"):
         ok = slo[..., 0] <= qhi[..., 0]
         if spec.support == "causal_window":
             ok &= qlo[..., 0] - shi[..., 0] <= size
-    else:
-        gaps = torch.maximum(qlo - shi, slo - qhi).clamp_min(0.0)  # box distance per dim
-        ok = gaps.amax(-1) <= size if spec.support == "window" else gaps.square().sum(-1) <= size * size
+        return ok
+    gaps = torch.maximum(qlo - shi, slo - qhi).clamp_min(0.0)  # box distance per dim
+    return gaps.amax(-1) <= size if spec.support == "window" else gaps.square().sum(-1) <= size * size
+
+
+def _visible_pairs(inp: KernelInputs, spec: KernelSpec, qb: list[slice], sb: list[slice]) -> list[list[slice]]:
+    """For each query block, the source slices holding every pair of the support: the source blocks whose
+    position box can reach the query block's (:func:`visible_blocks`), adjacent ones merged into one slice (one
+    tile instead of several)."""
+    ok = visible_blocks(inp.pos_q, inp.pos_s, spec, (qb[0].stop - qb[0].start, sb[0].stop - sb[0].start))
+    if ok is None:
+        return [list(sb) for _ in qb]
     out = []
     for row in ok.tolist():
         runs: list[slice] = []

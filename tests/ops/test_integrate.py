@@ -29,10 +29,11 @@ def features(inp, rank: int = 6) -> FeatureMap:
 
 
 def test_one_vocabulary_of_backends_checked_in_one_place():
-    assert BACKENDS == ("auto", "reference", "torch")
+    assert BACKENDS == ("auto", "reference", "torch", "triton")
     for cls in (Exact, LowRank, MonteCarlo):
         assert cls(backend="reference").backend == "reference"
-        with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'torch'\), got 'fused'"):
+        with pytest.raises(ValueError,
+                           match=r"backend must be one of \('auto', 'reference', 'torch', 'triton'\), got 'fused'"):
             cls(backend="fused")
         with pytest.raises(ValueError, match=r"backend='tiled' is now called 'torch'"):
             cls(backend="tiled")

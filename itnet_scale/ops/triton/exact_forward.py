@@ -1,0 +1,359 @@
+"""The exact integrator's forward pass as one fused Triton kernel: one launch, every tile in registers.
+
+One program per (query block, batch·head). It walks the source blocks its query block can see — a per-query-block
+list built on the host from the blocks' position boxes (:func:`itnet_scale.ops.tiled.visible_blocks`), in the style
+of FlexAttention's BlockMask — and per tile computes what :mod:`itnet_scale.ops.tiled` computes::
+
+    s_ij = β/√d · q_i·k_j + Σ_r w2_r σ(a'_ir + b'_jr)      a' = a + Ua (p_i − c),  b' = b − Ua (p_j − c)
+    m_ij = support(p_i, p_j) ∧ ¬padding_j                   log D_ij = −(τ_i − τ_j)   (τ loaded as stored, e.g.
+                                                                                         float64; the difference cast)
+    softmax: online max and normalizer in base 2 (exp2), acc += (w_j · exp(s + log D − max)) v_j
+    linear:  acc += (w_j m_ij D_ij s_ij) v_j
+
+with ``c`` the block's first query position (shifted positions as small as the offsets within a tile). The kernel
+MLP runs in ``R_CHUNK`` slices of ``r``, so a 64 × 64 tile's ``[BLOCK_Q, BLOCK_S, R_CHUNK]`` pre-activations fit in
+registers on a GPU. A query that sees no source (or only zero weights) gets zeros and ``lse = +inf``. Inputs are
+upcast to float32 after loading; ``d`` and ``e`` (the ``tl.dot`` dims) are padded to at least 16 lanes with masks,
+``r`` lanes are masked at ``r``.
+
+Covered now: both modes, the five supports, padding, source weights (shared or per head), decay, the bilinear
+term, the depth-1 kernel MLP with its position term, any position dim; float32 / bfloat16 / float16 inputs.
+Not yet (:func:`unsupported_features` names them; the exact integrator's dispatch then runs ``torch``): gradients,
+the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
+
+Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). The defaults — ``BLOCK_Q = BLOCK_S = min(64,
+N rounded up)``, ``R_CHUNK = 2``, 8 warps — are the largest 64 × 64 configuration that Triton 3.9 compiled for
+sm_90 without spilling registers at ``d = e = 64`` (194 registers; ``R_CHUNK = 4`` took 244, 4 warps spilled);
+for sm_80 the same configuration spills a little. No GPU timing has been measured yet. Autotune candidates,
+untuned, to measure before any replaces the default::
+
+    Hopper (H100/H200): (BLOCK_Q, BLOCK_S, R_CHUNK, num_warps) in
+        (64, 64, 2, 8), (64, 64, 4, 8), (64, 32, 2, 4), (128, 64, 1, 8)
+    Ampere (A100):      (64, 32, 2, 8), (32, 64, 2, 4), (64, 64, 1, 8)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from itnet_scale.ops.spec import KernelInputs, KernelSpec
+from itnet_scale.ops.tiled import visible_blocks
+
+MIN_DOT = 16  # tl.dot's smallest extent on a GPU; the interpreter does not enforce it, the wrapper does
+DEFAULT_BLOCK = 64
+DEFAULT_R_CHUNK = 2
+DEFAULT_NUM_WARPS = 8
+#: The inputs whose dtype is the computation's (positions and τ may be float64 whatever it is).
+_FEATURES = ("q", "k", "beta", "v", "a", "b", "pos_weight", "w2", "weights")
+
+
+@triton.jit
+def _sigmoid(z):
+    """``1 / (1 + e^−z)`` from ``e^−|z|``: no overflow, full precision for negative ``z``."""
+    small = tl.exp(-tl.abs(z))
+    return tl.where(z >= 0, 1.0, small) / (1.0 + small)
+
+
+@triton.jit
+def _activation(z, ACTIVATION: tl.constexpr):
+    """``σ(z)`` for each name of :data:`itnet_scale.ops.spec.ACTIVATIONS` (tanh through the sigmoid: Triton's
+    language has no tanh that runs both compiled and interpreted)."""
+    if ACTIVATION == "relu":
+        out = tl.maximum(z, 0.0)
+    elif ACTIVATION == "gelu":
+        out = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+        out = z * _sigmoid(2.0 * u)  # 0.5 z (1 + tanh u) = z σ(2u)
+    elif ACTIVATION == "silu":
+        out = z * _sigmoid(z)
+    elif ACTIVATION == "sigmoid":
+        out = _sigmoid(z)
+    elif ACTIVATION == "softplus":  # torch's: z past its threshold of 20, else log(1 + e^z) in a stable form
+        out = tl.where(z > 20.0, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+    else:  # tanh
+        out = 2.0 * _sigmoid(2.0 * z) - 1.0
+    return out
+
+
+@triton.jit
+def _exact_forward_kernel(
+    q_ptr, k_ptr, beta_ptr, a_ptr, b_ptr, ua_ptr, w2_ptr, v_ptr, pos_q_ptr, pos_s_ptr, tau_q_ptr, tau_s_ptr,
+    w_ptr, pad_ptr, block_count_ptr, block_list_ptr, out_ptr, lse_ptr,
+    sq_b, sq_h, sq_n, sq_c, sk_b, sk_h, sk_n, sk_c, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
+    sv_b, sv_h, sv_n, sv_c, so_b, so_h, so_n, so_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
+    stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n,
+    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit, block_list_stride,
+    MODE: tl.constexpr, SUPPORT: tl.constexpr, ACTIVATION: tl.constexpr, HAS_QK: tl.constexpr,
+    HAS_MLP: tl.constexpr, HAS_POS: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr, R_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    q_start = pid_q * BLOCK_Q
+    offs_q = q_start + tl.arange(0, BLOCK_Q)
+    q_in = offs_q < Nq
+    offs_e = tl.arange(0, E_PAD)
+    e_in = offs_e < e
+    offs_rc = tl.arange(0, R_CHUNK)
+
+    if HAS_QK:
+        offs_d = tl.arange(0, D_PAD)
+        d_in = offs_d < d
+        q_tile = tl.load(q_ptr + b * sq_b + h * sq_h + offs_q[:, None] * sq_n + offs_d[None, :] * sq_c,
+                         mask=q_in[:, None] & d_in[None, :], other=0.0).to(tl.float32)
+        qk_scale = tl.load(beta_ptr + h).to(tl.float32) * inv_sqrt_d
+    if HAS_DECAY:  # as stored (float64 keeps τ_i − τ_j exact on long sequences); cast after the difference
+        tau_q = tl.load(tau_q_ptr + b * stq_b + h * stq_h + offs_q * stq_n, mask=q_in, other=0.0)
+
+    top = tl.full([BLOCK_Q], -1e30, tl.float32)  # running max of the base-2 logits (finite: empty rows stay NaN-free)
+    total = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, E_PAD], tl.float32)
+
+    n_blocks = tl.load(block_count_ptr + pid_q)
+    for t in range(0, n_blocks):
+        s_block = tl.load(block_list_ptr + pid_q * block_list_stride + t)
+        offs_s = s_block * BLOCK_S + tl.arange(0, BLOCK_S)
+        s_in = offs_s < Ns
+        visible = q_in[:, None] & s_in[None, :]
+
+        # the support m(i, j), from positions
+        if SUPPORT == "causal" or SUPPORT == "causal_window":
+            lag = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n, mask=q_in, other=0.0)[:, None]
+                   - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n, mask=s_in, other=0.0)[None, :])
+            visible = visible & (lag >= 0)
+            if SUPPORT == "causal_window":
+                visible = visible & (lag <= support_limit)
+        elif SUPPORT == "window" or SUPPORT == "radius":
+            reach = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+            for k in range(0, P):
+                delta = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in, other=0.0)[:, None]
+                         - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in, other=0.0)[None, :])
+                if SUPPORT == "window":
+                    reach = tl.maximum(reach, tl.abs(delta).to(tl.float32))
+                else:
+                    reach += (delta * delta).to(tl.float32)
+            visible = visible & (reach <= support_limit)
+        if HAS_PAD:
+            padded = tl.load(pad_ptr + b * spad_b + offs_s * spad_n, mask=s_in, other=1)
+            visible = visible & (padded == 0)[None, :]
+
+        # the score s(i, j)
+        s = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+        if HAS_QK:
+            k_tile = tl.load(k_ptr + b * sk_b + h * sk_h + offs_s[:, None] * sk_n + offs_d[None, :] * sk_c,
+                             mask=s_in[:, None] & d_in[None, :], other=0.0).to(tl.float32)
+            s += tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_MLP:
+            for r0 in range(0, r, R_CHUNK):
+                offs_r = r0 + offs_rc
+                r_in = offs_r < r
+                a_chunk = tl.load(a_ptr + b * sa_b + h * sa_h + offs_q[:, None] * sa_n + offs_r[None, :] * sa_c,
+                                  mask=q_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
+                b_chunk = tl.load(b_ptr + b * sb_b + h * sb_h + offs_s[:, None] * sb_n + offs_r[None, :] * sb_c,
+                                  mask=s_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
+                if HAS_POS:  # Ua (p_i − p_j) = Ua (p_i − c) − Ua (p_j − c), c the block's first query position
+                    for k in range(0, P):
+                        centre = tl.load(pos_q_ptr + b * spq_b + q_start * spq_n + k * spq_c)
+                        ua = tl.load(ua_ptr + (h * r + offs_r) * P + k, mask=r_in, other=0.0).to(tl.float32)
+                        rel_q = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in,
+                                         other=0.0) - centre).to(tl.float32)
+                        rel_s = (tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in,
+                                         other=0.0) - centre).to(tl.float32)
+                        a_chunk += rel_q[:, None] * ua[None, :]
+                        b_chunk -= rel_s[:, None] * ua[None, :]
+                w2 = tl.load(w2_ptr + h * r + offs_r, mask=r_in, other=0.0).to(tl.float32)  # 0 past r: no term
+                z = a_chunk[:, None, :] + b_chunk[None, :, :]  # [BLOCK_Q, BLOCK_S, R_CHUNK]
+                s += tl.sum(_activation(z, ACTIVATION) * w2[None, None, :], axis=2)
+
+        v_tile = tl.load(v_ptr + b * sv_b + h * sv_h + offs_s[:, None] * sv_n + offs_e[None, :] * sv_c,
+                         mask=s_in[:, None] & e_in[None, :], other=0.0).to(tl.float32)
+        if HAS_W:
+            w = tl.load(w_ptr + b * sw_b + h * sw_h + offs_s * sw_n, mask=s_in, other=0.0).to(tl.float32)
+        if HAS_DECAY:
+            tau_s = tl.load(tau_s_ptr + b * sts_b + h * sts_h + offs_s * sts_n, mask=s_in, other=0.0)
+            log_d = (tau_s[None, :] - tau_q[:, None]).to(tl.float32)
+            log_d = tl.where(visible, log_d, 0.0)  # pairs outside the support: no overflow in exp
+        if MODE == "softmax":
+            logits = s
+            if HAS_DECAY:
+                logits += log_d
+            logits = tl.where(visible, logits * 1.4426950408889634, float("-inf"))  # base 2
+            new_top = tl.maximum(top, tl.max(logits, axis=1))
+            p = tl.exp2(logits - new_top[:, None])
+            if HAS_W:
+                p = p * w[None, :]
+            rescale = tl.exp2(top - new_top)
+            total = total * rescale + tl.sum(p, axis=1)
+            acc = acc * rescale[:, None] + tl.dot(p, v_tile, input_precision=DOT_PRECISION)
+            top = new_top
+        else:
+            factor = tl.where(visible, 1.0, 0.0)
+            if HAS_DECAY:
+                factor = factor * tl.exp(log_d)
+            if HAS_W:
+                factor = factor * w[None, :]
+            acc += tl.dot(s * factor, v_tile, input_precision=DOT_PRECISION)
+
+    out_ptrs = out_ptr + b * so_b + h * so_h + offs_q[:, None] * so_n + offs_e[None, :] * so_c
+    if MODE == "softmax":
+        seen = total > 0
+        safe_total = tl.where(seen, total, 1.0)
+        out = tl.where(seen[:, None], acc / safe_total[:, None], 0.0)
+        lse = tl.where(seen, (top + tl.log2(safe_total)) * 0.6931471805599453, float("inf"))  # natural log
+        tl.store(lse_ptr + bh * Nq + offs_q, lse, mask=q_in)
+    else:
+        out = acc
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=q_in[:, None] & e_in[None, :])
+
+
+class ExactForward(NamedTuple):
+    """What the forward kernel stores: ``out [B, H, Nq, e]`` (``v``'s dtype) and, in softmax mode, the
+    log-normalizer ``lse [B, H, Nq]`` (float32, natural log, ``+inf`` where a query sees nothing; None in linear
+    mode), which the backward pass reads."""
+
+    out: Tensor
+    lse: Tensor | None
+
+
+def interpreting() -> bool:
+    """Whether the kernels were built for Triton's CPU interpreter (``TRITON_INTERPRET=1`` when they were
+    imported)."""
+    return not isinstance(_exact_forward_kernel, triton.runtime.JITFunction)
+
+
+def environment_problem(device: torch.device) -> str | None:
+    """Why the kernels cannot run on tensors on ``device`` here, or None: they run on CUDA tensors, and on CPU
+    tensors only under the interpreter."""
+    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+        return None
+    return (f"backend 'triton' runs on CUDA tensors, or on the CPU under Triton's interpreter (TRITON_INTERPRET=1 "
+            f"set before itnet_scale is imported); these tensors are on {device.type} and the interpreter is off")
+
+
+def unsupported_features(inp: KernelInputs, spec: KernelSpec) -> list[str]:
+    """The features of this call that the forward kernel does not compute yet (empty: it computes the call)."""
+    found = []
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inp.tensors()):
+        found.append("gradients (inputs that require grad)")
+    if inp.table is not None:
+        found.append("the offset table")
+    if inp.attn_mask is not None:
+        found.append("attn_mask")
+    if inp.mlp_w is not None:
+        found.append("a kernel MLP deeper than one layer (mlp_w)")
+    if any(getattr(inp, name) is not None and getattr(inp, name).dtype == torch.float64 for name in _FEATURES):
+        found.append("float64")
+    return found
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def padded_extent(n: int) -> int:
+    """The lanes a ``tl.dot`` dim of ``n`` (``d``, ``e``) gets: a power of two of at least 16, the rest masked."""
+    return max(MIN_DOT, _power_of_two(n))
+
+
+def _block_for(n: int) -> int:
+    return min(DEFAULT_BLOCK, max(MIN_DOT, _power_of_two(n)))
+
+
+def _check_power_of_two(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or value & (value - 1):
+        raise ValueError(f"{name} must be a power of two >= {low}, got {value!r}")
+
+
+def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
+    return (0,) * n if t is None else tuple(t.stride())
+
+
+def exact_forward(
+    inp: KernelInputs,
+    spec: KernelSpec,
+    *,
+    block_size: tuple[int, int] | None = None,
+    r_chunk: int | None = None,
+) -> ExactForward:
+    """``Σ_j K(i,j) v_j`` and the log-normalizer by the fused kernel (see the module doc); inputs as checked by
+    :func:`itnet_scale.ops.integrate`.
+
+    Args:
+        block_size: ``(queries, sources)`` per program and tile, powers of two ≥ 16 (None: ``min(64, N)`` rounded
+            up to a power of two, at least 16).
+        r_chunk: kernel-MLP width evaluated at once, a power of two (None: 2).
+
+    Raises ``NotImplementedError`` naming what the kernel does not compute yet (:func:`unsupported_features`),
+    ``RuntimeError`` where it cannot run (:func:`environment_problem`), ``ValueError`` for bfloat16 under the
+    interpreter (which computes bfloat16 arithmetic wrongly without an error).
+    """
+    missing = unsupported_features(inp, spec)
+    if missing:
+        raise NotImplementedError(f"the triton exact kernel does not compute {', '.join(missing)} yet; the 'torch' "
+                                  "backend does (backend 'auto' or 'triton' through ops.integrate falls back to it)")
+    problem = environment_problem(inp.v.device)
+    if problem:
+        raise RuntimeError(problem)
+    if interpreting() and any(t is not None and t.dtype == torch.bfloat16 for t in inp.tensors()):
+        raise ValueError("bfloat16 inputs under Triton's interpreter (TRITON_INTERPRET=1): it computes bfloat16 "
+                         "arithmetic wrongly without an error; run bfloat16 on a GPU, or pass float32")
+    B, H, Nq, Ns, e = inp.shape
+    block_q, block_s = block_size if block_size is not None else (_block_for(Nq), _block_for(Ns))
+    _check_power_of_two("block_size", block_q, MIN_DOT)
+    _check_power_of_two("block_size", block_s, MIN_DOT)
+    chunk = DEFAULT_R_CHUNK if r_chunk is None else r_chunk
+    _check_power_of_two("r_chunk", chunk, 1)
+
+    n_query_blocks, n_source_blocks = -(-Nq // block_q), -(-Ns // block_s)
+    visible = visible_blocks(inp.pos_q, inp.pos_s, spec, (block_q, block_s))
+    if visible is None:
+        visible = torch.ones(n_query_blocks, n_source_blocks, dtype=torch.bool, device=inp.v.device)
+    visible = visible.to(inp.v.device)
+    # BlockMask style: per query block, how many source blocks it visits and which (visible ones first, in order)
+    block_count = visible.sum(1, dtype=torch.int32)
+    block_list = torch.argsort((~visible).to(torch.int8), dim=1, stable=True).to(torch.int32).contiguous()
+
+    out = torch.empty(B, H, Nq, e, dtype=inp.v.dtype, device=inp.v.device)
+    lse = torch.empty(B, H, Nq, dtype=torch.float32, device=inp.v.device) if spec.mode == "softmax" else None
+    d = inp.q.shape[-1] if inp.q is not None else 1
+    r = inp.a.shape[-1] if inp.a is not None else 1
+    weights = inp.weights
+    if weights is not None and weights.dim() == 2:
+        weights = weights[:, None]  # shared by the heads: a head stride of 0 below
+        w_strides = (weights.stride(0), 0, weights.stride(2))
+    else:
+        w_strides = _strides(weights, 3)
+    padding = None if inp.padding is None else inp.padding.to(torch.uint8)
+    beta, ua, w2 = (None if t is None else t.contiguous() for t in (inp.beta, inp.pos_weight, inp.w2))
+    # the support's bound on the lag (causal window), the largest offset (window) or the squared distance (radius)
+    size = float(spec.support_size) if math.isfinite(spec.support_size) else 0.0
+    support_limit = size * size if spec.support == "radius" else size
+    dot_precision = "ieee" if inp.v.dtype == torch.float32 else "tf32"  # 16-bit values are exact in tf32
+
+    def ptr(t: Tensor | None) -> Tensor:
+        return inp.v if t is None else t
+
+    _exact_forward_kernel[(n_query_blocks, B * H)](
+        ptr(inp.q), ptr(inp.k), ptr(beta), ptr(inp.a), ptr(inp.b), ptr(ua), ptr(w2), inp.v, inp.pos_q, inp.pos_s,
+        ptr(inp.tau_q), ptr(inp.tau_s), ptr(weights), ptr(padding), block_count, block_list, out, ptr(lse),
+        *_strides(inp.q, 4), *_strides(inp.k, 4), *_strides(inp.a, 4), *_strides(inp.b, 4), *inp.v.stride(),
+        *out.stride(), *inp.pos_q.stride(), *inp.pos_s.stride(), *_strides(inp.tau_q, 3), *_strides(inp.tau_s, 3),
+        *w_strides, *_strides(padding, 2),
+        H, Nq, Ns, d, e, r, inp.pos_q.shape[-1], 1.0 / math.sqrt(d), support_limit, block_list.stride(0),
+        MODE=spec.mode, SUPPORT=spec.support, ACTIVATION=spec.activation, HAS_QK=inp.q is not None,
+        HAS_MLP=inp.a is not None, HAS_POS=inp.pos_weight is not None, HAS_DECAY=inp.tau_q is not None,
+        HAS_W=weights is not None, HAS_PAD=padding is not None, BLOCK_Q=block_q, BLOCK_S=block_s,
+        D_PAD=padded_extent(d), E_PAD=padded_extent(e), R_CHUNK=chunk,
+        DOT_PRECISION=dot_precision, num_warps=DEFAULT_NUM_WARPS,
+    )
+    return ExactForward(out, lse)
