@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Fine-tuning on real(ish) data, end to end (``make finetune-demo``): write Fashion-MNIST as an ImageNet tree,
-sentences of two Jane Austen novels as GLUE SST-2 and synthetic shapes as ModelNet40 (``data``), then fine-tune
-each from the pretrained demo model and from scratch on 2 CPU ranks and write the table (``run``). The logic is the
-``demo_finetuning`` package next to this script.
+sentences of two Jane Austen novels as GLUE SST-2, synthetic shapes as ModelNet40, easy-VQA as VQA v2 and
+Fashion-MNIST pairs with statements as NLVR2 (``data``), then fine-tune each from the pretrained demo model and
+from scratch on 2 CPU ranks and write the table (``run``). The logic is the ``demo_finetuning`` package next to this
+script.
 
 Examples::
 
     python tools/finetune_demo.py data --data-dir data --out runs/finetune-demo/data --overwrite
     python tools/finetune_demo.py run --data runs/finetune-demo/data --model models/demo --out runs/finetune-demo
     python tools/finetune_demo.py run ... --tasks sst2 --set epochs=1     # one task, extra overrides on every run
+    python tools/finetune_demo.py run ... --tasks nlvr2 --set model_overrides.image_pair_form=paired
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    data = commands.add_parser("data", help="write the three data sets in the benchmarks' layouts")
+    data = commands.add_parser("data", help="write the five data sets in the benchmarks' layouts")
     data.add_argument("--data-dir", type=Path, default=Path("data"),
                       help="holds fashion-mnist/ and janeaustenr/ (make fashion-mnist janeaustenr)")
     data.add_argument("--out", type=Path, required=True)

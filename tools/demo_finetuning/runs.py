@@ -58,6 +58,12 @@ DEMO_TASKS = (
     DemoTask("modelnet40", "configs/finetune/modelnet40.yaml", "shapes",
              ("epochs=20", "warmup_epochs=1", "eval.votes=0", "optimizer.lr=1.0e-3",
               "deepspeed.micro_batch_size=32", "eval.batch_size=60")),
+    DemoTask("vqav2", "configs/finetune/vqav2.yaml", "easyvqa",
+             ("epochs=6", "warmup_epochs=1", "augment.image.size=32", "vqav2.min_answer_count=1",
+              "max_text_tokens=24", "optimizer.lr=5.0e-4", "deepspeed.micro_batch_size=32", "eval.batch_size=100")),
+    DemoTask("nlvr2", "configs/finetune/nlvr2.yaml", "fashion_pairs",
+             ("epochs=6", "warmup_epochs=1", "augment.image.size=32", "model_overrides.image_pair_form=single",
+              "max_text_tokens=24", "optimizer.lr=5.0e-4", "deepspeed.micro_batch_size=32", "eval.batch_size=100")),
 )
 
 
