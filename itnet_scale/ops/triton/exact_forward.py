@@ -16,10 +16,10 @@ registers on a GPU. A query that sees no source (or only zero weights) gets zero
 upcast to float32 after loading; ``d`` and ``e`` (the ``tl.dot`` dims) are padded to at least 16 lanes with masks,
 ``r`` lanes are masked at ``r``.
 
-Covered now: both modes, the five supports, padding, source weights (shared or per head), decay, the bilinear
-term, the depth-1 kernel MLP with its position term, any position dim; float32 / bfloat16 / float16 inputs.
-Not yet (:func:`unsupported_features` names them; the exact integrator's dispatch then runs ``torch``): gradients,
-the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
+Covered now (and by the backward kernels, :mod:`.exact_backward`): both modes, the five supports, padding, source
+weights (shared or per head), decay, the bilinear term, the depth-1 kernel MLP with its position term, any position
+dim; float32 / bfloat16 / float16 inputs. Not yet (:func:`unsupported_features` names them; the exact integrator's
+dispatch then runs ``torch``): the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
 
 Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). The defaults — ``BLOCK_Q = BLOCK_S = min(64,
 N rounded up)``, ``R_CHUNK = 2``, 8 warps — are the largest 64 × 64 configuration that Triton 3.9 compiled for
@@ -280,8 +280,6 @@ def unsupported_features(inp: KernelInputs, spec: KernelSpec) -> list[str]:
     """The features of this call that the kernels do not compute yet (empty: they compute the call, forward and
     backward)."""
     found = []
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inp.tensors()):
-        found.append("gradients (inputs that require grad)")
     if inp.table is not None:
         found.append("the offset table")
     if inp.attn_mask is not None:
@@ -346,7 +344,7 @@ def kernel_launch(
     documents."""
     missing = unsupported_features(inp, spec)
     if missing:
-        raise NotImplementedError(f"the triton exact kernel does not compute {', '.join(missing)} yet; the 'torch' "
+        raise NotImplementedError(f"the triton exact kernels do not compute {', '.join(missing)} yet; the 'torch' "
                                   "backend does (backend 'auto' or 'triton' through ops.integrate falls back to it)")
     problem = environment_problem(inp.v.device)
     if problem:
