@@ -2,7 +2,8 @@
 
 ``reference`` materializes every pair (:mod:`itnet_scale.ops.reference`, the spec); ``torch`` computes the same
 numbers tile by tile with online normalization and recomputation in backward (:mod:`itnet_scale.ops.tiled`);
-``triton`` runs the fused kernel (:mod:`itnet_scale.ops.triton`) where it covers the call, ``torch`` elsewhere.
+``triton`` runs the fused kernels (:mod:`itnet_scale.ops.triton`: forward, and backward in training) where
+they cover the call, ``torch`` elsewhere.
 """
 
 from __future__ import annotations
@@ -13,16 +14,22 @@ from itnet_scale.ops.reference import integral_transform_reference
 from itnet_scale.ops.settings import Exact, requested_backend
 from itnet_scale.ops.spec import KernelInputs, KernelSpec
 from itnet_scale.ops.tiled import integral_transform_tiled
-from itnet_scale.ops.triton import environment_problem, exact_forward, interpreting, unsupported_features
+from itnet_scale.ops.triton import (
+    environment_problem,
+    integral_transform_triton,
+    interpreting,
+    unsupported_features,
+)
 
 
 def exact_backend(inp: KernelInputs, spec: KernelSpec, backend: str) -> str:
     """The backend that computes this call: ``reference``, ``torch`` or ``triton``.
 
     ``backend`` (or what ``ITNET_BACKEND`` forces) ``auto`` picks ``triton`` for CUDA tensors whose features the
-    kernel computes (:func:`~itnet_scale.ops.triton.unsupported_features`), ``torch`` otherwise; ``triton`` runs
-    the kernel where it computes the call and ``torch`` where it does not yet, and is a ``RuntimeError`` naming the
-    cause where the kernel cannot run at all (CPU tensors without Triton's interpreter).
+    kernels compute (:func:`~itnet_scale.ops.triton.unsupported_features`; in training too), ``torch`` otherwise;
+    ``triton`` runs the kernels where they compute the call and ``torch`` where they do not yet, and is a
+    ``RuntimeError`` naming the cause where the kernels cannot run at all (CPU tensors without Triton's
+    interpreter).
     """
     requested = requested_backend(backend)
     if requested in ("reference", "torch"):
@@ -44,5 +51,5 @@ def integrate_exact(inp: KernelInputs, spec: KernelSpec, setting: Exact) -> Tens
     if backend == "reference":
         return integral_transform_reference(inp, spec)
     if backend == "triton":
-        return exact_forward(inp, spec).out
+        return integral_transform_triton(inp, spec)
     return integral_transform_tiled(inp, spec, block_size=setting.block_size)

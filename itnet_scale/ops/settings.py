@@ -17,8 +17,8 @@ settings here only choose the computation. Setting names are the YAML keys of a 
 - ``torch``: the memory-efficient PyTorch form: the exact integrator's query × source tiles, the low-rank chunked
   scan, the Monte Carlo estimate on the exact tiles of its sampled sources (compiled where it pays);
 - ``triton``: fused Triton kernels (:mod:`itnet_scale.ops.triton`) where one exists for the call — so far the
-  exact integrator's forward pass, which the Monte Carlo estimate on its sampled sources reaches too; every other
-  call runs ``torch``;
+  exact integrator, forward and backward, which the Monte Carlo estimate on its sampled sources reaches too; every
+  other call runs ``torch``;
 - ``auto``: the fastest available: ``triton`` for CUDA tensors where its kernel covers the call, else ``torch``.
 
 ``ITNET_BACKEND`` (one of :data:`BACKENDS`), when set, overrides every setting's backend (:func:`requested_backend`).
@@ -77,8 +77,8 @@ def _positive_int(name: str, value: Any, low: int = 1) -> None:
 @dataclass(frozen=True)
 class Exact:
     """Every pair: ``reference`` materializes them, ``torch`` runs ``(queries, sources)`` tiles of ``block_size``
-    (None: sized to the support, :func:`itnet_scale.ops.tiled.default_block`), ``triton`` the fused forward kernel
-    where it covers the call (:func:`itnet_scale.ops.exact.exact_backend`)."""
+    (None: sized to the support, :func:`itnet_scale.ops.tiled.default_block`), ``triton`` the fused kernels
+    (forward and backward) where they cover the call (:func:`itnet_scale.ops.exact.exact_backend`)."""
 
     backend: str = "auto"
     block_size: tuple[int, int] | None = None

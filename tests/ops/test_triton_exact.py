@@ -186,13 +186,11 @@ def test_refuses_what_it_does_not_compute_yet():
     spec = KernelSpec(mode="softmax", support="causal", offset_range=(3,))
     inp = random_inputs(20, 20, spec=spec, depth=2, table=True, attn_mask="bool", dtype=torch.float64)
     assert unsupported_features(inp, spec) == [
-        "gradients (inputs that require grad)", "the offset table", "attn_mask",
-        "a kernel MLP deeper than one layer (mlp_w)", "float64"]
-    with pytest.raises(NotImplementedError, match=r"does not compute gradients .*, the offset table, attn_mask, "
+        "the offset table", "attn_mask", "a kernel MLP deeper than one layer (mlp_w)", "float64"]
+    with pytest.raises(NotImplementedError, match=r"do not compute the offset table, attn_mask, "
                                                   r"a kernel MLP deeper than one layer \(mlp_w\), float64 yet"):
         exact_forward(inp, spec)
-    with torch.no_grad():
-        assert "gradients (inputs that require grad)" not in unsupported_features(inp, spec)
+    assert unsupported_features(random_inputs(20, 20, spec=spec, dtype=torch.float32), spec) == []  # grads: covered
 
 
 def test_refuses_bf16_under_the_interpreter():
@@ -225,15 +223,21 @@ def test_dispatch(monkeypatch):
     with_table = fp32_inputs(30, 30, spec, table=True)
     with_grad = random_inputs(30, 30, spec=spec, dtype=torch.float32)
     assert exact_backend(plain, spec, "auto") == "torch"
-    assert exact_backend(plain, spec, "triton") == "triton"
-    assert exact_backend(with_table, spec, "triton") == exact_backend(with_grad, spec, "triton") == "torch"
+    assert exact_backend(plain, spec, "triton") == exact_backend(with_grad, spec, "triton") == "triton"
+    assert exact_backend(with_table, spec, "triton") == "torch"
     assert exact_backend(plain, spec, "reference") == "reference"
 
     ref = integral_transform_reference(plain, spec)
     close(integrate(plain, spec, Exact("triton")).out, ref, "Exact('triton')")
-    out = integrate(with_grad, spec, Exact("triton")).out  # falls back to torch: gradients flow
+    out = integrate(with_grad, spec, Exact("triton")).out  # the kernels, forward and backward
+    assert out.grad_fn is not None and "Triton" in type(out.grad_fn).__name__
     out.sum().backward()
     assert with_grad.q.grad is not None
+    with_table.q = with_table.q.clone().requires_grad_()
+    out = integrate(with_table, spec, Exact("triton")).out  # falls back to torch: gradients flow there too
+    assert "Tiled" in type(out.grad_fn).__name__
+    out.sum().backward()
+    assert with_table.q.grad is not None
 
     monkeypatch.setenv("ITNET_BACKEND", "triton")
     assert exact_backend(plain, spec, "reference") == "triton"
@@ -281,7 +285,8 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
 @pytest.mark.parametrize("support", SUPPORTS)
 def test_gpu_bf16_against_fp32(support):
     """On a GPU: bfloat16 inputs (upcast after loading) within 5e-3 relative RMS of float32; float32 against the
-    reference; ``auto`` picks the kernel for CUDA tensors it covers, ``torch`` for the rest."""
+    reference; ``auto`` picks the kernels for CUDA tensors they cover (with gradients too), ``torch`` for the rest.
+    (The backward's GPU checks: ``test_triton_exact_backward.py``.)"""
     spec = KernelSpec(mode="softmax", support=support, support_size=40)
     inp = fp32_inputs(1000, 1000, spec, B=2, H=4, d=64, e=64, r=16, decay=spec.causal, weights="shared",
                       padding=True)
@@ -299,4 +304,6 @@ def test_gpu_bf16_against_fp32(support):
     rms = ((bf16.float() - fp32).square().mean() / fp32.square().mean()).sqrt().item()
     assert rms < 5e-3, rms
     inp.q.requires_grad_()
+    assert exact_backend(inp, spec, "auto") == "triton"  # training too
+    inp.attn_mask = torch.ones(1000, 1000, dtype=torch.bool, device="cuda")
     assert exact_backend(inp, spec, "auto") == "torch"

@@ -16,10 +16,10 @@ registers on a GPU. A query that sees no source (or only zero weights) gets zero
 upcast to float32 after loading; ``d`` and ``e`` (the ``tl.dot`` dims) are padded to at least 16 lanes with masks,
 ``r`` lanes are masked at ``r``.
 
-Covered now: both modes, the five supports, padding, source weights (shared or per head), decay, the bilinear
-term, the depth-1 kernel MLP with its position term, any position dim; float32 / bfloat16 / float16 inputs.
-Not yet (:func:`unsupported_features` names them; the exact integrator's dispatch then runs ``torch``): gradients,
-the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
+Covered now (and by the backward kernels, :mod:`.exact_backward`): both modes, the five supports, padding, source
+weights (shared or per head), decay, the bilinear term, the depth-1 kernel MLP with its position term, any position
+dim; float32 / bfloat16 / float16 inputs. Not yet (:func:`unsupported_features` names them; the exact integrator's
+dispatch then runs ``torch``): the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
 
 Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). The defaults — ``BLOCK_Q = BLOCK_S = min(64,
 N rounded up)``, ``R_CHUNK = 2``, 8 warps — are the largest 64 × 64 configuration that Triton 3.9 compiled for
@@ -83,13 +83,82 @@ def _activation(z, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def _tile_visible(
+    pos_q_ptr, pos_s_ptr, pad_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
+    spad_b, spad_n, P, support_limit, SUPPORT: tl.constexpr, HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """``m(i, j)`` of a tile ``[BLOCK_Q, BLOCK_S]``: inside both extents, the support (from positions), not
+    padding."""
+    visible = q_in[:, None] & s_in[None, :]
+    if SUPPORT == "causal" or SUPPORT == "causal_window":
+        lag = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n, mask=q_in, other=0.0)[:, None]
+               - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n, mask=s_in, other=0.0)[None, :])
+        visible = visible & (lag >= 0)
+        if SUPPORT == "causal_window":
+            visible = visible & (lag <= support_limit)
+    elif SUPPORT == "window" or SUPPORT == "radius":
+        reach = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+        for k in range(0, P):
+            delta = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in, other=0.0)[:, None]
+                     - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in, other=0.0)[None, :])
+            if SUPPORT == "window":
+                reach = tl.maximum(reach, tl.abs(delta).to(tl.float32))
+            else:
+                reach += (delta * delta).to(tl.float32)
+        visible = visible & (reach <= support_limit)
+    if HAS_PAD:
+        padded = tl.load(pad_ptr + b * spad_b + offs_s * spad_n, mask=s_in, other=1)
+        visible = visible & (padded == 0)[None, :]
+    return visible
+
+
+@triton.jit
+def _relative_positions(pos_q_ptr, pos_s_ptr, b, q_start, offs_q, q_in, offs_s, s_in, k, spq_b, spq_n, spq_c,
+                        sps_b, sps_n, sps_c):
+    """Position dim ``k`` of the tile's queries and sources relative to ``c``, its first query's position
+    (float32; as small as the offsets within the tile)."""
+    centre = tl.load(pos_q_ptr + b * spq_b + q_start * spq_n + k * spq_c)
+    rel_q = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in, other=0.0)
+             - centre).to(tl.float32)
+    rel_s = (tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in, other=0.0)
+             - centre).to(tl.float32)
+    return rel_q, rel_s
+
+
+@triton.jit
+def _mlp_chunk(
+    a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in, offs_s, s_in, offs_r, r_in,
+    sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, r, P,
+    HAS_POS: tl.constexpr,
+):
+    """The kernel MLP's pre-activations ``z = a'_i + b'_j`` on kernel lanes ``offs_r`` of a tile, ``[BLOCK_Q,
+    BLOCK_S, R_CHUNK]``, with ``Ua (p_i − p_j) = Ua (p_i − c) − Ua (p_j − c)`` folded into ``a'``, ``b'``, and
+    ``w2`` on those lanes (0 past ``r``: no term)."""
+    a_chunk = tl.load(a_ptr + b * sa_b + h * sa_h + offs_q[:, None] * sa_n + offs_r[None, :] * sa_c,
+                      mask=q_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
+    b_chunk = tl.load(b_ptr + b * sb_b + h * sb_h + offs_s[:, None] * sb_n + offs_r[None, :] * sb_c,
+                      mask=s_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
+    if HAS_POS:
+        for k in range(0, P):
+            rel_q, rel_s = _relative_positions(pos_q_ptr, pos_s_ptr, b, q_start, offs_q, q_in, offs_s, s_in, k,
+                                               spq_b, spq_n, spq_c, sps_b, sps_n, sps_c)
+            ua = tl.load(ua_ptr + (h * r + offs_r) * P + k, mask=r_in, other=0.0).to(tl.float32)
+            a_chunk += rel_q[:, None] * ua[None, :]
+            b_chunk -= rel_s[:, None] * ua[None, :]
+    w2 = tl.load(w2_ptr + h * r + offs_r, mask=r_in, other=0.0).to(tl.float32)
+    return a_chunk[:, None, :] + b_chunk[None, :, :], w2
+
+
+@triton.jit
 def _exact_forward_kernel(
     q_ptr, k_ptr, beta_ptr, a_ptr, b_ptr, ua_ptr, w2_ptr, v_ptr, pos_q_ptr, pos_s_ptr, tau_q_ptr, tau_s_ptr,
-    w_ptr, pad_ptr, block_count_ptr, block_list_ptr, out_ptr, lse_ptr,
+    w_ptr, pad_ptr, block_count_ptr, block_list_ptr, block_list_stride, out_ptr, lse_ptr,
+    so_b, so_h, so_n, so_c,
     sq_b, sq_h, sq_n, sq_c, sk_b, sk_h, sk_n, sk_c, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
-    sv_b, sv_h, sv_n, sv_c, so_b, so_h, so_n, so_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
+    sv_b, sv_h, sv_n, sv_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
     stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n,
-    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit, block_list_stride,
+    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit,
     MODE: tl.constexpr, SUPPORT: tl.constexpr, ACTIVATION: tl.constexpr, HAS_QK: tl.constexpr,
     HAS_MLP: tl.constexpr, HAS_POS: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_W: tl.constexpr,
     HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr,
@@ -124,28 +193,9 @@ def _exact_forward_kernel(
         s_block = tl.load(block_list_ptr + pid_q * block_list_stride + t)
         offs_s = s_block * BLOCK_S + tl.arange(0, BLOCK_S)
         s_in = offs_s < Ns
-        visible = q_in[:, None] & s_in[None, :]
-
-        # the support m(i, j), from positions
-        if SUPPORT == "causal" or SUPPORT == "causal_window":
-            lag = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n, mask=q_in, other=0.0)[:, None]
-                   - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n, mask=s_in, other=0.0)[None, :])
-            visible = visible & (lag >= 0)
-            if SUPPORT == "causal_window":
-                visible = visible & (lag <= support_limit)
-        elif SUPPORT == "window" or SUPPORT == "radius":
-            reach = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
-            for k in range(0, P):
-                delta = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in, other=0.0)[:, None]
-                         - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in, other=0.0)[None, :])
-                if SUPPORT == "window":
-                    reach = tl.maximum(reach, tl.abs(delta).to(tl.float32))
-                else:
-                    reach += (delta * delta).to(tl.float32)
-            visible = visible & (reach <= support_limit)
-        if HAS_PAD:
-            padded = tl.load(pad_ptr + b * spad_b + offs_s * spad_n, mask=s_in, other=1)
-            visible = visible & (padded == 0)[None, :]
+        visible = _tile_visible(pos_q_ptr, pos_s_ptr, pad_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c,
+                                sps_b, sps_n, sps_c, spad_b, spad_n, P, support_limit, SUPPORT, HAS_PAD, BLOCK_Q,
+                                BLOCK_S)
 
         # the score s(i, j)
         s = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
@@ -156,23 +206,9 @@ def _exact_forward_kernel(
         if HAS_MLP:
             for r0 in range(0, r, R_CHUNK):
                 offs_r = r0 + offs_rc
-                r_in = offs_r < r
-                a_chunk = tl.load(a_ptr + b * sa_b + h * sa_h + offs_q[:, None] * sa_n + offs_r[None, :] * sa_c,
-                                  mask=q_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
-                b_chunk = tl.load(b_ptr + b * sb_b + h * sb_h + offs_s[:, None] * sb_n + offs_r[None, :] * sb_c,
-                                  mask=s_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
-                if HAS_POS:  # Ua (p_i − p_j) = Ua (p_i − c) − Ua (p_j − c), c the block's first query position
-                    for k in range(0, P):
-                        centre = tl.load(pos_q_ptr + b * spq_b + q_start * spq_n + k * spq_c)
-                        ua = tl.load(ua_ptr + (h * r + offs_r) * P + k, mask=r_in, other=0.0).to(tl.float32)
-                        rel_q = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in,
-                                         other=0.0) - centre).to(tl.float32)
-                        rel_s = (tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in,
-                                         other=0.0) - centre).to(tl.float32)
-                        a_chunk += rel_q[:, None] * ua[None, :]
-                        b_chunk -= rel_s[:, None] * ua[None, :]
-                w2 = tl.load(w2_ptr + h * r + offs_r, mask=r_in, other=0.0).to(tl.float32)  # 0 past r: no term
-                z = a_chunk[:, None, :] + b_chunk[None, :, :]  # [BLOCK_Q, BLOCK_S, R_CHUNK]
+                z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
+                                   offs_s, s_in, offs_r, offs_r < r, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
+                                   spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, r, P, HAS_POS)
                 s += tl.sum(_activation(z, ACTIVATION) * w2[None, None, :], axis=2)
 
         v_tile = tl.load(v_ptr + b * sv_b + h * sv_h + offs_s[:, None] * sv_n + offs_e[None, :] * sv_c,
@@ -241,10 +277,9 @@ def environment_problem(device: torch.device) -> str | None:
 
 
 def unsupported_features(inp: KernelInputs, spec: KernelSpec) -> list[str]:
-    """The features of this call that the forward kernel does not compute yet (empty: it computes the call)."""
+    """The features of this call that the kernels do not compute yet (empty: they compute the call, forward and
+    backward)."""
     found = []
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inp.tensors()):
-        found.append("gradients (inputs that require grad)")
     if inp.table is not None:
         found.append("the offset table")
     if inp.attn_mask is not None:
@@ -278,28 +313,38 @@ def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
     return (0,) * n if t is None else tuple(t.stride())
 
 
-def exact_forward(
-    inp: KernelInputs,
-    spec: KernelSpec,
-    *,
-    block_size: tuple[int, int] | None = None,
-    r_chunk: int | None = None,
-) -> ExactForward:
-    """``Σ_j K(i,j) v_j`` and the log-normalizer by the fused kernel (see the module doc); inputs as checked by
-    :func:`itnet_scale.ops.integrate`.
+def block_lists(visible: Tensor) -> tuple[Tensor, Tensor]:
+    """BlockMask style, from a ``[row blocks, column blocks]`` bool matrix: per row block how many column blocks it
+    visits (``[rows]`` int32) and which (``[rows, columns]`` int32, the visible ones first, in order)."""
+    count = visible.sum(1, dtype=torch.int32)
+    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True).to(torch.int32).contiguous()
+    return count, order
 
-    Args:
-        block_size: ``(queries, sources)`` per program and tile, powers of two ≥ 16 (None: ``min(64, N)`` rounded
-            up to a power of two, at least 16).
-        r_chunk: kernel-MLP width evaluated at once, a power of two (None: 2).
 
-    Raises ``NotImplementedError`` naming what the kernel does not compute yet (:func:`unsupported_features`),
-    ``RuntimeError`` where it cannot run (:func:`environment_problem`), ``ValueError`` for bfloat16 under the
-    interpreter (which computes bfloat16 arithmetic wrongly without an error).
-    """
+class KernelLaunch(NamedTuple):
+    """What the forward and backward kernels share about one call: block sizes, which source blocks each query
+    block sees (``visible``, ``[query blocks, source blocks]`` bool), and the arguments in the kernels' order —
+    ``pointers`` (q, k, β, a, b, Ua, w2, v, positions, τ, weights, padding; ``v`` stands in for absent ones),
+    ``strides`` of the inputs, ``scalars`` (H, Nq, Ns, d, e, r, P, 1/√d, the support's limit) and ``constants``
+    (the ``tl.constexpr`` ones, by name)."""
+
+    block_q: int
+    block_s: int
+    visible: Tensor
+    pointers: tuple[Tensor, ...]
+    strides: tuple[int, ...]
+    scalars: tuple
+    constants: dict
+
+
+def kernel_launch(
+    inp: KernelInputs, spec: KernelSpec, block_size: tuple[int, int] | None, r_chunk: int | None
+) -> KernelLaunch:
+    """Check that the kernels can compute this call here and lay out its launch; raises as :func:`exact_forward`
+    documents."""
     missing = unsupported_features(inp, spec)
     if missing:
-        raise NotImplementedError(f"the triton exact kernel does not compute {', '.join(missing)} yet; the 'torch' "
+        raise NotImplementedError(f"the triton exact kernels do not compute {', '.join(missing)} yet; the 'torch' "
                                   "backend does (backend 'auto' or 'triton' through ops.integrate falls back to it)")
     problem = environment_problem(inp.v.device)
     if problem:
@@ -307,24 +352,16 @@ def exact_forward(
     if interpreting() and any(t is not None and t.dtype == torch.bfloat16 for t in inp.tensors()):
         raise ValueError("bfloat16 inputs under Triton's interpreter (TRITON_INTERPRET=1): it computes bfloat16 "
                          "arithmetic wrongly without an error; run bfloat16 on a GPU, or pass float32")
-    B, H, Nq, Ns, e = inp.shape
+    _, H, Nq, Ns, e = inp.shape
     block_q, block_s = block_size if block_size is not None else (_block_for(Nq), _block_for(Ns))
     _check_power_of_two("block_size", block_q, MIN_DOT)
     _check_power_of_two("block_size", block_s, MIN_DOT)
     chunk = DEFAULT_R_CHUNK if r_chunk is None else r_chunk
     _check_power_of_two("r_chunk", chunk, 1)
 
-    n_query_blocks, n_source_blocks = -(-Nq // block_q), -(-Ns // block_s)
     visible = visible_blocks(inp.pos_q, inp.pos_s, spec, (block_q, block_s))
     if visible is None:
-        visible = torch.ones(n_query_blocks, n_source_blocks, dtype=torch.bool, device=inp.v.device)
-    visible = visible.to(inp.v.device)
-    # BlockMask style: per query block, how many source blocks it visits and which (visible ones first, in order)
-    block_count = visible.sum(1, dtype=torch.int32)
-    block_list = torch.argsort((~visible).to(torch.int8), dim=1, stable=True).to(torch.int32).contiguous()
-
-    out = torch.empty(B, H, Nq, e, dtype=inp.v.dtype, device=inp.v.device)
-    lse = torch.empty(B, H, Nq, dtype=torch.float32, device=inp.v.device) if spec.mode == "softmax" else None
+        visible = torch.ones(-(-Nq // block_q), -(-Ns // block_s), dtype=torch.bool, device=inp.v.device)
     d = inp.q.shape[-1] if inp.q is not None else 1
     r = inp.a.shape[-1] if inp.a is not None else 1
     weights = inp.weights
@@ -338,22 +375,50 @@ def exact_forward(
     # the support's bound on the lag (causal window), the largest offset (window) or the squared distance (radius)
     size = float(spec.support_size) if math.isfinite(spec.support_size) else 0.0
     support_limit = size * size if spec.support == "radius" else size
-    dot_precision = "ieee" if inp.v.dtype == torch.float32 else "tf32"  # 16-bit values are exact in tf32
-
-    def ptr(t: Tensor | None) -> Tensor:
-        return inp.v if t is None else t
-
-    _exact_forward_kernel[(n_query_blocks, B * H)](
-        ptr(inp.q), ptr(inp.k), ptr(beta), ptr(inp.a), ptr(inp.b), ptr(ua), ptr(w2), inp.v, inp.pos_q, inp.pos_s,
-        ptr(inp.tau_q), ptr(inp.tau_s), ptr(weights), ptr(padding), block_count, block_list, out, ptr(lse),
-        *_strides(inp.q, 4), *_strides(inp.k, 4), *_strides(inp.a, 4), *_strides(inp.b, 4), *inp.v.stride(),
-        *out.stride(), *inp.pos_q.stride(), *inp.pos_s.stride(), *_strides(inp.tau_q, 3), *_strides(inp.tau_s, 3),
-        *w_strides, *_strides(padding, 2),
-        H, Nq, Ns, d, e, r, inp.pos_q.shape[-1], 1.0 / math.sqrt(d), support_limit, block_list.stride(0),
+    pointers = tuple(inp.v if t is None else t for t in (
+        inp.q, inp.k, beta, inp.a, inp.b, ua, w2, inp.v, inp.pos_q, inp.pos_s, inp.tau_q, inp.tau_s, weights,
+        padding))
+    strides = (*_strides(inp.q, 4), *_strides(inp.k, 4), *_strides(inp.a, 4), *_strides(inp.b, 4),
+               *inp.v.stride(), *inp.pos_q.stride(), *inp.pos_s.stride(), *_strides(inp.tau_q, 3),
+               *_strides(inp.tau_s, 3), *w_strides, *_strides(padding, 2))
+    scalars = (H, Nq, Ns, d, e, r, inp.pos_q.shape[-1], 1.0 / math.sqrt(d), support_limit)
+    constants = dict(
         MODE=spec.mode, SUPPORT=spec.support, ACTIVATION=spec.activation, HAS_QK=inp.q is not None,
         HAS_MLP=inp.a is not None, HAS_POS=inp.pos_weight is not None, HAS_DECAY=inp.tau_q is not None,
         HAS_W=weights is not None, HAS_PAD=padding is not None, BLOCK_Q=block_q, BLOCK_S=block_s,
         D_PAD=padded_extent(d), E_PAD=padded_extent(e), R_CHUNK=chunk,
-        DOT_PRECISION=dot_precision, num_warps=DEFAULT_NUM_WARPS,
+        DOT_PRECISION="ieee" if inp.v.dtype == torch.float32 else "tf32",  # 16-bit values are exact in tf32
+    )
+    return KernelLaunch(block_q, block_s, visible.to(inp.v.device), pointers, strides, scalars, constants)
+
+
+def exact_forward(
+    inp: KernelInputs,
+    spec: KernelSpec,
+    *,
+    block_size: tuple[int, int] | None = None,
+    r_chunk: int | None = None,
+) -> ExactForward:
+    """``Σ_j K(i,j) v_j`` and the log-normalizer by the fused kernel (see the module doc); inputs as checked by
+    :func:`itnet_scale.ops.integrate`. No autograd: :func:`itnet_scale.ops.triton.integral_transform_triton` is the
+    differentiable form (this kernel, then :func:`itnet_scale.ops.triton.exact_backward`).
+
+    Args:
+        block_size: ``(queries, sources)`` per program and tile, powers of two ≥ 16 (None: ``min(64, N)`` rounded
+            up to a power of two, at least 16).
+        r_chunk: kernel-MLP width evaluated at once, a power of two (None: 2).
+
+    Raises ``NotImplementedError`` naming what the kernel does not compute yet (:func:`unsupported_features`),
+    ``RuntimeError`` where it cannot run (:func:`environment_problem`), ``ValueError`` for bfloat16 under the
+    interpreter (which computes bfloat16 arithmetic wrongly without an error).
+    """
+    launch = kernel_launch(inp, spec, block_size, r_chunk)
+    B, H, Nq, _, e = inp.shape
+    block_count, block_list = block_lists(launch.visible)
+    out = torch.empty(B, H, Nq, e, dtype=inp.v.dtype, device=inp.v.device)
+    lse = torch.empty(B, H, Nq, dtype=torch.float32, device=inp.v.device) if spec.mode == "softmax" else None
+    _exact_forward_kernel[(launch.visible.shape[0], B * H)](
+        *launch.pointers, block_count, block_list, block_list.stride(0), out, inp.v if lse is None else lse,
+        *out.stride(), *launch.strides, *launch.scalars, **launch.constants, num_warps=DEFAULT_NUM_WARPS,
     )
     return ExactForward(out, lse)
