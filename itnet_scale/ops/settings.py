@@ -16,9 +16,9 @@ settings here only choose the computation. Setting names are the YAML keys of a 
 - ``reference``: the spec in code, every pair (or ``φ ψᵀ``) materialized; ``O(N²)`` memory, for tests;
 - ``torch``: the memory-efficient PyTorch form: the exact integrator's query × source tiles, the low-rank chunked
   scan, the Monte Carlo estimate on the exact tiles of its sampled sources (compiled where it pays);
-- ``triton``: fused Triton kernels (:mod:`itnet_scale.ops.triton`) where one exists for the call — so far the
-  exact integrator, forward and backward, which the Monte Carlo estimate on its sampled sources reaches too; every
-  other call runs ``torch``;
+- ``triton``: fused Triton kernels (:mod:`itnet_scale.ops.triton`) where one exists for the call — the exact
+  integrator, forward and backward, which the Monte Carlo estimate on its sampled sources reaches too, and the
+  low-rank integrator's causal scan; every other call runs ``torch``;
 - ``auto``: the fastest available: ``triton`` for CUDA tensors where its kernel covers the call, else ``torch``.
 
 ``ITNET_BACKEND`` (one of :data:`BACKENDS`), when set, overrides every setting's backend (:func:`requested_backend`).
@@ -62,9 +62,9 @@ def requested_backend(backend: str) -> str:
 
 
 def resolve_backend(backend: str) -> str:
-    """The concrete backend of an integrator whose every form is torch (the low-rank scan, the Monte Carlo
-    sampling): ``reference`` or ``torch`` (``auto`` and ``triton`` run ``torch`` until a kernel exists). The exact
-    integrator picks among all three (:func:`itnet_scale.ops.exact.exact_backend`)."""
+    """The concrete backend of a computation whose every form is torch (the Monte Carlo sampling): ``reference`` or
+    ``torch`` (``auto`` and ``triton`` run ``torch``). The exact and low-rank integrators pick among all three
+    (:func:`itnet_scale.ops.exact.exact_backend`, :func:`itnet_scale.ops.lowrank.lowrank_backend`)."""
     requested = requested_backend(backend)
     return "reference" if requested == "reference" else "torch"
 
@@ -98,7 +98,9 @@ class Exact:
 @dataclass(frozen=True)
 class LowRank:
     """``F(s(i,j)) ≈ φ_i·ψ_j`` from the layer's feature maps: ``reference`` materializes ``φ ψᵀ``, ``torch`` runs
-    causal passes as a scan in chunks of ``chunk_size`` positions."""
+    causal passes as a scan in chunks of ``chunk_size`` positions, ``triton`` the same scan as fused kernels (in
+    chunks of ``chunk_size`` rounded to a power of two in ``[16, 64]``) where they cover the call
+    (:func:`itnet_scale.ops.lowrank.lowrank_backend`)."""
 
     chunk_size: int = 64
     backend: str = "auto"

@@ -4,7 +4,8 @@ Three forms of the same computation, each tested against the one before it (as i
 flash-linear-attention's ``ops/``):
 
 - :mod:`.naive` materializes ``φ ψᵀ`` — the spec;
-- :mod:`.chunk` runs causal sequences as a chunked scan with decay, non-causal ones in one pass;
+- :mod:`.chunk` runs causal sequences as a chunked scan with decay (in torch, or in Triton:
+  :mod:`itnet_scale.ops.triton.lowrank_chunk`), non-causal ones in one pass;
 - :mod:`.recurrent` walks one position at a time with an explicit state (streaming).
 
 :mod:`.integrator` puts them behind :func:`itnet_scale.ops.integrate`: features from the exact
@@ -16,6 +17,7 @@ from itnet_scale.ops.lowrank.chunk import lowrank_chunk
 from itnet_scale.ops.lowrank.integrator import (
     check_lowrank_support,
     integrate_lowrank,
+    lowrank_backend,
     lowrank_inputs,
     lowrank_kernel,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "check_lowrank_inputs",
     "check_lowrank_support",
     "integrate_lowrank",
+    "lowrank_backend",
     "lowrank_chunk",
     "lowrank_inputs",
     "lowrank_kernel",

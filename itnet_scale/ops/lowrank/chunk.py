@@ -9,7 +9,8 @@ then cast, so long sequences never overflow or lose precision)::
     y       = A x + (exp(−g) ⊙ φ) S_c                                 (S_c: state entering chunk c)
     S_{c+1} = exp(−g_last) S_c + (exp(g − g_last) ⊙ ψ)ᵀ x
 
-Non-causal: ``y = φ (ψᵀ x)``. The causal scan is one ``autograd.Function`` whose backward is
+Non-causal: ``y = φ (ψᵀ x)``. The causal scan is one ``autograd.Function`` (the same computation as fused Triton
+kernels: :mod:`itnet_scale.ops.triton.lowrank_chunk`) whose backward is
 written out below: it keeps only ``φ, ψ, x, g`` and the entering states, and rebuilds the C×C
 blocks, so a long sequence holds ``O(N·(R + E))`` for backward instead of every block's
 temporaries (which dominated the memory, and with it the time, of long causal passes on CPU).
@@ -24,8 +25,10 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from itnet_scale.ops.lowrank.spec import LowRankInputs, readout, sources, state_width
+from itnet_scale.ops.triton import causal_scan_triton, kernel_chunk
 
 DEFAULT_CHUNK = 64
+SCANS = ("torch", "triton")
 
 
 def lowrank_chunk(
@@ -35,13 +38,24 @@ def lowrank_chunk(
     normalize: bool,
     initial_state: Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    scan: str = "torch",
 ) -> tuple[Tensor, Tensor | None]:
-    """``(out [B, H, Nq, e], final state [B, H, R, E] or None)``; same contract as :func:`.naive.lowrank_naive`."""
+    """``(out [B, H, Nq, e], final state [B, H, R, E] or None)``; same contract as :func:`.naive.lowrank_naive`.
+
+    ``scan`` runs a causal pass's scan in ``torch`` (:class:`CausalChunkScan`) or in ``triton``
+    (:func:`itnet_scale.ops.triton.causal_scan_triton`, with ``chunk_size`` rounded to a power of two in
+    ``[16, 64]``, :func:`~itnet_scale.ops.triton.kernel_chunk`); the sources and the readout are the same torch for
+    both, and a non-causal pass is two matmuls either way."""
+    if scan not in SCANS:
+        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
     x = sources(inp, normalize)                                     # [B, H, N, E]
     if not causal:
         return readout(inp.phi @ (inp.psi.transpose(-1, -2) @ x), normalize), None
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if scan == "triton":
+        y, final = causal_scan_triton(inp.phi, inp.psi, x, inp.tau, initial_state, chunk_size=kernel_chunk(chunk_size))
+        return readout(y, normalize), final
     B, H, N, R = inp.phi.shape
     C = chunk_size
     n = -(-N // C)

@@ -1,8 +1,9 @@
 """The low-rank integrator from the exact kernel's inputs: features, then the form the backend names.
 
 A layer's feature maps turn its :class:`~itnet_scale.ops.KernelInputs` into ``φ, ψ`` (:data:`FeatureMapFn`); source
-weights and padding fold into per-head weights; then ``reference`` runs :mod:`.naive` and ``torch`` runs
-:mod:`.chunk`, or :func:`.recurrent.lowrank_step` for a single causal position (streaming).
+weights and padding fold into per-head weights; then ``reference`` runs :mod:`.naive`, ``torch`` runs :mod:`.chunk`
+and ``triton`` the same with its causal scan in Triton (:func:`lowrank_backend` says when), or
+:func:`.recurrent.lowrank_step` for a single causal position (streaming).
 
 A causal self-transform longer than :data:`SEGMENT` positions runs in segments of that length, the state carried
 from one to the next, with features computed per segment: the same numbers as one pass (``τ`` is re-counted from
@@ -20,8 +21,9 @@ from itnet_scale.ops.lowrank.chunk import lowrank_chunk
 from itnet_scale.ops.lowrank.naive import lowrank_kernel_matrix, lowrank_naive
 from itnet_scale.ops.lowrank.recurrent import lowrank_step
 from itnet_scale.ops.lowrank.spec import FeatureMapFn, LowRankInputs, check_lowrank_inputs
-from itnet_scale.ops.settings import LowRank, resolve_backend
+from itnet_scale.ops.settings import LowRank, requested_backend
 from itnet_scale.ops.spec import KernelInputs, KernelSpec, check_sequence_order
+from itnet_scale.ops.triton import environment_problem, interpreting, scan_unsupported
 
 SEGMENT = 8192  # positions per causal pass; longer sequences carry the state from segment to segment
 LOWRANK_SUPPORTS = ("all", "causal")
@@ -32,6 +34,27 @@ def check_lowrank_support(spec: KernelSpec) -> None:
     if spec.support not in LOWRANK_SUPPORTS:
         raise ValueError(f"the lowrank integrator integrates support 'all' or 'causal', got {spec.support!r}; "
                          "use the exact integrator for windowed supports")
+
+
+def lowrank_backend(inp: LowRankInputs, causal: bool, initial_state: Tensor | None, backend: str) -> str:
+    """The backend that computes this low-rank call: ``reference``, ``torch`` or ``triton``.
+
+    ``backend`` (or what ``ITNET_BACKEND`` forces) ``auto`` picks ``triton`` for a causal pass on CUDA tensors whose
+    features the scan kernels compute (:func:`~itnet_scale.ops.triton.scan_unsupported`), ``torch`` otherwise;
+    ``triton`` runs the kernels where they compute the call and ``torch`` elsewhere (a non-causal pass is two
+    matmuls), and is a ``RuntimeError`` naming the cause where the kernels cannot run at all (CPU tensors without
+    Triton's interpreter) — as the exact integrator's :func:`~itnet_scale.ops.exact.exact_backend`.
+    """
+    requested = requested_backend(backend)
+    if requested in ("reference", "torch"):
+        return requested
+    covered = causal and not scan_unsupported((inp.phi, inp.psi, inp.v, inp.weights, initial_state))
+    if requested == "triton":
+        problem = environment_problem(inp.v.device)
+        if problem:
+            raise RuntimeError(problem)
+        return "triton" if covered else "torch"
+    return "triton" if covered and inp.v.is_cuda and not interpreting() else "torch"
 
 
 def lowrank_inputs(inp: KernelInputs, feature_map: FeatureMapFn) -> LowRankInputs:
@@ -65,9 +88,10 @@ def integrate_lowrank(inp: KernelInputs, spec: KernelSpec, setting: LowRank, fea
                          "weights, or the exact integrator")
     if spec.causal:
         check_sequence_order(inp.pos_q, "the lowrank integrator")
-    backend = resolve_backend(setting.backend)
+    backend = requested_backend(setting.backend)
     N = inp.shape[3]
-    if spec.causal and backend == "torch" and N > SEGMENT and inp.pos_s is inp.pos_q:  # a long causal self-transform
+    long_self_transform = spec.causal and N > SEGMENT and inp.pos_s is inp.pos_q
+    if long_self_transform and backend != "reference":
         state, outs = initial_state, []
         for segment in _segments(inp, SEGMENT):
             out, state = _one_pass(segment, spec, setting, backend, feature_map, state)
@@ -81,6 +105,7 @@ def _one_pass(inp: KernelInputs, spec: KernelSpec, setting: LowRank, backend: st
     lr = lowrank_inputs(inp, feature_map)
     normalize = spec.mode == "softmax"
     check_lowrank_inputs(lr, spec.causal, normalize, initial_state)
+    backend = lowrank_backend(lr, spec.causal, initial_state, backend)
     if spec.causal and inp.shape[3] == 1:  # one position: the recurrent step (streaming)
         out, state = lowrank_step(initial_state, lr.phi[:, :, 0], lr.psi[:, :, 0], lr.v[:, :, 0],
                                   normalize=normalize, weight=None if lr.weights is None else lr.weights[:, :, 0],
@@ -89,7 +114,7 @@ def _one_pass(inp: KernelInputs, spec: KernelSpec, setting: LowRank, backend: st
     if backend == "reference":
         return lowrank_naive(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state)
     return lowrank_chunk(lr, causal=spec.causal, normalize=normalize, initial_state=initial_state,
-                         chunk_size=setting.chunk_size)
+                         chunk_size=setting.chunk_size, scan=backend)
 
 
 def _segments(inp: KernelInputs, size: int) -> list[KernelInputs]:

@@ -35,6 +35,7 @@ untuned, to measure before any replaces the default::
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -276,6 +277,18 @@ def environment_problem(device: torch.device) -> str | None:
             f"set before itnet_scale is imported); these tensors are on {device.type} and the interpreter is off")
 
 
+def check_runnable(device: torch.device, tensors: Iterable[Tensor | None]) -> None:
+    """Raise unless the kernels can run on these tensors here: ``RuntimeError`` naming the cause where they cannot
+    run at all (:func:`environment_problem`), ``ValueError`` for bfloat16 under the interpreter (which computes
+    bfloat16 arithmetic wrongly without an error)."""
+    problem = environment_problem(device)
+    if problem:
+        raise RuntimeError(problem)
+    if interpreting() and any(t is not None and t.dtype == torch.bfloat16 for t in tensors):
+        raise ValueError("bfloat16 inputs under Triton's interpreter (TRITON_INTERPRET=1): it computes bfloat16 "
+                         "arithmetic wrongly without an error; run bfloat16 on a GPU, or pass float32")
+
+
 def unsupported_features(inp: KernelInputs, spec: KernelSpec) -> list[str]:
     """The features of this call that the kernels do not compute yet (empty: they compute the call, forward and
     backward)."""
@@ -346,12 +359,7 @@ def kernel_launch(
     if missing:
         raise NotImplementedError(f"the triton exact kernels do not compute {', '.join(missing)} yet; the 'torch' "
                                   "backend does (backend 'auto' or 'triton' through ops.integrate falls back to it)")
-    problem = environment_problem(inp.v.device)
-    if problem:
-        raise RuntimeError(problem)
-    if interpreting() and any(t is not None and t.dtype == torch.bfloat16 for t in inp.tensors()):
-        raise ValueError("bfloat16 inputs under Triton's interpreter (TRITON_INTERPRET=1): it computes bfloat16 "
-                         "arithmetic wrongly without an error; run bfloat16 on a GPU, or pass float32")
+    check_runnable(inp.v.device, inp.tensors())
     _, H, Nq, Ns, e = inp.shape
     block_q, block_s = block_size if block_size is not None else (_block_for(Nq), _block_for(Ns))
     _check_power_of_two("block_size", block_q, MIN_DOT)
