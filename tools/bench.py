@@ -12,6 +12,7 @@ Examples::
     python tools/bench.py operator --quick
     python tools/bench.py operator --n 1024 4096 --repeats 3 --json bench/operator.json
     python tools/bench.py operator --n 16384 --methods tiled sdpa --causal --markdown
+    python tools/bench.py operator --methods tiled sdpa triton flex --markdown   # on a CUDA machine
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import BenchmarkSuite, SuiteUsageError, available_suites, load_suite
+from benchmarks import BenchmarkSuite, SuiteUnavailable, SuiteUsageError, available_suites, load_suite
 from benchmarks.measure import finite_for_json
 
 
@@ -48,7 +49,9 @@ def build_suite_parser(suite: BenchmarkSuite) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run the suite, print the report, write the JSON. Returns the exit status.
+    """Parse, run the suite, print the report, write the JSON. Returns the exit status: 0; 1 when a case failed
+    (the report and the JSON still come out); 2 for bad options (argparse's usage error) or for what needs hardware
+    this machine lacks (one line on stderr, nothing measured).
 
     Only the chosen suite is imported, so one suite's missing dependency never breaks another.
     """
@@ -65,13 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         report = suite.run(args)
     except SuiteUsageError as err:
         parser.error(str(err))
+    except SuiteUnavailable as err:
+        print(err, file=sys.stderr)
+        return 2
     print(report.render(markdown=args.markdown))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"suite": top.suite, **report.data}
         args.json.write_text(json.dumps(finite_for_json(payload), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+    for failure in report.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ class SuiteUsageError(ValueError):
     """A suite's options are inconsistent or cannot run here; the CLI reports it as a usage error."""
 
 
+class SuiteUnavailable(RuntimeError):
+    """What was asked for needs hardware this machine lacks (a GPU): nothing was measured. The CLI prints the
+    message, one line saying so and the command to run where the hardware is, and exits with status 2."""
+
+
 # --------------------------------------------------------------------------------------
 # Tables and reports
 # --------------------------------------------------------------------------------------
@@ -111,12 +116,15 @@ class SuiteReport:
 
     tables: rendered to stdout in order. targets: printed after the tables. notes: other lines
     printed last (checks, caveats). data: every figure and the environment, written to the JSON file.
+    failures: cases that raised instead of being measured (one line each); the CLI still prints the report and
+    writes the JSON, then exits with status 1.
     """
 
     tables: list[Table]
     targets: list[TargetVerdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     def render(self, markdown: bool = False) -> str:
         """The whole report as plain text, or as Markdown (tables and bullet lists)."""
@@ -149,7 +157,7 @@ class BenchmarkSuite(ABC):
     @abstractmethod
     def run(self, args: argparse.Namespace) -> SuiteReport:
         """Measure, decide the targets, and return the report. Raise :class:`SuiteUsageError`
-        for options that cannot run here."""
+        for options that cannot run here, :class:`SuiteUnavailable` for what needs hardware this machine lacks."""
 
 
 #: Suite name → ``"module:attribute"`` of its :class:`BenchmarkSuite` subclass or instance; a module name
@@ -192,6 +200,7 @@ __all__ = [
     "SUITES",
     "BenchmarkSuite",
     "SuiteReport",
+    "SuiteUnavailable",
     "SuiteUsageError",
     "Table",
     "TargetVerdict",

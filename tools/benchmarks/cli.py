@@ -17,6 +17,13 @@ def format_ms(value: float) -> str:
     return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
 
 
+def format_tflops(value: float | None) -> str:
+    """TFLOP/s with 3 significant digits (``312``, ``56.7``, ``0.0983``: a CPU's are small), ``—`` when unmeasured."""
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_mib(num_bytes: int | None) -> str:
     """Bytes as MiB with one decimal, ``n/a`` when unmeasured."""
     return "n/a" if num_bytes is None else f"{num_bytes / MIB:.1f}"

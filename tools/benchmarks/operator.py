@@ -1,25 +1,38 @@
-"""The ``operator`` suite: the exact integral transform's backends against SDPA.
+"""The ``operator`` suite: the exact integral transform's backends against SDPA and FlexAttention.
 
 For each sequence length ``N``, one set of inputs (``q, k, v`` ``[B, H, N, d]``; ``a, b``
 ``[B, H, N, r]``; ``β`` ``[H]``; ``w2`` ``[H, r]``; positions ``[B, N, 1]``) is built once and fed
-to three methods, in one process:
+to five methods, in one process:
 
 - ``reference``: :func:`itnet_scale.ops.integrate` with ``Exact(backend="reference")``
   (every pair materialized: memory ``O(B·H·N²·r)``);
 - ``tiled``: the same call with ``Exact(backend="torch", block_size=...)``, the tiled form;
 - ``SDPA``: :func:`torch.nn.functional.scaled_dot_product_attention` on the same ``q, k, v``:
   the same operator with the kernel MLP off (``β = 1`` makes the bilinear scale ``1/√d``, as
-  SDPA's), i.e. the floor the kernel MLP's cost is measured against.
+  SDPA's), i.e. the floor the kernel MLP's cost is measured against;
+- ``triton``: the same call with ``Exact(backend="triton")``, the fused Triton kernels (forward and backward);
+- ``flex``: compiled FlexAttention (:mod:`torch.nn.attention.flex_attention`) with a ``score_mod`` that adds the
+  kernel MLP to the scaled bilinear score, ``β·q·k/√d + Σ_r w2_r σ(a_ir + b_jr)`` (:func:`flex_score_mod`: the
+  benchmarked score exactly, as the inputs have no position term, offset table or decay), and a causal block mask
+  with ``--causal`` (:func:`flex_block_mask`): what a general attention compiler makes of the same operator.
+
+``triton`` and ``flex`` are timed on CUDA only (:data:`GPU_METHODS`): the kernels run on a CPU only under Triton's
+interpreter and FlexAttention has no backward there, so CPU timings would say nothing about them. Without CUDA
+(or with the Triton kernels built for the interpreter) a run that names them in ``--methods`` measures nothing
+and exits with status 2 and one line giving the command to run on a GPU (:func:`gpu_only_problem`); a run with
+the default methods lists them as skipped, with that command in a note.
 
 Each method is timed forward only (under ``torch.no_grad``: inference) and forward + backward
 (a fixed upstream gradient into ``out.backward``: a training step's operator cost), with the
-peak memory growth of each run (see :mod:`.measure`). Softmax mode,
+peak memory growth of each run (see :mod:`.measure`), and its model TFLOP/s: the FLOPs
+:mod:`itnet_scale.models.flops` counts for the transform (``2·(d + e + 1.5·r)`` per head and visible pair forward,
+× 3 forward + backward; SDPA's without the ``r`` term) over the median time (:func:`operator_flops`). Softmax mode,
 support ``all`` (or ``causal`` / ``is_causal=True`` with ``--causal``).
 
 The reference is skipped where it would not fit: its memory is estimated as
 ``B·H·N²·r·4 bytes × REFERENCE_TRAINING_FACTOR`` and compared with ``--max-reference-gib``.
-Before timing, at every N, the tiled output is checked against the reference's on a sample of
-queries (max absolute difference), so a faster tiled backend cannot silently be a wrong one.
+Before timing, at every N, the outputs of tiled, triton and flex are checked against the reference's on a sample
+of queries (max absolute difference), so a faster method cannot silently be a wrong one.
 
 The issue's targets are decided from the measured figures by :func:`evaluate_targets`.
 Only the public operator API is used, so the suite keeps working as the backends change.
@@ -28,7 +41,9 @@ Only the public operator API is used, so the suite keeps working as the backends
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -37,23 +52,37 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from itnet_scale.models.flops import TrainingFlops
+from itnet_scale.nn import IntegralTransform, KernelConfig
 from itnet_scale.ops import ACTIVATIONS, Exact, KernelInputs, KernelSpec, integrate
+from itnet_scale.ops.exact import exact_backend
 from itnet_scale.ops.tiled import DEFAULT_BLOCK
+from itnet_scale.ops.triton import interpreting
 
-from . import BenchmarkSuite, SuiteReport, SuiteUsageError, Table, TargetVerdict
+from . import BenchmarkSuite, SuiteReport, SuiteUnavailable, SuiteUsageError, Table, TargetVerdict
 from .cli import (
     add_run_arguments,
     format_mib,
     format_ms,
     format_ratio,
+    format_tflops,
     positive_float,
     positive_int,
 )
 from .measure import GIB, MIB, Measurement, describe_environment, measure
 
-METHODS = ("reference", "tiled", "sdpa")
-METHOD_LABELS = {"reference": "reference", "tiled": "tiled", "sdpa": "SDPA"}
+METHODS = ("reference", "tiled", "sdpa", "triton", "flex")
+METHOD_LABELS = {"reference": "reference", "tiled": "tiled", "sdpa": "SDPA", "triton": "triton", "flex": "flex"}
+#: Methods timed on CUDA only (see the module doc).
+GPU_METHODS = ("triton", "flex")
+#: Methods whose output is checked against the reference's before timing.
+CHECKED_METHODS = ("tiled", "triton", "flex")
+#: How the table's ratios are formed: (numerator, denominators), each a pair of columns (fwd, fwd+bwd).
+RATIOS = (("tiled", ("reference", "sdpa")), ("triton", ("sdpa", "tiled")))
+#: The script, as run from the repository root: the start of the command a no-GPU run points to.
+BENCH_COMMAND = ("python", "tools/bench.py")
 DEFAULT_SIZES = (1024, 4096, 16384)
 DEFAULT_REPEATS = 5
 QUICK_SIZES = (256, 1024)
@@ -154,7 +183,11 @@ def _leaves(inputs: KernelInputs) -> list[Tensor]:
 
 
 def method_call(method: str, inputs: KernelInputs, config: OperatorBenchConfig) -> Callable[[], Tensor]:
-    """A zero-argument callable computing ``method``'s output ``[B, H, N, d]`` on ``inputs``."""
+    """A zero-argument callable computing ``method``'s output ``[B, H, N, d]`` on ``inputs``.
+
+    What a method needs besides the inputs (flex's score_mod, block mask and compiled function) is built here,
+    once, outside the callable that is timed.
+    """
     if method == "sdpa":
         return lambda: F.scaled_dot_product_attention(inputs.q, inputs.k, inputs.v, is_causal=config.causal)
     if method == "reference":
@@ -162,27 +195,182 @@ def method_call(method: str, inputs: KernelInputs, config: OperatorBenchConfig) 
     if method == "tiled":
         tiled = Exact("torch", block_size=config.block_size)
         return lambda: integrate(inputs, config.spec, tiled).out
+    if method == "triton":
+        fused = Exact("triton")
+        # backend "triton" quietly runs "torch" for a call its kernels do not cover: that would time the wrong thing.
+        if exact_backend(inputs, config.spec, fused.backend) != "triton":
+            raise RuntimeError("the Triton kernels do not cover this configuration (the exact integrator would run "
+                               "the torch backend under the name triton)")
+        return lambda: integrate(inputs, config.spec, fused).out
+    if method == "flex":
+        return flex_call(inputs, config, _compiled_flex_attention())
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+# --------------------------------------------------------------------------------------
+# FlexAttention
+# --------------------------------------------------------------------------------------
+
+
+def flex_score_mod(inputs: KernelInputs, spec: KernelSpec) -> Callable[..., Tensor]:
+    """FlexAttention's ``score_mod`` for the operator's softmax score on ``inputs``.
+
+    FlexAttention hands it ``q_i·k_j/√d`` (its default scale) and the pair's ``(batch, head, i, j)``; it returns
+    ``β_h·q_i·k_j/√d + Σ_r w2_hr σ(a_ir + b_jr)``: the bilinear term and the depth-1 kernel MLP, its ``r`` terms
+    read from ``a`` ``[B, H, N, r]``, ``b`` and ``w2`` ``[H, r]`` one scalar at a time (a score_mod is elementwise:
+    no reduction over ``r`` inside it). FlexAttention's gradients reach these captured tensors, so forward +
+    backward trains the same parameters as the other methods. It does not cover the position term ``Ua(p_i − p_j)``,
+    hidden MLP layers, the offset table or the decay; the suite's inputs have none of them.
+    """
+    if inputs.pos_weight is not None or inputs.mlp_w is not None or inputs.table is not None \
+            or inputs.tau_q is not None:
+        raise ValueError("flex_score_mod covers β q·k/√d + w2ᵀσ(a_i + b_j) only: these inputs have a position "
+                         "term, hidden layers, an offset table or a decay")
+    activation = ACTIVATIONS[spec.activation]
+    a, b, w2, beta = inputs.a, inputs.b, inputs.w2, inputs.beta
+    width = w2.shape[-1]
+
+    def score_mod(score: Tensor, batch: Tensor, head: Tensor, query: Tensor, source: Tensor) -> Tensor:
+        total = score * beta[head]
+        for unit in range(width):
+            total = total + w2[head, unit] * activation(a[batch, head, query, unit] + b[batch, head, source, unit])
+        return total
+
+    return score_mod
+
+
+def flex_block_mask(config: OperatorBenchConfig, n: int) -> BlockMask | None:
+    """FlexAttention's block mask for the suite's support at length ``n``: causal (``j ≤ i``: the positions are
+    ``0 … n−1``, so index order is position order) with ``--causal``, else None (every pair)."""
+    if not config.causal:
+        return None
+
+    def causal(batch: Tensor, head: Tensor, query: Tensor, source: Tensor) -> Tensor:
+        return source <= query
+
+    return create_block_mask(causal, None, None, n, n, device=config.device)
+
+
+def flex_call(inputs: KernelInputs, config: OperatorBenchConfig,
+              attention: Callable[..., Tensor] = flex_attention) -> Callable[[], Tensor]:
+    """A zero-argument callable: ``attention`` (FlexAttention, compiled or not) with :func:`flex_score_mod` and
+    :func:`flex_block_mask` on ``inputs``: ``[B, H, N, d]``."""
+    score_mod = flex_score_mod(inputs, config.spec)
+    block_mask = flex_block_mask(config, inputs.v.shape[2])
+
+    def call() -> Tensor:
+        q, k, v = inputs.q, inputs.k, inputs.v
+        if not torch.is_grad_enabled():  # forward only: FlexAttention refuses inputs that require grad on a CPU
+            q, k, v = q.detach(), k.detach(), v.detach()
+        return attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+    return call
+
+
+#: Compiled variants flex may need: one per N and grad mode (shapes are static), more than dynamo's default of 8.
+FLEX_RECOMPILE_LIMIT = 64
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., Tensor]:
+    """``torch.compile(flex_attention)`` with static shapes (FlexAttention is a fused kernel only compiled)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FLEX_RECOMPILE_LIMIT)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+# --------------------------------------------------------------------------------------
+# Where the GPU methods run, and FLOPs
+# --------------------------------------------------------------------------------------
+
+
+def gpu_only_problem(method: str, device: str) -> str | None:
+    """Why ``method`` is not timed on ``device`` here (a short phrase for the table), or None when it is."""
+    if method not in GPU_METHODS:
+        return None
+    if torch.device(device).type != "cuda":
+        return "no CUDA device" if not torch.cuda.is_available() else f"device {device}, not CUDA"
+    if method == "triton" and interpreting():
+        return "TRITON_INTERPRET=1"
+    return None
+
+
+def describe_gpu_problems(problems: dict[str, str]) -> str:
+    """``"triton, flex (no CUDA device)"``: methods and why :func:`gpu_only_problem` keeps them off (one reason, or
+    one per method where they differ)."""
+    reasons = set(problems.values())
+    why = reasons.pop() if len(reasons) == 1 else "; ".join(f"{m}: {r}" for m, r in problems.items())
+    return f"{', '.join(problems)} ({why})"
+
+
+def gpu_command(argv: list[str] | None) -> str:
+    """The command to run on a GPU: ``argv`` (the suite's name and options, as given) without ``--device``, or the
+    default run's when unknown."""
+    options = ["operator"] if not argv else list(argv)
+    kept: list[str] = []
+    skip_next = False
+    for option in options:
+        if skip_next:
+            skip_next = False
+        elif option == "--device":
+            skip_next = True
+        elif not option.startswith("--device="):
+            kept.append(option)
+    prefix = "TRITON_INTERPRET=0 " if interpreting() else ""
+    return prefix + shlex.join([*BENCH_COMMAND, *kept])
+
+
+def operator_flops(config: OperatorBenchConfig, n: int, *, kernel_mlp: bool = True) -> tuple[float, float]:
+    """Model FLOPs of one call at length ``n``: ``(forward, forward + backward)``.
+
+    Counted by :class:`itnet_scale.models.flops.TrainingFlops` on a layer of the benchmarked shape (its
+    ``6·H·sources·(d + e + 1.5·r·depth)`` per token; the forward is a third of it), minus the layer's
+    projections, which the operator does not run. ``kernel_mlp=False``: the same without the kernel MLP (SDPA).
+    """
+    kernel = KernelConfig(support=config.spec.support, width=config.kernel_width if kernel_mlp else 0,
+                          activation=config.activation)
+    layer = IntegralTransform(config.heads * config.head_dim, config.heads, kernel, head_dim=config.head_dim)
+    count, tokens = TrainingFlops(layer), config.batch * n
+    training = count(tokens, n) - count.dense * tokens
+    return training / 3, training
 
 
 @dataclass
 class CaseResult:
-    """One N × method: forward and forward + backward measurements, or why it was skipped."""
+    """One N × method: forward and forward + backward measurements, or why it was skipped, or the error it raised.
+
+    flops: the model FLOPs of one call, ``(forward, forward + backward)`` (:func:`operator_flops`).
+    """
 
     n: int
     method: str
     forward: Measurement | None = None
     training: Measurement | None = None
     skipped: str | None = None
+    failed: str | None = None
     reference_estimate_bytes: int | None = None
+    flops: tuple[float, float] | None = None
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else "failed" if self.failed else "measured"
+
+    def tflops(self, phase: str) -> float | None:
+        """Model TFLOP/s of ``phase`` (``"fwd"`` or ``"fwd_bwd"``) at the median time, None if not measured."""
+        measured = self.forward if phase == "fwd" else self.training
+        if measured is None or self.flops is None or measured.median_seconds <= 0:
+            return None
+        return self.flops[0 if phase == "fwd" else 1] / measured.median_seconds / 1e12
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n": self.n,
             "method": self.method,
-            "status": "skipped" if self.skipped else "measured",
+            "status": self.status,
             "skip_reason": self.skipped,
+            "error": self.failed,
             "reference_estimate_bytes": self.reference_estimate_bytes,
+            "flops": None if self.flops is None else {"fwd": self.flops[0], "fwd_bwd": self.flops[1]},
+            "tflops": {p: self.tflops(p) for p in ("fwd", "fwd_bwd")},
             "fwd": None if self.forward is None else self.forward.to_dict(),
             "fwd_bwd": None if self.training is None else self.training.to_dict(),
         }
@@ -190,11 +378,13 @@ class CaseResult:
 
 @dataclass
 class OperatorResults:
-    """Every case of a run, plus per N the tiled-vs-reference output agreement (max |Δ| on sampled queries)."""
+    """Every case of a run, plus per checked method and N its output's agreement with the reference's (max |Δ| on
+    sampled queries): ``max_abs_diff[method][n]``."""
 
     config: OperatorBenchConfig
     cases: list[CaseResult] = field(default_factory=list)
-    max_abs_diff: dict[int, float] = field(default_factory=dict)
+    max_abs_diff: dict[str, dict[int, float]] = field(default_factory=dict)
+    gpu_command: str = ""
 
     def case(self, n: int, method: str) -> CaseResult | None:
         return next((c for c in self.cases if c.n == n and c.method == method), None)
@@ -211,14 +401,16 @@ class OperatorResults:
         return None if top is None or bottom is None or bottom <= 0 else top / bottom
 
     def ratios(self) -> list[dict[str, Any]]:
+        """Per N, every ratio of :data:`RATIOS` (``tiled_over_reference``, …, ``triton_over_tiled``) per phase."""
         return [
-            {
-                "n": n,
-                "tiled_over_reference": {p: self.ratio(n, "tiled", "reference", p) for p in ("fwd", "fwd_bwd")},
-                "tiled_over_sdpa": {p: self.ratio(n, "tiled", "sdpa", p) for p in ("fwd", "fwd_bwd")},
-            }
+            {"n": n, **{f"{top}_over_{bottom}": {p: self.ratio(n, top, bottom, p) for p in ("fwd", "fwd_bwd")}
+                        for top, bottoms in RATIOS for bottom in bottoms}}
             for n in self.config.sizes
         ]
+
+    def not_measured(self) -> dict[str, str]:
+        """GPU methods skipped for want of a GPU, by method: the reason."""
+        return {c.method: c.skipped for c in self.cases if c.method in GPU_METHODS and c.skipped}
 
 
 def _log(message: str) -> None:
@@ -226,11 +418,12 @@ def _log(message: str) -> None:
 
 
 def run_operator_benchmark(
-    config: OperatorBenchConfig, progress: Callable[[str], None] | None = _log
+    config: OperatorBenchConfig, progress: Callable[[str], None] | None = _log, argv: list[str] | None = None
 ) -> OperatorResults:
-    """Measure every N × method of ``config``; ``progress`` gets one line per step (stderr by default)."""
+    """Measure every N × method of ``config``; ``progress`` gets one line per step (stderr by default). ``argv``
+    (the suite's name and options) makes the command a skipped GPU method's note gives."""
     say = progress or (lambda _message: None)
-    results = OperatorResults(config)
+    results = OperatorResults(config, gpu_command=gpu_command(argv))
     for n in config.sizes:
         _run_size(n, config, results, say)  # inputs of one N are freed before the next N
     return results
@@ -247,41 +440,67 @@ def _run_size(n: int, config: OperatorBenchConfig, results: OperatorResults, say
 
     estimate = reference_memory_estimate_bytes(config.batch, config.heads, n, config.kernel_width, training=True)
     run_reference = "reference" in config.methods and estimate <= config.max_reference_gib * GIB
-    if "tiled" in config.methods:
-        say(f"N={n}: checking tiled against reference on {min(n, AGREEMENT_QUERIES)} queries …")
-        results.max_abs_diff[n] = _max_abs_diff(inputs, config)
-        say(f"N={n}: tiled vs reference max |Δ| = {results.max_abs_diff[n]:.2e}")
+    transform_flops, sdpa_flops = operator_flops(config, n), operator_flops(config, n, kernel_mlp=False)
 
     for method in config.methods:
         label = METHOD_LABELS[method]
-        case = CaseResult(n, method, reference_estimate_bytes=estimate if method == "reference" else None)
+        case = CaseResult(n, method, reference_estimate_bytes=estimate if method == "reference" else None,
+                          flops=sdpa_flops if method == "sdpa" else transform_flops)
         results.cases.append(case)
         if method == "reference" and not run_reference:
             case.skipped = f"needs ~{estimate / GIB:.1f} GiB"
             say(f"N={n} {label}: skipped ({case.skipped} > {config.max_reference_gib:g} GiB)")
             continue
-        call = method_call(method, inputs, config)
+        if (problem := gpu_only_problem(method, config.device)) is not None:
+            case.skipped = problem
+            say(f"N={n} {label}: skipped ({problem}; timed on CUDA only)")
+            continue
+        if method in GPU_METHODS:
+            # Measured on a GPU only, so no CPU test runs them end to end: an error is reported (row, JSON,
+            # exit status 1) and the other methods' figures are kept.
+            try:
+                _measure_case(case, inputs, grad_out, config, results, drop_grads, say)
+            except Exception as err:
+                case.forward = case.training = None
+                drop_grads()
+                case.failed = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+                say(f"N={n} {label}: failed ({case.failed})")
+            continue
+        _measure_case(case, inputs, grad_out, config, results, drop_grads, say)
 
-        def forward(call: Callable[[], Tensor] = call) -> None:
-            with torch.no_grad():
-                call()
 
-        def forward_backward(call: Callable[[], Tensor] = call) -> None:
-            call().backward(grad_out)
+def _measure_case(case: CaseResult, inputs: KernelInputs, grad_out: Tensor, config: OperatorBenchConfig,
+                  results: OperatorResults, drop_grads: Callable[[], None], say: Callable[[str], None]) -> None:
+    """Check ``case.method`` against the reference (where it is checked), then time it forward and forward +
+    backward into ``case``."""
+    n, method, label = case.n, case.method, METHOD_LABELS[case.method]
+    if method in CHECKED_METHODS:
+        say(f"N={n}: checking {label} against reference on {min(n, AGREEMENT_QUERIES)} queries …")
+        diff = _max_abs_diff(inputs, config, method)
+        results.max_abs_diff.setdefault(method, {})[n] = diff
+        say(f"N={n}: {label} vs reference max |Δ| = {diff:.2e}")
+    call = method_call(method, inputs, config)
 
-        common = {"repeats": config.repeats, "warmup": config.warmup, "device": torch.device(config.device),
-                  "teardown": drop_grads, "budget_s": config.max_seconds_per_case}
-        say(f"N={n} {label}: fwd …")
-        case.forward = measure(forward, **common)
-        say(f"N={n} {label}: fwd {case.forward.median_ms:.1f} ms; fwd+bwd …")
-        case.training = measure(forward_backward, **common)
-        say(f"N={n} {label}: fwd+bwd {case.training.median_ms:.1f} ms")
+    def forward() -> None:
+        with torch.no_grad():
+            call()
+
+    def forward_backward() -> None:
+        call().backward(grad_out)
+
+    common = {"repeats": config.repeats, "warmup": config.warmup, "device": torch.device(config.device),
+              "teardown": drop_grads, "budget_s": config.max_seconds_per_case}
+    say(f"N={n} {label}: fwd …")
+    case.forward = measure(forward, **common)
+    say(f"N={n} {label}: fwd {case.forward.median_ms:.1f} ms; fwd+bwd …")
+    case.training = measure(forward_backward, **common)
+    say(f"N={n} {label}: fwd+bwd {case.training.median_ms:.1f} ms")
 
 
-def _max_abs_diff(inputs: KernelInputs, config: OperatorBenchConfig) -> float:
-    """``max |tiled − reference|`` of the forward outputs, over up to :data:`AGREEMENT_QUERIES` queries.
+def _max_abs_diff(inputs: KernelInputs, config: OperatorBenchConfig, method: str = "tiled") -> float:
+    """``max |method − reference|`` of the forward outputs, over up to :data:`AGREEMENT_QUERIES` queries.
 
-    The tiled backend computes all ``N`` queries (as benchmarked); the reference only the sampled
+    ``method`` computes all ``N`` queries (as benchmarked); the reference only the sampled
     ones against all sources (``Nq ≠ Ns`` inputs), :data:`AGREEMENT_CHUNK` at a time, so the check
     fits at every ``N`` where the full reference would not.
     """
@@ -289,11 +508,11 @@ def _max_abs_diff(inputs: KernelInputs, config: OperatorBenchConfig) -> float:
     sample = torch.linspace(0, n - 1, min(n, AGREEMENT_QUERIES), device=inputs.v.device).round().long().unique()
     worst = 0.0
     with torch.no_grad():
-        tiled = method_call("tiled", inputs, config)()
+        checked = method_call(method, inputs, config)()
         for chunk in sample.split(AGREEMENT_CHUNK):
             queries = replace(inputs, q=inputs.q[:, :, chunk], a=inputs.a[:, :, chunk], pos_q=inputs.pos_q[:, chunk])
             reference = integrate(queries, config.spec, Exact("reference")).out
-            diff = (tiled[:, :, chunk] - reference).abs().max().item()
+            diff = (checked[:, :, chunk] - reference).abs().max().item()
             if math.isnan(diff):  # max() would drop a NaN; a NaN output must read as disagreement
                 return math.nan
             worst = max(worst, diff)
@@ -361,9 +580,17 @@ def _sdpa_ratio_target(results: OperatorResults) -> TargetVerdict:
 # --------------------------------------------------------------------------------------
 
 COLUMNS = [
-    "N", "method", "runs", "fwd ms", "fwd+bwd ms", "fwd peak MiB", "fwd+bwd peak MiB",
-    "tiled/ref fwd", "tiled/ref fwd+bwd", "tiled/SDPA fwd", "tiled/SDPA fwd+bwd",
+    "N", "method", "runs", "fwd ms", "fwd+bwd ms", "fwd TFLOP/s", "fwd+bwd TFLOP/s", "fwd peak MiB", "fwd+bwd peak MiB",
 ]
+SHORT_LABELS = {**METHOD_LABELS, "reference": "ref"}
+
+
+def ratio_columns(config: OperatorBenchConfig) -> list[tuple[str, str, str, str]]:
+    """The ratio columns of a run, in order: ``(title, numerator, denominator, phase)``; a numerator's columns
+    appear when it is among the run's methods."""
+    return [(f"{SHORT_LABELS[top]}/{SHORT_LABELS[bottom]} {'fwd' if phase == 'fwd' else 'fwd+bwd'}",
+             top, bottom, phase)
+            for top, bottoms in RATIOS if top in config.methods for bottom in bottoms for phase in ("fwd", "fwd_bwd")]
 
 
 
@@ -377,27 +604,34 @@ def _runs(forward: Measurement, training: Measurement) -> str:
 
 
 def results_table(results: OperatorResults) -> Table:
-    """One row per (N, method): median times, peak memory growth, and on tiled rows the ratios."""
+    """One row per (N, method): median times, model TFLOP/s, peak memory growth, and on tiled and triton rows their
+    ratios (:func:`ratio_columns`)."""
     cfg = results.config
     support = "causal" if cfg.causal else "all"
     bq, bs = cfg.block_size or DEFAULT_BLOCK
     title = (f"operator: softmax, support {support}, B={cfg.batch} H={cfg.heads} d={cfg.head_dim} "
              f"r={cfg.kernel_width} σ={cfg.activation}, tiled block {bq}×{bs}, {cfg.device}; "
              "medians of `runs` timed runs")
-    table = Table(title, COLUMNS, right_aligned=set(COLUMNS) - {"method"})
+    if "flex" in cfg.methods:
+        title += ("; flex: compiled FlexAttention, score_mod β·q·k/√d + Σ_r w2_r σ(a_ir + b_jr) (this score "
+                  "exactly: the inputs have no position term, offset table or decay)"
+                  + (", causal block mask" if cfg.causal else ""))
+    ratios = ratio_columns(cfg)
+    columns = COLUMNS + [title for title, *_ in ratios]
+    table = Table(title, columns, right_aligned=set(columns) - {"method"})
     for case in results.cases:
         label = METHOD_LABELS[case.method]
-        if case.skipped:
-            table.add_row([str(case.n), label, "0", f"skipped ({case.skipped})", *["—"] * (len(COLUMNS) - 4)])
+        if case.skipped or case.failed:
+            why = f"skipped ({case.skipped})" if case.skipped else f"failed ({case.failed.split(':')[0]})"
+            table.add_row([str(case.n), label, "0", why, *["—"] * (len(columns) - 4)])
             continue
-        ratios = ["", "", "", ""]
-        if case.method == "tiled":
-            ratios = [format_ratio(results.ratio(case.n, "tiled", other, phase))
-                      for other in ("reference", "sdpa") for phase in ("fwd", "fwd_bwd")]
+        cells = [format_ratio(results.ratio(case.n, top, bottom, phase)) if top == case.method else ""
+                 for _, top, bottom, phase in ratios]
         table.add_row([
             str(case.n), label, _runs(case.forward, case.training),
             format_ms(case.forward.median_ms), format_ms(case.training.median_ms),
-            format_mib(case.forward.max_peak_growth_bytes), format_mib(case.training.max_peak_growth_bytes), *ratios,
+            format_tflops(case.tflops("fwd")), format_tflops(case.tflops("fwd_bwd")),
+            format_mib(case.forward.max_peak_growth_bytes), format_mib(case.training.max_peak_growth_bytes), *cells,
         ])
     return table
 
@@ -410,11 +644,21 @@ def build_report(results: OperatorResults, environment: dict[str, Any] | None = 
     """
     cfg = results.config
     notes = []
-    for n, diff in results.max_abs_diff.items():
-        verdict = "agree" if diff <= AGREEMENT_TOLERANCE else f"DISAGREE (> {AGREEMENT_TOLERANCE:g})"
-        notes.append(f"N={n}: tiled and reference outputs {verdict} on {min(n, AGREEMENT_QUERIES)} sampled "
-                     f"queries: max |Δ| = {diff:.2e}")
-    notes.append("Ratios are tiled time / other time (> 1: tiled is slower). Peak MiB: growth above the "
+    for method, diffs in results.max_abs_diff.items():
+        for n, diff in diffs.items():
+            verdict = "agree" if diff <= AGREEMENT_TOLERANCE else f"DISAGREE (> {AGREEMENT_TOLERANCE:g})"
+            notes.append(f"N={n}: {METHOD_LABELS[method]} and reference outputs {verdict} on "
+                         f"{min(n, AGREEMENT_QUERIES)} sampled queries: max |Δ| = {diff:.2e}")
+    not_measured = results.not_measured()
+    if not_measured:
+        notes.append(f"no GPU for {describe_gpu_problems(not_measured)}: not measured; they are timed on CUDA only "
+                     f"(Triton's compiled kernels; compiled FlexAttention, forward and backward). On a GPU run: "
+                     f"{results.gpu_command}")
+    failures = [f"N={c.n} {METHOD_LABELS[c.method]}: {c.failed}" for c in results.cases if c.failed]
+    notes.extend(f"{failure} (not measured)" for failure in failures)
+    notes.append("Ratios are the row's method's time / the other's (> 1: the row's method is slower). TFLOP/s: "
+                 "model FLOPs (itnet_scale/models/flops.py: 2·(d + e + 1.5·r) per head and visible pair forward, "
+                 "×3 forward + backward; SDPA's without the r term) / median time. Peak MiB: growth above the "
                  "memory in use before the run, max over timed runs.")
     targets = evaluate_targets(results)
     config = asdict(cfg)
@@ -424,6 +668,8 @@ def build_report(results: OperatorResults, environment: dict[str, Any] | None = 
         "environment": environment or describe_environment(cfg.device),
         "rows": [c.to_dict() for c in results.cases],
         "ratios": results.ratios(),
+        "not_measured": not_measured,
+        "gpu_command": results.gpu_command,
         "reference_estimates": [
             {"n": n,
              "fwd_bytes": reference_memory_estimate_bytes(cfg.batch, cfg.heads, n, cfg.kernel_width, training=False),
@@ -431,11 +677,12 @@ def build_report(results: OperatorResults, environment: dict[str, Any] | None = 
                                                               training=True)}
             for n in cfg.sizes
         ],
-        "tiled_vs_reference_max_abs_diff": [{"n": n, "queries_compared": min(n, AGREEMENT_QUERIES), "max_abs_diff": d}
-                                            for n, d in results.max_abs_diff.items()],
+        **{f"{method}_vs_reference_max_abs_diff": [
+            {"n": n, "queries_compared": min(n, AGREEMENT_QUERIES), "max_abs_diff": d} for n, d in diffs.items()]
+           for method, diffs in results.max_abs_diff.items()},
         "targets": [t.to_dict() for t in targets],
     }
-    return SuiteReport(tables=[results_table(results)], targets=targets, notes=notes, data=data)
+    return SuiteReport(tables=[results_table(results)], targets=targets, notes=notes, data=data, failures=failures)
 
 
 # --------------------------------------------------------------------------------------
@@ -444,10 +691,11 @@ def build_report(results: OperatorResults, environment: dict[str, Any] | None = 
 
 
 class OperatorSuite(BenchmarkSuite):
-    """``tools/bench.py operator``: reference vs tiled vs SDPA, time and peak memory."""
+    """``tools/bench.py operator``: reference vs tiled vs SDPA vs triton vs flex, time, TFLOP/s and peak memory."""
 
     name = "operator"
-    description = "forward and forward+backward time and peak memory: reference vs tiled vs SDPA"
+    description = ("forward and forward+backward time, model TFLOP/s and peak memory: reference vs tiled vs SDPA "
+                   "vs triton vs FlexAttention (the last two on CUDA only)")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_arguments(parser, default_sizes=DEFAULT_SIZES, default_repeats=DEFAULT_REPEATS, max_seconds=300.0,
@@ -458,8 +706,9 @@ class OperatorSuite(BenchmarkSuite):
                             help="causal support (and is_causal SDPA) instead of support 'all'")
         parser.add_argument("--block", type=positive_int, nargs="+", metavar="SIZE",
                             help="tiled block size: one int (square) or queries sources (default: backend's)")
-        parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                            help="which methods to run (default all)")
+        parser.add_argument("--methods", nargs="+", choices=METHODS,
+                            help="which methods to run (default all; triton and flex are timed on CUDA only: "
+                                 "naming them without a GPU measures nothing and exits with status 2)")
         parser.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
         parser.add_argument("--heads", type=positive_int, default=4, help="heads H (default 4)")
         parser.add_argument("--head-dim", type=positive_int, default=64, help="head dim d (default 64)")
@@ -485,7 +734,12 @@ class OperatorSuite(BenchmarkSuite):
             raise SuiteUsageError(f"--device {device!r}: {err}") from err
         if parsed.type == "cuda" and not torch.cuda.is_available():
             raise SuiteUsageError(f"--device {device!r}: CUDA is not available")
-        methods = tuple(m for m in METHODS if m in args.methods)  # canonical order, no duplicates
+        methods = tuple(m for m in METHODS if m in (args.methods or METHODS))  # canonical order, no duplicates
+        if args.methods:
+            problems = {m: p for m in methods if (p := gpu_only_problem(m, device)) is not None}
+            if problems:
+                raise SuiteUnavailable(f"no GPU for {describe_gpu_problems(problems)}: nothing measured. On a GPU "
+                                       f"run: {gpu_command(getattr(args, 'argv', [None, 'operator'])[1:])}")
         return OperatorBenchConfig(
             sizes=tuple(dict.fromkeys(sizes)), batch=args.batch, heads=args.heads, head_dim=args.head_dim,
             kernel_width=args.width, activation=args.activation, causal=args.causal, repeats=repeats,
@@ -498,5 +752,6 @@ class OperatorSuite(BenchmarkSuite):
         config = self.config_from_args(args)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
-        environment = describe_environment(config.device, getattr(args, "argv", None))
-        return build_report(run_operator_benchmark(config), environment)
+        argv = getattr(args, "argv", None)
+        environment = describe_environment(config.device, argv)
+        return build_report(run_operator_benchmark(config, argv=None if argv is None else argv[1:]), environment)
