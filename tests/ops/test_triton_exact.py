@@ -183,13 +183,12 @@ def test_zero_weights(mode):
 
 def test_refuses_what_it_does_not_compute_yet():
     spec = KernelSpec(mode="softmax", support="causal", offset_range=(3,))
-    inp = random_inputs(20, 20, spec=spec, depth=2, table=True, attn_mask="bool", dtype=torch.float64)
-    assert unsupported_features(inp, spec) == [
-        "the offset table", "attn_mask", "a kernel MLP deeper than one layer (mlp_w)", "float64"]
-    with pytest.raises(NotImplementedError, match=r"do not compute the offset table, attn_mask, "
-                                                  r"a kernel MLP deeper than one layer \(mlp_w\), float64 yet"):
+    inp = random_inputs(20, 20, spec=spec, depth=2, table=True, attn_mask="float", dtype=torch.float64)
+    assert unsupported_features(inp, spec) == ["the gradient of a float attn_mask", "float64"]
+    with pytest.raises(NotImplementedError, match=r"do not compute the gradient of a float attn_mask, float64 yet"):
         exact_forward(inp, spec)
-    assert unsupported_features(random_inputs(20, 20, spec=spec, dtype=torch.float32), spec) == []  # grads: covered
+    covered = random_inputs(20, 20, spec=spec, depth=2, table=True, attn_mask="bool", dtype=torch.float32)
+    assert unsupported_features(covered, spec) == []  # gradients too
 
 
 def test_refuses_bf16_under_the_interpreter():
@@ -219,11 +218,12 @@ def test_dispatch(monkeypatch):
     ``ITNET_BACKEND``) runs the kernel where it computes the call and ``torch`` where it does not yet."""
     spec = KernelSpec(mode="softmax", support="causal", offset_range=(3,))
     plain = fp32_inputs(30, 30, spec, decay=True)
-    with_table = fp32_inputs(30, 30, spec, table=True)
+    with_bias = fp32_inputs(30, 30, spec, attn_mask="float")  # not covered: the float mask's gradient
+    with_bias.attn_mask.requires_grad_()
     with_grad = random_inputs(30, 30, spec=spec, dtype=torch.float32)
     assert exact_backend(plain, spec, "auto") == "torch"
     assert exact_backend(plain, spec, "triton") == exact_backend(with_grad, spec, "triton") == "triton"
-    assert exact_backend(with_table, spec, "triton") == "torch"
+    assert exact_backend(with_bias, spec, "triton") == "torch"
     assert exact_backend(plain, spec, "reference") == "reference"
 
     ref = integral_transform_reference(plain, spec)
@@ -232,11 +232,11 @@ def test_dispatch(monkeypatch):
     assert out.grad_fn is not None and "Triton" in type(out.grad_fn).__name__
     out.sum().backward()
     assert with_grad.q.grad is not None
-    with_table.q = with_table.q.clone().requires_grad_()
-    out = integrate(with_table, spec, Exact("triton")).out  # falls back to torch: gradients flow there too
+    with_bias.q = with_bias.q.clone().requires_grad_()
+    out = integrate(with_bias, spec, Exact("triton")).out  # falls back to torch: gradients flow there too
     assert "Tiled" in type(out.grad_fn).__name__
     out.sum().backward()
-    assert with_table.q.grad is not None
+    assert with_bias.q.grad is not None
 
     monkeypatch.setenv("ITNET_BACKEND", "triton")
     assert exact_backend(plain, spec, "reference") == "triton"
@@ -303,5 +303,5 @@ def test_gpu_bf16_against_fp32(support):
     assert rms < 5e-3, rms
     inp.q.requires_grad_()
     assert exact_backend(inp, spec, "auto") == "triton"  # training too
-    inp.attn_mask = torch.ones(1000, 1000, dtype=torch.bool, device="cuda")
+    inp.attn_mask = torch.zeros(1000, 1000, device="cuda", requires_grad=True)  # a float mask's gradient: not covered
     assert exact_backend(inp, spec, "auto") == "torch"

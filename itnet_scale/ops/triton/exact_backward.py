@@ -20,7 +20,15 @@ saved log-normalizer, then (as :mod:`itnet_scale.ops.tiled` states in closed for
     dUa = Σ_tiles Σ_r (Σ_j g)(p_i − c) − (Σ_i g)(p_j − c)     (c: the tile's first query position, as forward)
 
 The kernel MLP's gradients run in ``R_CHUNK`` slices of ``r`` like its forward; the per-row ``da``/``db`` are
-kept in ``[block, r]`` registers (``r`` padded to a power of two). Positions get their gradient through ``Ua``
+kept in ``[block, r]`` registers (``r`` padded to a power of two). With hidden layers, backprop through them runs
+from the last down, recomputing each layer's input from ``z`` (``O(L²)`` layer evaluations per tile; no runtime
+list of activations in registers), and the source side adds ``dW = Σ_pairs gradᵀ x`` and ``dc`` into its own slot
+of a partial buffer. The offset table's gradient is a scatter, ``dt[h, idx_ij] += ds_ij``: the source side adds
+each tile's ``ds`` into its own slot of a ``[programs, T]`` partial table by compare-and-sum over the index range
+the tile's pairs reach, ``TABLE_CHUNK`` entries at a time — per-program partial histograms rather than atomics, so
+the gradient stays bitwise reproducible (the cost grows with the index span of a tile: ``~2·BLOCK`` entries for
+1-D positions, up to ``T`` for several position dims). Slots are read, added and stored by their one program, a
+barrier between. Positions get their gradient through ``Ua``
 only: ``dp_i = Σ_h da_i Ua``, ``dp_j = −Σ_h db_j Ua``, in torch afterwards. Blocks and warps are the forward's
 (untuned: no GPU timing has been measured).
 """
@@ -40,9 +48,13 @@ from itnet_scale.ops.triton.exact_forward import (
     DEFAULT_NUM_WARPS,
     ExactForward,
     _activation,
+    _deep_mlp,
+    _hidden_layer,
     _mlp_chunk,
     _relative_positions,
+    _score_bias,
     _sigmoid,
+    _table_index,
     _tile_visible,
     block_lists,
     exact_forward,
@@ -151,23 +163,101 @@ def _row_dot_kernel(out_ptr, do_ptr, row_dot_ptr, Nq, e, BLOCK_Q: tl.constexpr, 
 
 
 @triton.jit
+def _deep_mlp_backward(z, ds, w2, mlp_w_ptr, mlp_c_ptr, dmlp_w_ptr, dmlp_c_ptr, slot, n_hidden, h, H, r, lanes_r,
+                       ACCUMULATE: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_Q: tl.constexpr,
+                       BLOCK_S: tl.constexpr, R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``g = ∂(Σ ds·s)/∂z`` through a kernel MLP with ``n_hidden`` hidden layers, from the first layer's
+    pre-activations ``z [BLOCK_Q, BLOCK_S, R_PAD]``. Backprop runs from the last hidden layer down, recomputing
+    each layer's input from ``z`` (``O(L²)`` layer evaluations per tile, no list of activations in registers). With
+    ``ACCUMULATE``, each layer's ``dW = Σ_pairs gradᵀ x`` and ``dc`` are added into this program's own slot of the
+    partial buffers ``[programs, L, r, r]``, ``[programs, L, r]`` (read, add, store: no other program touches the
+    slot, and a barrier orders the next tile's read after this store)."""
+    grad = ds[:, :, None] * w2[None, None, :]
+    r_in = lanes_r < r
+    for step in range(0, n_hidden):
+        layer = n_hidden - 1 - step
+        x = _activation(z, ACTIVATION)
+        for below in range(0, layer):
+            pre, _ = _hidden_layer(x, mlp_w_ptr, mlp_c_ptr, below, h, H, r, lanes_r, BLOCK_Q, BLOCK_S, R_PAD,
+                                   DOT_PRECISION)
+            x = _activation(pre, ACTIVATION)
+        pre, weight = _hidden_layer(x, mlp_w_ptr, mlp_c_ptr, layer, h, H, r, lanes_r, BLOCK_Q, BLOCK_S, R_PAD,
+                                    DOT_PRECISION)
+        grad_pre = tl.reshape(grad * _activation_slope(pre, ACTIVATION), [BLOCK_Q * BLOCK_S, R_PAD])
+        if ACCUMULATE:
+            at = slot * n_hidden + layer
+            dw_ptrs = dmlp_w_ptr + (at * r + lanes_r[:, None]) * r + lanes_r[None, :]
+            both = r_in[:, None] & r_in[None, :]
+            dw = tl.dot(tl.trans(grad_pre), tl.reshape(x, [BLOCK_Q * BLOCK_S, R_PAD]), input_precision=DOT_PRECISION)
+            tl.store(dw_ptrs, tl.load(dw_ptrs, mask=both, other=0.0) + dw, mask=both)
+            dc_ptrs = dmlp_c_ptr + at * r + lanes_r
+            tl.store(dc_ptrs, tl.load(dc_ptrs, mask=r_in, other=0.0) + tl.sum(grad_pre, axis=0), mask=r_in)
+            tl.debug_barrier()
+        grad = tl.reshape(tl.dot(grad_pre, weight, input_precision=DOT_PRECISION), [BLOCK_Q, BLOCK_S, R_PAD])
+    return grad * _activation_slope(z, ACTIVATION)
+
+
+@triton.jit
+def _mlp_accumulate(acc_a, acc_b, acc_w2, acc_ua, g, ds, last, offs_r, lanes_r, lanes_p, pos_q_ptr, pos_s_ptr, b,
+                    q_start, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, P,
+                    SIDE: tl.constexpr, HAS_POS: tl.constexpr):
+    """Add one tile's kernel-MLP gradients on lanes ``offs_r`` (``g = ∂/∂z``, ``last`` the last layer's
+    activations, ``[BLOCK_Q, BLOCK_S, lanes]``): ``da`` (query side); ``db``, ``dw2``, ``dUa`` (source side)."""
+    if SIDE == "query":
+        acc_a = _add_lanes(acc_a, tl.sum(g, axis=1), lanes_r, offs_r)
+    else:
+        g_s = tl.sum(g, axis=0)  # [BLOCK_S, lanes]
+        acc_b = _add_lanes(acc_b, g_s, lanes_r, offs_r)
+        dw2 = tl.sum(tl.sum(ds[:, :, None] * last, axis=0), axis=0)
+        acc_w2 = tl.sum(_add_lanes(acc_w2[None, :], dw2[None, :], lanes_r, offs_r), axis=0)
+        if HAS_POS:
+            g_q = tl.sum(g, axis=1)  # [BLOCK_Q, lanes]
+            for k in range(0, P):
+                rel_q, rel_s = _relative_positions(pos_q_ptr, pos_s_ptr, b, q_start, offs_q, q_in, offs_s, s_in, k,
+                                                   spq_b, spq_n, spq_c, sps_b, sps_n, sps_c)
+                dua = tl.sum(g_q * rel_q[:, None], axis=0) - tl.sum(g_s * rel_s[:, None], axis=0)
+                dua_lanes = _add_lanes(tl.zeros_like(acc_w2)[None, :], dua[None, :], lanes_r, offs_r)
+                acc_ua += tl.where(lanes_p[None, :] == k, tl.trans(dua_lanes), 0.0)
+    return acc_a, acc_b, acc_w2, acc_ua
+
+
+@triton.jit
+def _table_scatter(dtable_ptr, slot, T, ds, idx, counted, TABLE_CHUNK: tl.constexpr):
+    """Add one tile's ``ds`` into this program's partial table gradient ``[programs, T]`` by index: a
+    compare-and-sum over ``TABLE_CHUNK`` table entries at a time, walking only the index range the tile's counted
+    pairs reach (read, add, store into the program's own slot; a barrier orders the next read after the store)."""
+    lowest = tl.min(tl.min(tl.where(counted, idx, T), axis=1), axis=0)
+    highest = tl.max(tl.max(tl.where(counted, idx, -1), axis=1), axis=0)
+    for t0 in range(lowest, highest + 1, TABLE_CHUNK):
+        entries = t0 + tl.arange(0, TABLE_CHUNK)
+        hit = (idx[:, :, None] == entries[None, None, :]) & counted[:, :, None]
+        part = tl.sum(tl.sum(tl.where(hit, ds[:, :, None], 0.0), axis=0), axis=0)
+        ptrs = dtable_ptr + slot * T + entries
+        tl.store(ptrs, tl.load(ptrs, mask=entries < T, other=0.0) + part, mask=entries < T)
+        tl.debug_barrier()
+
+
+@triton.jit
 def _exact_backward_kernel(
     q_ptr, k_ptr, beta_ptr, a_ptr, b_ptr, ua_ptr, w2_ptr, v_ptr, pos_q_ptr, pos_s_ptr, tau_q_ptr, tau_s_ptr,
-    w_ptr, pad_ptr, block_count_ptr, block_list_ptr, block_list_stride, do_ptr, lse_ptr, row_dot_ptr,
+    w_ptr, pad_ptr, mlp_w_ptr, mlp_c_ptr, table_ptr, ranges_ptr, mask_ptr,
+    block_count_ptr, block_list_ptr, block_list_stride, do_ptr, lse_ptr, row_dot_ptr,
     dq_ptr, da_ptr, dtau_q_ptr, dk_ptr, dv_ptr, db_ptr, dw_ptr, dtau_s_ptr, dbeta_ptr, dw2_ptr, dua_ptr,
+    dmlp_w_ptr, dmlp_c_ptr, dtable_ptr,
     sq_b, sq_h, sq_n, sq_c, sk_b, sk_h, sk_n, sk_c, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
     sv_b, sv_h, sv_n, sv_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
-    stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n,
-    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit,
+    stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n, sm_b, sm_h, sm_q, sm_s,
+    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit, n_hidden, T,
     SIDE: tl.constexpr, MODE: tl.constexpr, SUPPORT: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_QK: tl.constexpr, HAS_MLP: tl.constexpr, HAS_POS: tl.constexpr, HAS_DECAY: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
-    D_PAD: tl.constexpr, E_PAD: tl.constexpr, R_CHUNK: tl.constexpr, R_PAD: tl.constexpr, P_PAD: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_PAD: tl.constexpr, DEEP: tl.constexpr, HAS_TABLE: tl.constexpr, MASK: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
+    R_CHUNK: tl.constexpr, R_PAD: tl.constexpr, P_PAD: tl.constexpr, TABLE_CHUNK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     """``SIDE = "query"``: program (query block, b·h) → ``dq, da, dτ_i``; ``SIDE = "source"``: program (source
-    block, b·h) → ``dk, dv, db, dw, dτ_j`` and its partial ``dβ, dw2, dUa``. Outputs are contiguous float32
-    ``[B·H, N, ·]``; partials ``[source blocks, B·H, ·]``."""
+    block, b·h) → ``dk, dv, db, dw, dτ_j`` and its partial ``dβ, dw2, dUa``, hidden layers' ``dW, dc`` and table
+    gradient. Outputs are contiguous float32 ``[B·H, N, ·]``; partials ``[source blocks, B·H, ·]``."""
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -179,6 +269,7 @@ def _exact_backward_kernel(
     offs_rc = tl.arange(0, R_CHUNK)
     lanes_r = tl.arange(0, R_PAD)
     lanes_p = tl.arange(0, P_PAD)
+    slot = pid * tl.num_programs(1) + bh  # this program's own partial sums: no atomics
     qk_scale = 0.0
     if HAS_QK:
         qk_scale = tl.load(beta_ptr + h).to(tl.float32) * inv_sqrt_d
@@ -191,7 +282,6 @@ def _exact_backward_kernel(
             q_ptr, do_ptr, lse_ptr, row_dot_ptr, tau_q_ptr, b, h, bh, offs_q, q_in, offs_d, d_in, offs_e, e_in,
             sq_b, sq_h, sq_n, sq_c, stq_b, stq_h, stq_n, Nq, e, MODE, HAS_QK, HAS_DECAY, BLOCK_Q, D_PAD)
         acc_q = tl.zeros([BLOCK_Q, D_PAD], tl.float32)
-        acc_a = tl.zeros([BLOCK_Q, R_PAD], tl.float32)
         acc_tau = tl.zeros([BLOCK_Q], tl.float32)
     else:
         offs_s = pid * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -201,12 +291,13 @@ def _exact_backward_kernel(
             sv_b, sv_h, sv_n, sv_c, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, HAS_QK, HAS_DECAY, HAS_W, BLOCK_S, D_PAD)
         acc_k = tl.zeros([BLOCK_S, D_PAD], tl.float32)
         acc_v = tl.zeros([BLOCK_S, E_PAD], tl.float32)
-        acc_b = tl.zeros([BLOCK_S, R_PAD], tl.float32)
         acc_w = tl.zeros([BLOCK_S], tl.float32)
         acc_tau = tl.zeros([BLOCK_S], tl.float32)
         acc_beta = tl.zeros([BLOCK_S], tl.float32)
-        acc_w2 = tl.zeros([R_PAD], tl.float32)
-        acc_ua = tl.zeros([R_PAD, P_PAD], tl.float32)
+    acc_a = tl.zeros([BLOCK_Q, R_PAD], tl.float32)  # the kernel MLP's, both sides (each uses its own)
+    acc_b = tl.zeros([BLOCK_S, R_PAD], tl.float32)
+    acc_w2 = tl.zeros([R_PAD], tl.float32)
+    acc_ua = tl.zeros([R_PAD, P_PAD], tl.float32)
 
     n_blocks = tl.load(block_count_ptr + pid)
     for t in range(0, n_blocks):
@@ -225,16 +316,30 @@ def _exact_backward_kernel(
             q_tile, do_tile, lse2, row_dot, tau_q = _query_tiles(
                 q_ptr, do_ptr, lse_ptr, row_dot_ptr, tau_q_ptr, b, h, bh, offs_q, q_in, offs_d, d_in, offs_e,
                 e_in, sq_b, sq_h, sq_n, sq_c, stq_b, stq_h, stq_n, Nq, e, MODE, HAS_QK, HAS_DECAY, BLOCK_Q, D_PAD)
-        visible = _tile_visible(pos_q_ptr, pos_s_ptr, pad_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c,
-                                sps_b, sps_n, sps_c, spad_b, spad_n, P, support_limit, SUPPORT, HAS_PAD, BLOCK_Q,
-                                BLOCK_S)
+        visible = _tile_visible(pos_q_ptr, pos_s_ptr, pad_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, spq_b,
+                                spq_n, spq_c, sps_b, sps_n, sps_c, spad_b, spad_n, sm_b, sm_h, sm_q, sm_s, P,
+                                support_limit, SUPPORT, HAS_PAD, MASK, BLOCK_Q, BLOCK_S)
 
         # the score s(i, j), recomputed as the forward computes it
         s = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+        idx, inside = tl.zeros([BLOCK_Q, BLOCK_S], tl.int32), visible
+        if HAS_TABLE:
+            idx, inside = _table_index(pos_q_ptr, pos_s_ptr, ranges_ptr, b, offs_q, q_in, offs_s, s_in, spq_b,
+                                       spq_n, spq_c, sps_b, sps_n, sps_c, P, BLOCK_Q, BLOCK_S)
+        if HAS_TABLE or MASK == "float":
+            s += _score_bias(table_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, idx, inside & visible, T,
+                             sm_b, sm_h, sm_q, sm_s, HAS_TABLE, MASK, BLOCK_Q, BLOCK_S)
         if HAS_QK:
             qk = tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION)
             s += qk * qk_scale
-        if HAS_MLP:
+        if HAS_MLP and DEEP:
+            z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
+                               offs_s, s_in, lanes_r, lanes_r < r, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
+                               spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, r, P, HAS_POS)
+            last = _deep_mlp(z, mlp_w_ptr, mlp_c_ptr, n_hidden, h, H, r, lanes_r, ACTIVATION, BLOCK_Q, BLOCK_S,
+                             R_PAD, DOT_PRECISION)
+            s += tl.sum(last * w2[None, None, :], axis=2)
+        elif HAS_MLP:
             for r0 in range(0, r, R_CHUNK):
                 offs_r = r0 + offs_rc
                 z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
@@ -278,29 +383,25 @@ def _exact_backward_kernel(
                 acc_beta += tl.sum(ds * qk, axis=0)
             acc_w += tl.sum(dw_terms, axis=0)
             acc_tau += tl.sum(dlog_d, axis=0)
-        if HAS_MLP:
+            if HAS_TABLE:
+                _table_scatter(dtable_ptr, slot, T, ds, idx, inside & visible, TABLE_CHUNK)
+        if HAS_MLP and DEEP:
+            g = _deep_mlp_backward(z, ds, w2, mlp_w_ptr, mlp_c_ptr, dmlp_w_ptr, dmlp_c_ptr, slot, n_hidden, h, H, r,
+                                   lanes_r, SIDE == "source", ACTIVATION, BLOCK_Q, BLOCK_S, R_PAD, DOT_PRECISION)
+            acc_a, acc_b, acc_w2, acc_ua = _mlp_accumulate(
+                acc_a, acc_b, acc_w2, acc_ua, g, ds, last, lanes_r, lanes_r, lanes_p, pos_q_ptr, pos_s_ptr, b,
+                q_start, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, P, SIDE, HAS_POS)
+        elif HAS_MLP:
             for r0 in range(0, r, R_CHUNK):
                 offs_r = r0 + offs_rc
                 z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
                                    offs_s, s_in, offs_r, offs_r < r, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
                                    spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, r, P, HAS_POS)
                 g = ds[:, :, None] * w2[None, None, :] * _activation_slope(z, ACTIVATION)
-                if SIDE == "query":
-                    acc_a = _add_lanes(acc_a, tl.sum(g, axis=1), lanes_r, offs_r)
-                else:
-                    g_s = tl.sum(g, axis=0)  # [BLOCK_S, R_CHUNK]
-                    acc_b = _add_lanes(acc_b, g_s, lanes_r, offs_r)
-                    dw2 = tl.sum(tl.sum(ds[:, :, None] * _activation(z, ACTIVATION), axis=0), axis=0)
-                    acc_w2 = tl.sum(_add_lanes(acc_w2[None, :], dw2[None, :], lanes_r, offs_r), axis=0)
-                    if HAS_POS:
-                        g_q = tl.sum(g, axis=1)  # [BLOCK_Q, R_CHUNK]
-                        for k in range(0, P):
-                            rel_q, rel_s = _relative_positions(pos_q_ptr, pos_s_ptr, b, q_start, offs_q, q_in,
-                                                               offs_s, s_in, k, spq_b, spq_n, spq_c, sps_b, sps_n,
-                                                               sps_c)
-                            dua = tl.sum(g_q * rel_q[:, None], axis=0) - tl.sum(g_s * rel_s[:, None], axis=0)
-                            dua_lanes = _add_lanes(tl.zeros([1, R_PAD], tl.float32), dua[None, :], lanes_r, offs_r)
-                            acc_ua += tl.where(lanes_p[None, :] == k, tl.trans(dua_lanes), 0.0)
+                acc_a, acc_b, acc_w2, acc_ua = _mlp_accumulate(
+                    acc_a, acc_b, acc_w2, acc_ua, g, ds, _activation(z, ACTIVATION), offs_r, lanes_r, lanes_p,
+                    pos_q_ptr, pos_s_ptr, b, q_start, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n,
+                    sps_c, P, SIDE, HAS_POS)
 
     r_lanes = lanes_r < r
     if SIDE == "query":
@@ -315,7 +416,6 @@ def _exact_backward_kernel(
     else:
         tl.store(dv_ptr + (bh * Ns + offs_s[:, None]) * e + offs_e[None, :], acc_v,
                  mask=s_in[:, None] & e_in[None, :])
-        slot = pid * tl.num_programs(1) + bh  # this program's own partial sums: no atomics
         if HAS_QK:
             tl.store(dk_ptr + (bh * Ns + offs_s[:, None]) * d + offs_d[None, :], acc_k,
                      mask=s_in[:, None] & d_in[None, :])
@@ -337,9 +437,7 @@ def _power_of_two(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-#: The inputs that get a gradient: the bool padding never does, positions only through ``Ua``.
-_DIFFERENTIABLE = ("q", "k", "beta", "v", "a", "b", "pos_weight", "w2", "pos_q", "pos_s", "tau_q", "tau_s",
-                   "weights")
+TABLE_CHUNK = 16  # table entries compared at once when the source side adds a tile's ds into the table's gradient
 
 
 def exact_backward(
@@ -358,7 +456,7 @@ def exact_backward(
     launch = kernel_launch(inp, spec, block_size, r_chunk)
     B, H, Nq, Ns, e = inp.shape
     BH, device = B * H, inp.v.device
-    d, r, P = launch.scalars[3], launch.scalars[5], launch.scalars[6]
+    d, r, P, n_hidden, T = (launch.scalars[i] for i in (3, 5, 6, 9, 10))
     n_query_blocks, n_source_blocks = launch.visible.shape
     dout = dout.contiguous()
 
@@ -373,12 +471,15 @@ def exact_backward(
     dq, da, dtau_q = buffer(BH, Nq, d), buffer(BH, Nq, r), buffer(BH, Nq)
     dk, dv, db, dw, dtau_s = buffer(BH, Ns, d), buffer(BH, Ns, e), buffer(BH, Ns, r), buffer(BH, Ns), buffer(BH, Ns)
     dbeta, dw2, dua = buffer(n_source_blocks, BH), buffer(n_source_blocks, BH, r), buffer(n_source_blocks, BH, r, P)
-    constants = dict(launch.constants, R_PAD=_power_of_two(r), P_PAD=_power_of_two(P))
+    slots = n_source_blocks * BH
+    dmlp_w, dmlp_c, dtable = buffer(slots, n_hidden, r, r), buffer(slots, n_hidden, r), buffer(slots, T)
+    constants = dict(launch.constants, P_PAD=_power_of_two(P), TABLE_CHUNK=TABLE_CHUNK)
     for side, visible in (("source", launch.visible.T), ("query", launch.visible)):
         block_count, block_list = block_lists(visible)
         _exact_backward_kernel[(visible.shape[0], BH)](
             *launch.pointers, block_count, block_list, block_list.stride(0), dout, lse, row_dot,
-            dq, da, dtau_q, dk, dv, db, dw, dtau_s, dbeta, dw2, dua, *launch.strides, *launch.scalars,
+            dq, da, dtau_q, dk, dv, db, dw, dtau_s, dbeta, dw2, dua, dmlp_w, dmlp_c, dtable,
+            *launch.strides, *launch.scalars,
             SIDE=side, **constants, num_warps=DEFAULT_NUM_WARPS,
         )
 
@@ -392,6 +493,11 @@ def exact_backward(
         grads.update(pos_weight=dua.sum(0).view(B, H, r, P).sum(0),
                      pos_q=torch.einsum("bhnr,hrp->bnp", grads["a"], ua),
                      pos_s=-torch.einsum("bhnr,hrp->bnp", grads["b"], ua))
+    if n_hidden:
+        grads.update(mlp_w=dmlp_w.view(n_source_blocks, B, H, n_hidden, r, r).sum((0, 1)).transpose(0, 1),
+                     mlp_c=dmlp_c.view(n_source_blocks, B, H, n_hidden, r).sum((0, 1)).transpose(0, 1))
+    if inp.table is not None:
+        grads["table"] = dtable.view(n_source_blocks, B, H, T).sum((0, 1))
     if inp.tau_q is not None:
         grads.update(tau_q=dtau_q.view(B, H, Nq), tau_s=dtau_s.view(B, H, Ns))
     if inp.weights is not None:

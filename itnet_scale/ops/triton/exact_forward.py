@@ -16,10 +16,21 @@ registers on a GPU. A query that sees no source (or only zero weights) gets zero
 upcast to float32 after loading; ``d`` and ``e`` (the ``tl.dot`` dims) are padded to at least 16 lanes with masks,
 ``r`` lanes are masked at ``r``.
 
-Covered now (and by the backward kernels, :mod:`.exact_backward`): both modes, the five supports, padding, source
-weights (shared or per head), decay, the bilinear term, the depth-1 kernel MLP with its position term, any position
-dim; float32 / bfloat16 / float16 inputs. Not yet (:func:`unsupported_features` names them; the exact integrator's
-dispatch then runs ``torch``): the offset table, ``attn_mask``, kernel MLP depth > 1, float64.
+Covered (and by the backward kernels, :mod:`.exact_backward`): both modes, the five supports, padding, source
+weights (shared or per head), decay, the bilinear term, the kernel MLP with its position term, any position dim;
+float32 / bfloat16 / float16 inputs, and:
+
+* a bool ``attn_mask`` (``[Nq, Ns]``, or ``[B, H, Nq, Ns]`` with any strides), loaded per tile with masked
+  pointers into ``m``; source blocks it hides for every batch and head are also taken off the block lists;
+* a float ``attn_mask`` that needs no gradient, added to the score like the table;
+* hidden layers (``mlp_w``, ``mlp_c``): a runtime loop over them, each a ``tl.dot`` of the flattened
+  ``[BLOCK_Q·BLOCK_S, r]`` activations with ``Wᵀ`` (``r`` padded to 16 lanes or more); they mix the kernel lanes, so
+  the whole width is evaluated at once (no ``R_CHUNK`` slicing) in smaller default blocks (``DEEP_BLOCK``);
+* the offset table: each pair's offset rounded (ties to even, as ``torch.round``), its row-major index and a
+  gathered load of ``t_h[idx]`` (0 outside ``±R``).
+
+Not covered (:func:`unsupported_features` names them; the exact integrator's dispatch then runs ``torch``): the
+gradient of a float ``attn_mask`` (a dense ``[B, H, Nq, Ns]`` output), float64.
 
 Block sizes are powers of two (≥ 16, the GPU's ``tl.dot`` minimum). The defaults — ``BLOCK_Q = BLOCK_S = min(64,
 N rounded up)``, ``R_CHUNK = 2``, 8 warps — are the largest 64 × 64 configuration that Triton 3.9 compiled for
@@ -39,6 +50,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -50,8 +62,10 @@ MIN_DOT = 16  # tl.dot's smallest extent on a GPU; the interpreter does not enfo
 DEFAULT_BLOCK = 64
 DEFAULT_R_CHUNK = 2
 DEFAULT_NUM_WARPS = 8
-#: The inputs whose dtype is the computation's (positions and τ may be float64 whatever it is).
-_FEATURES = ("q", "k", "beta", "v", "a", "b", "pos_weight", "w2", "weights")
+DEEP_BLOCK = 32  # a kernel MLP with hidden layers keeps [BLOCK_Q, BLOCK_S, r] per layer alive: smaller tiles
+#: The inputs whose dtype is the computation's (positions and τ may be float64 whatever it is; a bool attn_mask has
+#: none).
+_FEATURES = ("q", "k", "beta", "v", "a", "b", "pos_weight", "w2", "mlp_w", "mlp_c", "table", "weights", "attn_mask")
 
 
 @triton.jit
@@ -85,12 +99,13 @@ def _activation(z, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def _tile_visible(
-    pos_q_ptr, pos_s_ptr, pad_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
-    spad_b, spad_n, P, support_limit, SUPPORT: tl.constexpr, HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    pos_q_ptr, pos_s_ptr, pad_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n,
+    sps_c, spad_b, spad_n, sm_b, sm_h, sm_q, sm_s, P, support_limit, SUPPORT: tl.constexpr, HAS_PAD: tl.constexpr,
+    MASK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """``m(i, j)`` of a tile ``[BLOCK_Q, BLOCK_S]``: inside both extents, the support (from positions), not
-    padding."""
+    padding, and where a bool ``attn_mask`` allows it (``MASK = "bool"``; a 2-D mask has batch and head strides
+    0)."""
     visible = q_in[:, None] & s_in[None, :]
     if SUPPORT == "causal" or SUPPORT == "causal_window":
         lag = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n, mask=q_in, other=0.0)[:, None]
@@ -111,7 +126,80 @@ def _tile_visible(
     if HAS_PAD:
         padded = tl.load(pad_ptr + b * spad_b + offs_s * spad_n, mask=s_in, other=1)
         visible = visible & (padded == 0)[None, :]
+    if MASK == "bool":
+        allowed = tl.load(mask_ptr + b * sm_b + h * sm_h + offs_q[:, None] * sm_q + offs_s[None, :] * sm_s,
+                          mask=q_in[:, None] & s_in[None, :], other=0)
+        visible = visible & (allowed != 0)
     return visible
+
+
+@triton.jit
+def _round_half_even(x):
+    """``torch.round``: to the nearest integer, ties to even (as :func:`itnet_scale.ops.spec.table_index`)."""
+    low = tl.floor(x)
+    frac = x - low
+    odd = (low - 2.0 * tl.floor(low * 0.5)) != 0
+    return low + tl.where((frac > 0.5) | ((frac == 0.5) & odd), 1.0, 0.0)
+
+
+@triton.jit
+def _table_index(pos_q_ptr, pos_s_ptr, ranges_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c, sps_b, sps_n,
+                 sps_c, P, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The offset table's flat index of each pair of a tile and whether its offset lies inside the table
+    (``[BLOCK_Q, BLOCK_S]`` each), as :func:`itnet_scale.ops.spec.table_index`: offsets rounded in the positions'
+    dtype, row-major over ``δ_k + R_k``."""
+    idx = tl.zeros([BLOCK_Q, BLOCK_S], tl.int32)
+    inside = q_in[:, None] & s_in[None, :]
+    for k in range(0, P):
+        delta = (tl.load(pos_q_ptr + b * spq_b + offs_q * spq_n + k * spq_c, mask=q_in, other=0.0)[:, None]
+                 - tl.load(pos_s_ptr + b * sps_b + offs_s * sps_n + k * sps_c, mask=s_in, other=0.0)[None, :])
+        reach = tl.load(ranges_ptr + k)
+        lag = tl.minimum(tl.maximum(_round_half_even(delta), -1e9), 1e9).to(tl.int32)  # finite before the cast
+        inside = inside & (lag <= reach) & (lag >= -reach)
+        idx = idx * (2 * reach + 1) + (tl.minimum(tl.maximum(lag, -reach), reach) + reach)
+    return idx, inside
+
+
+@triton.jit
+def _score_bias(table_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, idx, inside, T, sm_b, sm_h, sm_q, sm_s,
+                HAS_TABLE: tl.constexpr, MASK: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The score terms that are not products: the offset table ``t_h(δ_ij)`` (0 outside it) and a float
+    ``attn_mask`` (``MASK = "float"``), ``[BLOCK_Q, BLOCK_S]``."""
+    bias = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+    if HAS_TABLE:
+        bias += tl.load(table_ptr + h * T + idx, mask=inside, other=0.0).to(tl.float32)
+    if MASK == "float":
+        bias += tl.load(mask_ptr + b * sm_b + h * sm_h + offs_q[:, None] * sm_q + offs_s[None, :] * sm_s,
+                        mask=q_in[:, None] & s_in[None, :], other=0.0).to(tl.float32)
+    return bias
+
+
+@triton.jit
+def _hidden_layer(x, mlp_w_ptr, mlp_c_ptr, layer, h, H, r, lanes_r, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr,
+                  R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Hidden layer ``layer``'s pre-activation ``W x + c`` on a tile, ``x [BLOCK_Q, BLOCK_S, R_PAD]`` (one ``tl.dot``
+    over the flattened pairs), and its ``W [R_PAD, R_PAD]`` (rows out, columns in; 0 past ``r``)."""
+    base = (layer * H + h) * r
+    r_in = lanes_r < r
+    weight = tl.load(mlp_w_ptr + (base + lanes_r[:, None]) * r + lanes_r[None, :],
+                     mask=r_in[:, None] & r_in[None, :], other=0.0).to(tl.float32)
+    bias = tl.load(mlp_c_ptr + base + lanes_r, mask=r_in, other=0.0).to(tl.float32)
+    flat = tl.reshape(x, [BLOCK_Q * BLOCK_S, R_PAD])
+    pre = tl.dot(flat, tl.trans(weight), input_precision=DOT_PRECISION) + bias[None, :]
+    return tl.reshape(pre, [BLOCK_Q, BLOCK_S, R_PAD]), weight
+
+
+@triton.jit
+def _deep_mlp(z, mlp_w_ptr, mlp_c_ptr, n_hidden, h, H, r, lanes_r, ACTIVATION: tl.constexpr,
+              BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The last layer's activations ``σ(W_L … σ(z))`` of a kernel MLP with ``n_hidden`` hidden layers (a runtime
+    loop), from the first layer's pre-activations ``z [BLOCK_Q, BLOCK_S, R_PAD]``."""
+    act = _activation(z, ACTIVATION)
+    for layer in range(0, n_hidden):
+        pre, _ = _hidden_layer(act, mlp_w_ptr, mlp_c_ptr, layer, h, H, r, lanes_r, BLOCK_Q, BLOCK_S, R_PAD,
+                               DOT_PRECISION)
+        act = _activation(pre, ACTIVATION)
+    return act
 
 
 @triton.jit
@@ -154,16 +242,18 @@ def _mlp_chunk(
 @triton.jit
 def _exact_forward_kernel(
     q_ptr, k_ptr, beta_ptr, a_ptr, b_ptr, ua_ptr, w2_ptr, v_ptr, pos_q_ptr, pos_s_ptr, tau_q_ptr, tau_s_ptr,
-    w_ptr, pad_ptr, block_count_ptr, block_list_ptr, block_list_stride, out_ptr, lse_ptr,
+    w_ptr, pad_ptr, mlp_w_ptr, mlp_c_ptr, table_ptr, ranges_ptr, mask_ptr,
+    block_count_ptr, block_list_ptr, block_list_stride, out_ptr, lse_ptr,
     so_b, so_h, so_n, so_c,
     sq_b, sq_h, sq_n, sq_c, sk_b, sk_h, sk_n, sk_c, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
     sv_b, sv_h, sv_n, sv_c, spq_b, spq_n, spq_c, sps_b, sps_n, sps_c,
-    stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n,
-    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit,
+    stq_b, stq_h, stq_n, sts_b, sts_h, sts_n, sw_b, sw_h, sw_n, spad_b, spad_n, sm_b, sm_h, sm_q, sm_s,
+    H, Nq, Ns, d, e, r, P, inv_sqrt_d, support_limit, n_hidden, T,
     MODE: tl.constexpr, SUPPORT: tl.constexpr, ACTIVATION: tl.constexpr, HAS_QK: tl.constexpr,
     HAS_MLP: tl.constexpr, HAS_POS: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_W: tl.constexpr,
-    HAS_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr,
-    E_PAD: tl.constexpr, R_CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_PAD: tl.constexpr, DEEP: tl.constexpr, HAS_TABLE: tl.constexpr, MASK: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_S: tl.constexpr, D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr, R_CHUNK: tl.constexpr, R_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -194,17 +284,32 @@ def _exact_forward_kernel(
         s_block = tl.load(block_list_ptr + pid_q * block_list_stride + t)
         offs_s = s_block * BLOCK_S + tl.arange(0, BLOCK_S)
         s_in = offs_s < Ns
-        visible = _tile_visible(pos_q_ptr, pos_s_ptr, pad_ptr, b, offs_q, q_in, offs_s, s_in, spq_b, spq_n, spq_c,
-                                sps_b, sps_n, sps_c, spad_b, spad_n, P, support_limit, SUPPORT, HAS_PAD, BLOCK_Q,
-                                BLOCK_S)
+        visible = _tile_visible(pos_q_ptr, pos_s_ptr, pad_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, spq_b,
+                                spq_n, spq_c, sps_b, sps_n, sps_c, spad_b, spad_n, sm_b, sm_h, sm_q, sm_s, P,
+                                support_limit, SUPPORT, HAS_PAD, MASK, BLOCK_Q, BLOCK_S)
 
         # the score s(i, j)
         s = tl.zeros([BLOCK_Q, BLOCK_S], tl.float32)
+        if HAS_TABLE or MASK == "float":
+            idx, inside = tl.zeros([BLOCK_Q, BLOCK_S], tl.int32), visible
+            if HAS_TABLE:
+                idx, inside = _table_index(pos_q_ptr, pos_s_ptr, ranges_ptr, b, offs_q, q_in, offs_s, s_in, spq_b,
+                                           spq_n, spq_c, sps_b, sps_n, sps_c, P, BLOCK_Q, BLOCK_S)
+            s += _score_bias(table_ptr, mask_ptr, b, h, offs_q, q_in, offs_s, s_in, idx, inside & visible, T,
+                             sm_b, sm_h, sm_q, sm_s, HAS_TABLE, MASK, BLOCK_Q, BLOCK_S)
         if HAS_QK:
             k_tile = tl.load(k_ptr + b * sk_b + h * sk_h + offs_s[:, None] * sk_n + offs_d[None, :] * sk_c,
                              mask=s_in[:, None] & d_in[None, :], other=0.0).to(tl.float32)
             s += tl.dot(q_tile, tl.trans(k_tile), input_precision=DOT_PRECISION) * qk_scale
-        if HAS_MLP:
+        if HAS_MLP and DEEP:  # hidden layers mix the kernel lanes: the whole width at once
+            lanes_r = tl.arange(0, R_PAD)
+            z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
+                               offs_s, s_in, lanes_r, lanes_r < r, sa_b, sa_h, sa_n, sa_c, sb_b, sb_h, sb_n, sb_c,
+                               spq_b, spq_n, spq_c, sps_b, sps_n, sps_c, r, P, HAS_POS)
+            last = _deep_mlp(z, mlp_w_ptr, mlp_c_ptr, n_hidden, h, H, r, lanes_r, ACTIVATION, BLOCK_Q, BLOCK_S,
+                             R_PAD, DOT_PRECISION)
+            s += tl.sum(last * w2[None, None, :], axis=2)
+        elif HAS_MLP:
             for r0 in range(0, r, R_CHUNK):
                 offs_r = r0 + offs_rc
                 z, w2 = _mlp_chunk(a_ptr, b_ptr, ua_ptr, w2_ptr, pos_q_ptr, pos_s_ptr, b, h, q_start, offs_q, q_in,
@@ -293,12 +398,8 @@ def unsupported_features(inp: KernelInputs, spec: KernelSpec) -> list[str]:
     """The features of this call that the kernels do not compute yet (empty: they compute the call, forward and
     backward)."""
     found = []
-    if inp.table is not None:
-        found.append("the offset table")
-    if inp.attn_mask is not None:
-        found.append("attn_mask")
-    if inp.mlp_w is not None:
-        found.append("a kernel MLP deeper than one layer (mlp_w)")
+    if inp.attn_mask is not None and inp.attn_mask.is_floating_point() and inp.attn_mask.requires_grad:
+        found.append("the gradient of a float attn_mask")
     if any(getattr(inp, name) is not None and getattr(inp, name).dtype == torch.float64 for name in _FEATURES):
         found.append("float64")
     return found
@@ -313,8 +414,8 @@ def padded_extent(n: int) -> int:
     return max(MIN_DOT, _power_of_two(n))
 
 
-def _block_for(n: int) -> int:
-    return min(DEFAULT_BLOCK, max(MIN_DOT, _power_of_two(n)))
+def _block_for(n: int, largest: int) -> int:
+    return min(largest, max(MIN_DOT, _power_of_two(n)))
 
 
 def _check_power_of_two(name: str, value: int, low: int) -> None:
@@ -337,8 +438,9 @@ def block_lists(visible: Tensor) -> tuple[Tensor, Tensor]:
 class KernelLaunch(NamedTuple):
     """What the forward and backward kernels share about one call: block sizes, which source blocks each query
     block sees (``visible``, ``[query blocks, source blocks]`` bool), and the arguments in the kernels' order —
-    ``pointers`` (q, k, β, a, b, Ua, w2, v, positions, τ, weights, padding; ``v`` stands in for absent ones),
-    ``strides`` of the inputs, ``scalars`` (H, Nq, Ns, d, e, r, P, 1/√d, the support's limit) and ``constants``
+    ``pointers`` (q, k, β, a, b, Ua, w2, v, positions, τ, weights, padding, the hidden layers' W and c, the offset
+    table and its ranges, attn_mask; ``v`` stands in for absent ones), ``strides`` of the inputs, ``scalars`` (H,
+    Nq, Ns, d, e, r, P, 1/√d, the support's limit, the hidden layers' count, the table's size) and ``constants``
     (the ``tl.constexpr`` ones, by name)."""
 
     block_q: int
@@ -361,7 +463,9 @@ def kernel_launch(
                                   "backend does (backend 'auto' or 'triton' through ops.integrate falls back to it)")
     check_runnable(inp.v.device, inp.tensors())
     _, H, Nq, Ns, e = inp.shape
-    block_q, block_s = block_size if block_size is not None else (_block_for(Nq), _block_for(Ns))
+    deep = inp.a is not None and inp.mlp_w is not None and inp.mlp_w.shape[0] > 0
+    largest = DEEP_BLOCK if deep else DEFAULT_BLOCK
+    block_q, block_s = block_size if block_size is not None else (_block_for(Nq, largest), _block_for(Ns, largest))
     _check_power_of_two("block_size", block_q, MIN_DOT)
     _check_power_of_two("block_size", block_s, MIN_DOT)
     chunk = DEFAULT_R_CHUNK if r_chunk is None else r_chunk
@@ -370,6 +474,14 @@ def kernel_launch(
     visible = visible_blocks(inp.pos_q, inp.pos_s, spec, (block_q, block_s))
     if visible is None:
         visible = torch.ones(-(-Nq // block_q), -(-Ns // block_s), dtype=torch.bool, device=inp.v.device)
+    mask = inp.attn_mask
+    mask_kind = "none" if mask is None else "float" if mask.is_floating_point() else "bool"
+    if mask_kind == "bool":  # blocks the mask hides for every batch and head are off the lists too
+        allowed = mask if mask.dim() == 2 else mask.any(1).any(0)
+        allowed = F.pad(allowed, (0, (-Ns) % block_s, 0, (-Nq) % block_q))
+        visible = visible.to(mask.device) & allowed.view(visible.shape[0], block_q, -1, block_s).any(3).any(1)
+        mask = mask.view(torch.uint8)
+    mask_strides = (0, 0, 0, 0) if mask is None else (0, 0, *mask.stride()) if mask.dim() == 2 else mask.stride()
     d = inp.q.shape[-1] if inp.q is not None else 1
     r = inp.a.shape[-1] if inp.a is not None else 1
     weights = inp.weights
@@ -379,22 +491,28 @@ def kernel_launch(
     else:
         w_strides = _strides(weights, 3)
     padding = None if inp.padding is None else inp.padding.to(torch.uint8)
-    beta, ua, w2 = (None if t is None else t.contiguous() for t in (inp.beta, inp.pos_weight, inp.w2))
+    beta, ua, w2, mlp_w, mlp_c, table = (None if t is None else t.contiguous() for t in (
+        inp.beta, inp.pos_weight, inp.w2, inp.mlp_w, inp.mlp_c, inp.table))
+    if not deep:
+        mlp_w = mlp_c = None  # no hidden layers (or no kernel MLP to put them in)
+    ranges = None if table is None else torch.tensor(spec.offset_range, dtype=torch.int32, device=inp.v.device)
     # the support's bound on the lag (causal window), the largest offset (window) or the squared distance (radius)
     size = float(spec.support_size) if math.isfinite(spec.support_size) else 0.0
     support_limit = size * size if spec.support == "radius" else size
     pointers = tuple(inp.v if t is None else t for t in (
         inp.q, inp.k, beta, inp.a, inp.b, ua, w2, inp.v, inp.pos_q, inp.pos_s, inp.tau_q, inp.tau_s, weights,
-        padding))
+        padding, mlp_w, mlp_c, table, ranges, mask))
     strides = (*_strides(inp.q, 4), *_strides(inp.k, 4), *_strides(inp.a, 4), *_strides(inp.b, 4),
                *inp.v.stride(), *inp.pos_q.stride(), *inp.pos_s.stride(), *_strides(inp.tau_q, 3),
-               *_strides(inp.tau_s, 3), *w_strides, *_strides(padding, 2))
-    scalars = (H, Nq, Ns, d, e, r, inp.pos_q.shape[-1], 1.0 / math.sqrt(d), support_limit)
+               *_strides(inp.tau_s, 3), *w_strides, *_strides(padding, 2), *mask_strides)
+    scalars = (H, Nq, Ns, d, e, r, inp.pos_q.shape[-1], 1.0 / math.sqrt(d), support_limit,
+               mlp_w.shape[0] if deep else 0, spec.table_size if table is not None else 0)
     constants = dict(
         MODE=spec.mode, SUPPORT=spec.support, ACTIVATION=spec.activation, HAS_QK=inp.q is not None,
         HAS_MLP=inp.a is not None, HAS_POS=inp.pos_weight is not None, HAS_DECAY=inp.tau_q is not None,
-        HAS_W=weights is not None, HAS_PAD=padding is not None, BLOCK_Q=block_q, BLOCK_S=block_s,
-        D_PAD=padded_extent(d), E_PAD=padded_extent(e), R_CHUNK=chunk,
+        HAS_W=weights is not None, HAS_PAD=padding is not None, DEEP=deep, HAS_TABLE=table is not None,
+        MASK=mask_kind, BLOCK_Q=block_q, BLOCK_S=block_s, D_PAD=padded_extent(d), E_PAD=padded_extent(e),
+        R_CHUNK=chunk, R_PAD=padded_extent(r) if deep else _power_of_two(r),  # hidden layers: tl.dot over r
         DOT_PRECISION="ieee" if inp.v.dtype == torch.float32 else "tf32",  # 16-bit values are exact in tf32
     )
     return KernelLaunch(block_q, block_s, visible.to(inp.v.device), pointers, strides, scalars, constants)
