@@ -280,13 +280,14 @@ def test_triton_and_flex_methods_compute_the_operator(causal: bool, activation: 
 
 
 def test_triton_method_refuses_a_call_its_kernels_do_not_cover() -> None:
-    """backend "triton" would run torch for a call its kernels skip: the method says so instead of timing it."""
+    """backend "triton" would run torch for a call its kernels skip (a float attn_mask that needs its gradient):
+    the method says so instead of timing it."""
     from benchmarks import operator
 
     config = OperatorBenchConfig(sizes=(16,), heads=1, head_dim=8, kernel_width=2)
     inputs, _ = operator.make_operator_inputs(config, 16)
     with pytest.raises(RuntimeError, match="do not cover this configuration"):
-        operator.method_call("triton", replace(inputs, table=torch.zeros(1, 3)), config)
+        operator.method_call("triton", replace(inputs, attn_mask=torch.zeros(16, 16, requires_grad=True)), config)
 
 
 def test_gpu_command_drops_the_device_option() -> None:

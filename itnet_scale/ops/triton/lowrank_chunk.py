@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from itnet_scale.ops.triton.exact_forward import (
+    DEFAULT_BLOCK,
     MIN_DOT,
     _block_for,
     _check_power_of_two,
@@ -303,7 +304,7 @@ def _layout(phi: Tensor, psi: Tensor, x: Tensor, tau: Tensor | None, state: Tens
     _check_power_of_two("chunk_size", chunk_size, MIN_DOT)
     if chunk_size > MAX_CHUNK:
         raise ValueError(f"chunk_size must be at most {MAX_CHUNK}, got {chunk_size}")
-    block_e = _block_for(E) if block_e is None else block_e
+    block_e = _block_for(E, DEFAULT_BLOCK) if block_e is None else block_e
     _check_power_of_two("block_e", block_e, MIN_DOT)
     return ScanLayout(chunk_size, padded_extent(R), block_e, -(-N // chunk_size), -(-E // block_e),
                       "ieee" if x.dtype == torch.float32 else "tf32")
