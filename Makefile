@@ -63,7 +63,7 @@ $(DEMO_MODEL)/config.yaml: runs/demo/checkpoints/latest | $(STAMP)
 runs/demo/checkpoints/latest:
 	$(MAKE) demo
 
-# Fine-tuning on real(ish) data end to end, outside `make test` (~27 min on 2 CPU cores): Fashion-MNIST as an
+# Fine-tuning on real(ish) data end to end, outside `make test` (~28 min on 2 CPU cores): Fashion-MNIST as an
 # ImageNet tree, sentences of two Jane Austen novels as GLUE SST-2, synthetic shapes as ModelNet40, easy-VQA's
 # shapes and questions as VQA v2, Fashion-MNIST pairs with true/false statements as NLVR2, each fine-tuned from the
 # demo model and from scratch with DeepSpeed on 2 CPU ranks (tools/finetune_demo.py; a fresh run each time:

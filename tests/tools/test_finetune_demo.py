@@ -20,6 +20,7 @@ from demo_finetuning import datasets
 from demo_finetuning.datasets import (
     AUSTEN_NOVELS,
     DATA_FOLDERS,
+    DEMO_PAIR_THINGS,
     FASHION_NAMES,
     FASHION_WNIDS,
     SHAPE_CLASSES,
@@ -239,7 +240,7 @@ def statement_is_true(sentence: str, left: int, right: int) -> bool:
 
 def test_fashion_pairs_are_written_as_nlvr2_files_the_benchmark_reads(tmp_path: Path):
     data = write_fashion_idx(tmp_path / "data")
-    root = write_fashion_nlvr2(data, tmp_path / "nlvr2", SMALL, seed=0)
+    root = write_fashion_nlvr2(data, tmp_path / "nlvr2", SMALL, seed=0, things=None)  # all 62 statements
     nlvr2 = get_benchmark("nlvr2")
     pixels: dict[str, set[bytes]] = {}
     sides: list[tuple[int, int]] = []
@@ -263,7 +264,7 @@ def test_fashion_pairs_are_written_as_nlvr2_files_the_benchmark_reads(tmp_path: 
     assert not pixels["train"] & pixels["validation"]  # disjoint pools of the training file
     assert min(len({pair[side] for pair in sides}) for side in (0, 1)) >= 5  # both sides show varied classes
     assert (root / "data" / "test1.json").read_text().startswith('{"identifier": "test1-0-0-0"')
-    again = write_fashion_nlvr2(data, tmp_path / "again", SMALL, seed=0)  # seeded: the same files
+    again = write_fashion_nlvr2(data, tmp_path / "again", SMALL, seed=0, things=None)  # seeded: the same files
     assert (again / "data" / "train.json").read_bytes() == (root / "data" / "train.json").read_bytes()
     assert (again / "images" / "dev" / "dev-2-3-img1.png").read_bytes() == (
         root / "images" / "dev" / "dev-2-3-img1.png").read_bytes()
@@ -278,6 +279,22 @@ def test_every_statement_is_true_of_some_label_pairs_and_false_of_others():
         assert table.shape == (10, 10) and table.any() and not table.all(), sentence
         assert all(statement_is_true(sentence, left, right) == table[left, right]
                    for left in range(10) for right in range(10)), sentence
+    demo = fashion_statements(DEMO_PAIR_THINGS, same_or_different=False)  # what the demo writes by default
+    assert [sentence for sentence, _ in demo] == ["The left image shows footwear.", "The right image shows footwear.",
+                                                  "Both images show footwear.", "Exactly one image shows footwear.",
+                                                  "Neither image shows footwear."]
+    with pytest.raises(ValueError, match=r"unknown things \['hats'\]"):
+        fashion_statements(["hats"])
+
+
+def test_the_demo_pairs_hold_the_footwear_statements_true_of_their_images(tmp_path: Path):
+    root = write_fashion_nlvr2(write_fashion_idx(tmp_path / "data"), tmp_path / "nlvr2", SMALL, seed=0)
+    read = get_benchmark("nlvr2").read(root, "train")
+    assert {example.inputs["text"] for example in read.examples} <= {s for s, _ in fashion_statements(["footwear"])}
+    for example in read.examples:
+        left, right = (round((np.asarray(load_image(path))[..., 0].mean() - 30) / 20)
+                       for path in example.inputs["images"])
+        assert statement_is_true(example.inputs["text"], left, right) == bool(example.label), example.id
 
 
 def write_demo_data_from_stand_ins(tmp_path: Path) -> Path:

@@ -31,8 +31,10 @@
   ``answer_type`` is ``yes/no`` for yes/no answers, else ``other``; ``question_type`` the longest of VQA's own
   question types that starts the question (:data:`EASY_VQA_QUESTION_TYPES`: ``what color is the``, ``is there``).
 - **fashion_pairs** (``nlvr2``): DERIVED from Fashion-MNIST: pairs of its real photos with a templated statement
-  about the pair (:func:`fashion_statements`: "The left image shows a bag.", "Both images show footwear.",
-  "Exactly one image shows clothing for the upper body.", "The two images show the same kind of item.") and
+  about the pair (:func:`fashion_statements`; the demo's are the five forms about footwear,
+  :data:`DEMO_PAIR_THINGS`: "The left image shows footwear.", "Both images show footwear.", "Exactly one image
+  shows footwear.", "Neither image shows footwear."; the full set adds every class and "The two images show the
+  same kind of item.") and
   whether it is true of the pair's labels, written as the NLVR2 release's files
   (:func:`~itnet_scale.tasks.nlvr2.write_nlvr2_layout`). As in the release, a set is one sentence over 4 pairs
   (identifiers ``<split>-<set>-<pair>-0``), so consistency scores a sentence across its pairs; each set holds 2
@@ -326,23 +328,37 @@ THING_FORMS = (("The left image shows {}.", lambda left, right: left),
 PAIRS_PER_SET = 4
 
 
-def fashion_statements() -> tuple[tuple[str, np.ndarray], ...]:
-    """Every statement of the pair data and its truth table ``[10, 10]`` bool over (left label, right label):
-    each of :data:`THING_FORMS` about each class and group, and whether the two images show the same or different
-    classes. Each is true of some label pairs and false of others."""
+def fashion_statements(things: Sequence[str] | None = None,
+                       same_or_different: bool = True) -> tuple[tuple[str, np.ndarray], ...]:
+    """Statements about a pair and their truth tables ``[10, 10]`` bool over (left label, right label): each of
+    :data:`THING_FORMS` about each of ``things`` (class phrases of :data:`FASHION_PHRASES` or groups of
+    :data:`FASHION_GROUPS`; None: all 12) and, with ``same_or_different``, whether the two images show the same or
+    different classes. Each is true of some label pairs and false of others."""
     labels = np.arange(len(FASHION_PHRASES))
-    things = [(phrase, np.array([label])) for label, phrase in enumerate(FASHION_PHRASES)]
-    things += [(phrase, np.array(members)) for phrase, members in FASHION_GROUPS.items()]
+    known = {phrase: np.array([label]) for label, phrase in enumerate(FASHION_PHRASES)}
+    known |= {phrase: np.array(members) for phrase, members in FASHION_GROUPS.items()}
+    unknown = [thing for thing in things or () if thing not in known]
+    if unknown:
+        raise ValueError(f"unknown things {unknown}; statements are about {sorted(known)}")
+    things = [(phrase, known[phrase]) for phrase in (known if things is None else things)]
     statements = []
     for form, truth in THING_FORMS:
         for phrase, members in things:
             shows = np.isin(labels, members)
             table = np.broadcast_to(truth(shows[:, None], shows[None, :]), (len(labels), len(labels)))
             statements.append((form.format(phrase), table.copy()))  # (the left/right forms read one axis)
-    same = labels[:, None] == labels[None, :]
-    statements += [("The two images show the same kind of item.", same),
-                   ("The two images show different kinds of item.", ~same)]
+    if same_or_different:
+        same = labels[:, None] == labels[None, :]
+        statements += [("The two images show the same kind of item.", same),
+                       ("The two images show different kinds of item.", ~same)]
     return tuple(statements)
+
+
+#: The demo's statements: the five forms about footwear ("The left image shows footwear.", "Exactly one image
+#: shows footwear." ...). Reading which image a form asks about is learned within the demo's budget; binding a
+#: class word to what it looks like, which all 62 statements of :func:`fashion_statements` need, is not (every run
+#: stayed at chance on them, 2000 examples, 186 steps).
+DEMO_PAIR_THINGS = ("footwear",)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -351,13 +367,13 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 def fashion_pair_items(split: str, sets: int, images: np.ndarray, pools: Sequence[np.ndarray],
-                       rng: np.random.Generator) -> list[Nlvr2Item]:
-    """``sets`` NLVR2 sets of ``split``: each a random statement of :func:`fashion_statements` over
+                       rng: np.random.Generator,
+                       statements: Sequence[tuple[str, np.ndarray]]) -> list[Nlvr2Item]:
+    """``sets`` NLVR2 sets of ``split``: each a random one of ``statements`` (:func:`fashion_statements`) over
     :data:`PAIRS_PER_SET` pairs, half of them true, in random order. A pair's labels are drawn uniformly from the
     label pairs of which the statement has the wanted truth value, its images from ``pools[label]`` (indices into
     ``images`` ``[N, 28, 28]``; two different images when both labels are the same)."""
     name = {"train": "train", "validation": "dev", "test-P": "test1"}[split]
-    statements = fashion_statements()
     items = []
     for number in range(sets):
         sentence, table = statements[rng.integers(len(statements))]
@@ -374,9 +390,12 @@ def fashion_pair_items(split: str, sets: int, images: np.ndarray, pools: Sequenc
     return items
 
 
-def write_fashion_nlvr2(data_dir: Path, root: Path, sizes: DemoDataSizes, seed: int = 0) -> Path:
-    """Fashion-MNIST pairs and statements as NLVR2's ``data/{train,dev,test1}.json`` and images at ``root`` (see
-    the module doc). Returns ``root``."""
+def write_fashion_nlvr2(data_dir: Path, root: Path, sizes: DemoDataSizes, seed: int = 0,
+                        things: Sequence[str] | None = DEMO_PAIR_THINGS) -> Path:
+    """Fashion-MNIST pairs and statements (the forms about ``things``: :func:`fashion_statements`; None: all 62
+    statements) as NLVR2's ``data/{train,dev,test1}.json`` and images at ``root`` (see the module doc). Returns
+    ``root``."""
+    statements = fashion_statements(things, same_or_different=things is None)
     folder = fashion_mnist_dir(Path(data_dir))
     arrays = read_fashion_mnist(data_dir)
     if sizes.pairs_train_pool < 2 or sizes.pairs_dev_pool < 2 or sizes.pairs_test_pool < 2:
@@ -391,7 +410,7 @@ def write_fashion_nlvr2(data_dir: Path, root: Path, sizes: DemoDataSizes, seed: 
                                     ("test-P", sizes.pairs_test_sets, test_pool, "test")):
         labels = arrays[f"{file}_labels"]
         by_label = [np.sort(pool[labels[pool] == label]) for label in range(len(FASHION_NAMES))]
-        items = fashion_pair_items(split, sets, arrays[f"{file}_images"], by_label, rng)
+        items = fashion_pair_items(split, sets, arrays[f"{file}_images"], by_label, rng, statements)
         write_nlvr2_layout(root, split, items)
     return Path(root)
 
@@ -415,8 +434,8 @@ def describe(data: str, sizes: DemoDataSizes) -> str:
         return (f"easy-VQA, synthetic shapes, {len(easy_vqa.get_answers())} answers, {sizes.vqa_train} train / "
                 f"{sizes.vqa_val} val questions")
     if data == "fashion_pairs":
-        return (f"Fashion-MNIST pairs + statements, {PAIRS_PER_SET * sizes.pairs_train_sets} train / "
-                f"{PAIRS_PER_SET * sizes.pairs_dev_sets} dev")
+        return (f"Fashion-MNIST pairs + statements about {' and '.join(DEMO_PAIR_THINGS)}, "
+                f"{PAIRS_PER_SET * sizes.pairs_train_sets} train / {PAIRS_PER_SET * sizes.pairs_dev_sets} dev")
     raise ValueError(f"unknown demo data set {data!r}; expected one of {sorted(DATA_FOLDERS)}")
 
 
@@ -453,9 +472,9 @@ def read_descriptions(out: Path) -> dict[str, str]:
     return json.loads(path.read_text(encoding="utf-8"))["descriptions"]
 
 
-__all__ = ["AUSTEN_NOVELS", "DATA_FOLDERS", "EASY_VQA_QUESTION_TYPES", "FASHION_GROUPS", "FASHION_NAMES",
-           "FASHION_PHRASES", "FASHION_WNIDS", "MANIFEST", "PAIRS_PER_SET", "SHAPE_CLASSES", "THING_FORMS",
-           "DemoDataSizes", "balanced_draw", "describe", "fashion_pair_items", "fashion_statements",
+__all__ = ["AUSTEN_NOVELS", "DATA_FOLDERS", "DEMO_PAIR_THINGS", "EASY_VQA_QUESTION_TYPES", "FASHION_GROUPS",
+           "FASHION_NAMES", "FASHION_PHRASES", "FASHION_WNIDS", "MANIFEST", "PAIRS_PER_SET", "SHAPE_CLASSES",
+           "THING_FORMS", "DemoDataSizes", "balanced_draw", "describe", "fashion_pair_items", "fashion_statements",
            "read_descriptions", "read_easy_vqa", "read_fashion_mnist", "vqa_answer_type", "vqa_question_type",
            "write_austen_sst2", "write_demo_data", "write_easyvqa_vqav2", "write_fashion_imagenet",
            "write_fashion_nlvr2", "write_shapes_modelnet40"]
