@@ -83,3 +83,11 @@ def random_inputs(
 @pytest.fixture
 def make_inputs():
     return random_inputs
+
+
+@pytest.fixture
+def eager_torch_backend(monkeypatch):
+    """The tiled form eagerly (compiling for a few small calls costs more than it saves) and no forced backend:
+    what the Triton kernels' tests compare against."""
+    monkeypatch.setenv("ITNET_COMPILE", "0")
+    monkeypatch.delenv("ITNET_BACKEND", raising=False)

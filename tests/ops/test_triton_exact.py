@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import functools
 
 import pytest
 import torch
@@ -18,27 +15,18 @@ from itnet_scale.ops.tiled import integral_transform_tiled
 from itnet_scale.ops.triton import exact_forward, interpreting, unsupported_features
 from itnet_scale.ops.triton.exact_forward import padded_extent
 
+from . import triton_cases
 from .conftest import random_inputs
+from .triton_cases import NO_INTERPRETER_ERROR, SIZES, SUPPORTS, needs_gpu, run_without_interpreter
 
-REPO = Path(__file__).resolve().parents[2]
 TOL = 2e-5  # float32, relative to the output's scale
-SIZES = [(1, 1), (63, 63), (130, 130), (63, 130)]
-SUPPORTS = ["all", "causal", "window", "radius", "causal_window"]
 
 
-@pytest.fixture(autouse=True)
-def _eager_torch_backend(monkeypatch):
-    """The tiled form eagerly (compiling for these few calls costs more than it saves); no forced backend."""
-    monkeypatch.setenv("ITNET_COMPILE", "0")
-    monkeypatch.delenv("ITNET_BACKEND", raising=False)
+pytestmark = pytest.mark.usefixtures("eager_torch_backend")
 
 
-def fp32_inputs(Nq: int, Ns: int, spec: KernelSpec, **terms):
-    """float32 inputs without gradients (what the forward kernel computes), ``τ`` in float64 as the layer keeps it."""
-    inp = random_inputs(Nq, Ns, spec=spec, dtype=torch.float32, requires_grad=False, **terms)
-    if inp.tau_q is not None:
-        inp.tau_q = inp.tau_s = inp.tau_q.double()
-    return inp
+#: float32 inputs without gradients (what the forward kernel computes), ``τ`` in float64 as the layer keeps it.
+fp32_inputs = functools.partial(triton_cases.fp32_inputs, requires_grad=False)
 
 
 def reference_lse(inp, spec) -> torch.Tensor:
@@ -265,17 +253,9 @@ def test_triton_on_cpu_without_the_interpreter_is_an_error():
         "    integrate(inp, KernelSpec(), Exact(backend))\n"
         "integrate(inp, KernelSpec(), Exact('triton'))\n"
     )
-    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(REPO)}
-    env.pop("ITNET_BACKEND", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert ("RuntimeError: backend 'triton' runs on CUDA tensors, or on the CPU under Triton's interpreter "
-            "(TRITON_INTERPRET=1 set before itnet_scale is imported); these tensors are on cpu and the interpreter "
-            "is off") in done.stderr
+    done = run_without_interpreter(script)
+    assert done.returncode != 0 and NO_INTERPRETER_ERROR in done.stderr
 
-
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                               reason="needs a CUDA GPU and compiled kernels (TRITON_INTERPRET=0)")
 
 
 @pytest.mark.gpu

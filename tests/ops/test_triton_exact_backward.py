@@ -3,33 +3,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from itnet_scale.ops import KernelSpec, integral_transform_reference
 from itnet_scale.ops.tiled import integral_transform_tiled
-from itnet_scale.ops.triton import exact_backward, exact_forward, integral_transform_triton, interpreting
+from itnet_scale.ops.triton import exact_backward, exact_forward, integral_transform_triton
 
-from .conftest import random_inputs
+from . import triton_cases
+from .triton_cases import SIZES, SUPPORTS, needs_gpu
 
 OUT_TOL, GRAD_TOL = 2e-5, 1e-4  # float32, relative to the expected tensor's scale
-SIZES = [(1, 1), (63, 63), (130, 130), (63, 130)]
-SUPPORTS = ["all", "causal", "window", "radius", "causal_window"]
 
 
-@pytest.fixture(autouse=True)
-def _eager_torch_backend(monkeypatch):
-    """The tiled form eagerly (compiling for these few calls costs more than it saves); no forced backend."""
-    monkeypatch.setenv("ITNET_COMPILE", "0")
-    monkeypatch.delenv("ITNET_BACKEND", raising=False)
+pytestmark = pytest.mark.usefixtures("eager_torch_backend")
 
 
-def fp32_inputs(Nq: int, Ns: int, spec: KernelSpec, **terms):
-    """float32 inputs that require grad, ``τ`` one float64 tensor for queries and sources (as the layer passes it)."""
-    inp = random_inputs(Nq, Ns, spec=spec, dtype=torch.float32, **terms)
-    if inp.tau_q is not None:
-        inp.tau_q = inp.tau_s = inp.tau_q.detach().double().requires_grad_()
-    return inp
+#: float32 inputs that require grad, ``τ`` one float64 tensor for queries and sources (as the layer passes it).
+fp32_inputs = functools.partial(triton_cases.fp32_inputs, requires_grad=True)
 
 
 def leaves(inp) -> dict[str, torch.Tensor]:
@@ -211,8 +204,6 @@ def test_exact_backward_names_every_gradient():
         assert g.shape == t.shape and g.dtype == t.dtype, name
 
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                               reason="needs a CUDA GPU and compiled kernels (TRITON_INTERPRET=0)")
 
 
 def _on_cuda(inp, dtype=None):

@@ -16,12 +16,7 @@ from itnet_scale.ops.triton.exact_forward import kernel_launch
 from .conftest import random_inputs
 from .test_triton_exact_backward import assert_gradients_match, fp32_inputs, run
 
-
-@pytest.fixture(autouse=True)
-def _eager_torch_backend(monkeypatch):
-    """The tiled form eagerly (compiling for these few calls costs more than it saves); no forced backend."""
-    monkeypatch.setenv("ITNET_COMPILE", "0")
-    monkeypatch.delenv("ITNET_BACKEND", raising=False)
+pytestmark = pytest.mark.usefixtures("eager_torch_backend")
 
 
 def bool_mask(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -4,11 +4,6 @@ determinism, its refusals and the dispatch that chooses it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,11 +17,11 @@ from itnet_scale.ops.lowrank import (
     lowrank_recurrent,
 )
 from itnet_scale.ops.lowrank.spec import sources
-from itnet_scale.ops.triton import causal_scan_triton, interpreting, kernel_chunk
+from itnet_scale.ops.triton import causal_scan_triton, kernel_chunk
 
 from .conftest import random_inputs
+from .triton_cases import NO_INTERPRETER_ERROR, needs_gpu, run_without_interpreter
 
-REPO = Path(__file__).resolve().parents[2]
 B, H, R, E = 2, 2, 5, 3  # R and E run padded to 16 lanes
 OUT_TOL, GRAD_TOL = 2e-5, 1e-4  # float32, relative to the expected tensor's scale
 NAMES = ("phi", "psi", "v", "weights", "tau", "initial_state")
@@ -278,19 +273,12 @@ def test_triton_on_cpu_without_the_interpreter_is_an_error():
         "    integrate(inp, spec, LowRank(backend=backend), feature_map=features)\n"
         "integrate(inp, spec, LowRank(backend='triton'), feature_map=features)\n"
     )
-    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(REPO)}
-    env.pop("ITNET_BACKEND", None)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert ("RuntimeError: backend 'triton' runs on CUDA tensors, or on the CPU under Triton's interpreter "
-            "(TRITON_INTERPRET=1 set before itnet_scale is imported); these tensors are on cpu and the interpreter "
-            "is off") in done.stderr
+    done = run_without_interpreter(script)
+    assert done.returncode != 0 and NO_INTERPRETER_ERROR in done.stderr
 
 
 # -- on a GPU --------------------------------------------------------------------------------------------------
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
-                               reason="needs a CUDA GPU and compiled kernels (TRITON_INTERPRET=0)")
 
 
 @pytest.mark.gpu
